@@ -1,0 +1,511 @@
+"""Capture: validate events, commit them durably and idempotently; bulk import and export.
+
+Every ingest path (HTTP, SDK through HTTP, ``capture import``, direct library calls) goes
+through ``validate_events`` and ``commit``: a row is acknowledged only after the transaction
+holding it has committed, and an id already stored is reported as ``duplicate``, never stored twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import orjson
+import pyarrow as pa
+from pydantic import BaseModel, ValidationError
+
+from posttrain.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, Unavailable
+from posttrain.ids import new_id
+from posttrain.project import Project
+from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction
+from posttrain.settings import CaptureSettings
+
+Kind = Literal["interactions", "feedback"]
+Row = dict[str, Any]
+_MODELS: dict[str, type[BaseModel]] = {"interactions": Interaction, "feedback": Feedback}
+
+_JSON = pa.string()
+_TS = pa.timestamp("us")
+SCHEMAS: dict[str, pa.Schema] = {
+    "interactions": pa.schema(
+        [
+            ("id", pa.string()), ("timestamp", _TS), ("received_at", _TS),
+            ("user_id", pa.string()), ("session_id", pa.string()), ("cohort", pa.string()),
+            ("messages", _JSON), ("response", pa.string()), ("model", pa.string()),
+            ("experiment", pa.string()), ("variant", pa.string()),
+            ("assignment_prob", pa.float64()), ("latency_ms", pa.float64()),
+            ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+            ("cost", pa.float64()), ("tags", pa.list_(pa.string())), ("metadata", _JSON),
+            ("consent", _JSON), ("media", _JSON),
+        ]
+    ),
+    "feedback": pa.schema(
+        [
+            ("id", pa.string()), ("interaction_id", pa.string()), ("timestamp", _TS),
+            ("received_at", _TS), ("source", pa.string()), ("kind", pa.string()),
+            ("value", _JSON), ("score", pa.float64()), ("text", pa.string()),
+            ("author", pa.string()), ("metadata", _JSON),
+        ]
+    ),
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _interaction_row(ev: Interaction, now: datetime) -> Row:
+    row = ev.__dict__.copy()
+    row["id"] = ev.id or new_id()
+    row["timestamp"] = ev.timestamp or now
+    row["received_at"] = now
+    row["messages"] = _dumps(ev.messages)
+    row["metadata"] = _dumps(ev.metadata)
+    row["consent"] = _dumps(ev.consent)
+    row["media"] = _dumps([m.model_dump(exclude_none=True) for m in ev.media])
+    return row
+
+
+def _feedback_row(ev: Feedback, now: datetime) -> Row:
+    row = ev.__dict__.copy()
+    row["id"] = ev.id or new_id()
+    row["timestamp"] = ev.timestamp or now
+    row["received_at"] = now
+    row["value"] = None if ev.value is None else _dumps(ev.value)
+    row["score"] = ev.score
+    row["metadata"] = _dumps(ev.metadata)
+    return row
+
+
+_ROW_BUILDERS: dict[str, Callable[[Any, datetime], Row]] = {
+    "interactions": _interaction_row,
+    "feedback": _feedback_row,
+}
+
+
+def _error_result(raw: Any, exc: ValidationError) -> EventResult:
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not field and ": " in message:  # checks across fields say which field they mean
+        field, message = message.split(": ", 1)
+    event_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    return EventResult(id=event_id, status="error", error=f"{field}: {message}", field=field or None)
+
+
+def validate_events(
+    kind: Kind, events: Sequence[Any], limits: CaptureSettings, *, check_size: bool = True
+) -> tuple[list[EventResult | None], list[tuple[int, Row]]]:
+    """Validate raw events; return per-event errors (None where valid) and the valid rows."""
+    if len(events) > limits.max_batch_events:
+        raise PayloadTooLarge(
+            f"{len(events)} events in one request; the limit is {limits.max_batch_events} "
+            "(capture.max_batch_events)",
+            field=kind,
+        )
+    model, build, now = _MODELS[kind], _ROW_BUILDERS[kind], _now()
+    results: list[EventResult | None] = [None] * len(events)
+    rows: list[tuple[int, Row]] = []
+    for i, raw in enumerate(events):
+        if check_size and (size := len(orjson.dumps(raw))) > limits.max_event_bytes:
+            results[i] = EventResult(
+                id=raw.get("id") if isinstance(raw, dict) else None, status="error", field="event",
+                error=f"event is {size} bytes; the limit is {limits.max_event_bytes} (capture.max_event_bytes)",
+            )
+            continue
+        try:
+            event = model.model_validate(raw)
+        except ValidationError as exc:
+            results[i] = _error_result(raw, exc)
+            continue
+        rows.append((i, build(event, now)))
+    return results, rows
+
+
+def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[Row]) -> set[str]:
+    batch = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+    cur.register("_capture_batch", batch)
+    try:
+        created = cur.execute(
+            f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM _capture_batch RETURNING id"
+        ).fetchall()
+    finally:
+        cur.unregister("_capture_batch")
+    return {r[0] for r in created}
+
+
+def commit(cur: duckdb.DuckDBPyConnection, submissions: Sequence[tuple[str, list[Row]]]) -> list[list[str]]:
+    """Store several submissions in one transaction; return 'created'/'duplicate' per row."""
+    by_table: dict[str, list[Row]] = {}
+    for table, rows in submissions:
+        by_table.setdefault(table, []).extend(rows)
+    cur.begin()
+    try:
+        created = {t: _insert(cur, t, rows) for t, rows in by_table.items() if rows}
+        cur.commit()
+    except BaseException:
+        cur.rollback()
+        raise
+    claimed: set[tuple[str, str]] = set()
+    statuses = []
+    for table, rows in submissions:
+        out = []
+        for row in rows:
+            key = (table, row["id"])
+            fresh = row["id"] in created.get(table, ()) and key not in claimed
+            claimed.add(key)
+            out.append("created" if fresh else "duplicate")
+        statuses.append(out)
+    return statuses
+
+
+def merge_results(
+    results: list[EventResult | None], rows: list[tuple[int, Row]], statuses: list[str]
+) -> list[EventResult]:
+    """Fill the valid events' places in ``results`` with their stored status."""
+    for (i, row), status in zip(rows, statuses, strict=True):
+        results[i] = EventResult(id=row["id"], status=status)  # type: ignore[arg-type]
+    return results  # type: ignore[return-value]
+
+
+def capture(project: Project, kind: Kind, events: Sequence[Any]) -> list[EventResult]:
+    """Validate and store events directly (no server); return one result per event, in order."""
+    results, rows = validate_events(kind, events, project.settings.capture)
+    statuses = commit(project.cursor(), [(kind, [r for _, r in rows])])[0]
+    return merge_results(results, rows, statuses)
+
+
+class Ingestor:
+    """The server's single writer: groups concurrent requests into one transaction (group commit).
+
+    The backlog of events waiting to commit is bounded; past the bound ``submit`` raises
+    Overloaded, which the server answers with 429 and Retry-After.
+    """
+
+    def __init__(self, project: Project, limits: CaptureSettings) -> None:
+        self._project = project
+        self._limits = limits
+        self._queue: deque[tuple[str, list[Row], Future[list[str]]]] = deque()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="posttrain-ingest", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Return how many events wait to be committed."""
+        return self._pending
+
+    def submit(self, table: str, rows: list[Row]) -> Future[list[str]]:
+        """Queue rows for the next commit; the future resolves once they are durable."""
+        future: Future[list[str]] = Future()
+        if not rows:
+            future.set_result([])
+            return future
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the server is shutting down; retry against the new one")
+            bound = self._limits.max_backlog_events
+            if self._pending and self._pending + len(rows) > bound:
+                raise Overloaded(
+                    f"ingest backlog is full ({self._pending} events waiting, bound {bound}); "
+                    "retry after the Retry-After delay",
+                    retry_after=self._limits.retry_after_seconds,
+                )
+            self._queue.append((table, rows, future))
+            self._pending += len(rows)
+            self._cond.notify()
+        return future
+
+    def _next_group(self) -> list[tuple[str, list[Row], Future[list[str]]]]:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            group = list(self._queue)
+            self._queue.clear()
+            return group
+
+    def _run(self) -> None:
+        cur = self._project.cursor()
+        while group := self._next_group():
+            try:
+                statuses = commit(cur, [(t, rows) for t, rows, _ in group])
+            except duckdb.Error as exc:
+                self._settle(group, Unavailable(f"storage failed, nothing was stored; retry: {exc}"))
+            else:
+                self._settle(group, statuses)
+
+    def _settle(self, group: list[tuple[str, list[Row], Future[list[str]]]], outcome: Any) -> None:
+        with self._cond:
+            self._pending -= sum(len(rows) for _, rows, _ in group)
+        for i, (_, _, future) in enumerate(group):
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[i])
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the writer thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+# --- bulk import and export --------------------------------------------------------------
+
+_IMPORT_COLUMNS = {
+    "interactions": {
+        "id": "VARCHAR", "timestamp": "VARCHAR", "user_id": "VARCHAR", "session_id": "VARCHAR",
+        "cohort": "VARCHAR", "messages": "JSON", "response": "VARCHAR", "model": "VARCHAR",
+        "experiment": "VARCHAR", "variant": "VARCHAR", "assignment_prob": "DOUBLE",
+        "latency_ms": "DOUBLE", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
+        "cost": "DOUBLE", "tags": "VARCHAR[]", "metadata": "JSON", "consent": "JSON", "media": "JSON",
+    },
+    "feedback": {
+        "id": "VARCHAR", "interaction_id": "VARCHAR", "timestamp": "VARCHAR", "source": "VARCHAR",
+        "kind": "VARCHAR", "value": "JSON", "text": "VARCHAR", "author": "VARCHAR", "metadata": "JSON",
+    },
+}
+
+# Records without an id get one derived from their content, so importing a file twice adds nothing.
+# OpenAI-style chat logs carry the response as the last assistant message: it is split off.
+_IMPORT_SELECT = {
+    "interactions": """
+        WITH src AS (
+            SELECT *, response IS NULL AND json_type(messages) = 'ARRAY'
+                      AND messages->>'$[#-1].role' = 'assistant' AS _openai
+            FROM {reader}
+        ), norm AS (
+            SELECT * EXCLUDE (messages, response, _openai),
+                CASE WHEN _openai THEN to_json(json_extract(messages, '$[*]')[:-2])
+                     ELSE messages END AS messages,
+                CASE WHEN _openai THEN messages->>'$[#-1].content' ELSE response END AS response
+            FROM src
+        )
+        SELECT
+            coalesce(id, 'imp_' || md5(concat_ws(chr(31), messages::VARCHAR, response, user_id,
+                                                 session_id, "timestamp"))) AS id,
+            coalesce(timezone('UTC', try_cast("timestamp" AS TIMESTAMPTZ)), $now) AS "timestamp",
+            $now AS received_at,
+            user_id, session_id, cohort, messages, response, model, experiment, variant,
+            assignment_prob, latency_ms, prompt_tokens, completion_tokens, cost,
+            coalesce(tags, []) AS tags, coalesce(metadata, '{{}}') AS metadata,
+            coalesce(consent, '{{}}') AS consent, coalesce(media, '[]') AS media,
+            coalesce(json_type(messages) = 'ARRAY' AND json_array_length(messages) > 0, false)
+                AS _valid
+        FROM norm
+    """,
+    "feedback": """
+        SELECT
+            coalesce(id, 'imp_' || md5(concat_ws(chr(31), interaction_id, kind, value::VARCHAR,
+                                                 text, author, "timestamp"))) AS id,
+            interaction_id,
+            coalesce(timezone('UTC', try_cast("timestamp" AS TIMESTAMPTZ)), $now) AS "timestamp",
+            $now AS received_at,
+            coalesce(source, 'user') AS source, kind, value,
+            CASE WHEN kind IN ('thumb', 'rating') THEN try_cast(value::VARCHAR AS DOUBLE) END AS score,
+            text, author, coalesce(metadata, '{{}}') AS metadata,
+            coalesce(interaction_id IS NOT NULL
+                     AND kind IN ('thumb', 'rating', 'edit', 'choice', 'comment', 'flag', 'regenerate')
+                     AND coalesce(source, 'user') IN ('user', 'annotator', 'judge', 'verifier'), false)
+                AS _valid
+        FROM {reader}
+    """,
+}
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            count += chunk.count(b"\n")
+    return count
+
+
+def import_file(
+    project: Project,
+    path: Path,
+    *,
+    kind: Kind = "interactions",
+    batch_rows: int = 100_000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Bulk-load a JSONL file of records (or OpenAI chat logs) through Arrow batches.
+
+    ``on_progress(rows_done, rows_total)`` is called after each committed batch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"no file {path}", field="path")
+    started = time.perf_counter()
+    total = _count_lines(path) + (1 if path.stat().st_size and not _ends_with_newline(path) else 0)
+    columns = ", ".join(f"'{k}': '{v}'" for k, v in _IMPORT_COLUMNS[kind].items())
+    literal = str(path).replace("'", "''")
+    reader = (
+        f"read_json('{literal}', format='newline_delimited', columns={{{columns}}}, "
+        "ignore_errors=true, maximum_object_size=67108864)"
+    )
+    query = _IMPORT_SELECT[kind].format(reader=reader)
+    read_cur, write_cur = project.cursor(), project.cursor()
+    try:
+        stream = read_cur.execute(query, {"now": _now()}).fetch_record_batch(batch_rows)
+    except duckdb.Error as exc:
+        raise InvalidInput(f"cannot read {path} as JSONL: {exc}", field="path") from None
+    rows = created = invalid = 0
+    for batch in stream:
+        rows += batch.num_rows
+        write_cur.register("_import_batch", batch)
+        try:
+            write_cur.begin()
+            created += write_cur.execute(
+                f"INSERT OR IGNORE INTO {kind} BY NAME "
+                "SELECT * EXCLUDE (_valid) FROM _import_batch WHERE _valid"
+            ).fetchone()[0]  # type: ignore[index]
+            invalid += write_cur.execute(
+                "SELECT count(*) FROM _import_batch WHERE NOT _valid"
+            ).fetchone()[0]  # type: ignore[index]
+            write_cur.commit()
+        finally:
+            write_cur.unregister("_import_batch")
+        if on_progress:
+            on_progress(rows, max(total, rows))
+    unreadable = max(total - rows, 0)
+    errors = []
+    if invalid:
+        errors.append(f"{invalid} records lack a valid field (messages / interaction_id / kind)")
+    if unreadable:
+        errors.append(f"{unreadable} lines are not JSON objects")
+    return ImportReport(
+        path=str(path), rows=rows + unreadable, created=created,
+        duplicates=rows - invalid - created, rejected=invalid + unreadable, errors=errors,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def export_file(
+    project: Project, path: Path, *, kind: Kind = "interactions", fmt: Literal["jsonl", "parquet"] = "jsonl"
+) -> ExportReport:
+    """Write every record of ``kind`` to ``path`` as JSONL or Parquet, oldest first."""
+    if fmt not in ("jsonl", "parquet"):
+        raise InvalidInput(f"unknown format {fmt!r}; choose jsonl or parquet", field="format")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    option = "FORMAT json" if fmt == "jsonl" else "FORMAT parquet"
+    literal = str(path).replace("'", "''")
+    cur = project.cursor()
+    cur.execute(f"COPY (SELECT * FROM {kind} ORDER BY \"timestamp\", id) TO '{literal}' ({option})")
+    rows = cur.execute(f"SELECT count(*) FROM {kind}").fetchone()[0]  # type: ignore[index]
+    return ExportReport(path=str(path), format=fmt, rows=rows)
+
+
+def export_lines(project: Project, *, kind: Kind = "interactions", batch_rows: int = 10_000) -> Iterator[bytes]:
+    """Yield every record of ``kind`` as JSON lines, oldest first, a batch at a time."""
+    json_columns = {"messages", "metadata", "consent", "media", "value"}
+    cur = project.cursor()
+    reader = cur.execute(f'SELECT * FROM {kind} ORDER BY "timestamp", id').fetch_record_batch(batch_rows)
+    for batch in reader:
+        lines = []
+        for row in batch.to_pylist():
+            for name in json_columns.intersection(row):
+                if isinstance(row[name], str):
+                    row[name] = orjson.loads(row[name])
+            lines.append(orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_APPEND_NEWLINE))
+        yield b"".join(lines)
+
+
+Sender = Callable[[list[dict[str, Any]]], list[str]]
+
+
+def openai_to_record(raw: dict[str, Any]) -> dict[str, Any]:
+    """Split an OpenAI-style chat log's last assistant message off as the response."""
+    messages = raw.get("messages")
+    if raw.get("response") is None and isinstance(messages, list) and messages:
+        last = messages[-1]
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            raw = {**raw, "messages": messages[:-1], "response": last.get("content")}
+    return raw
+
+
+def import_through(
+    send: Sender,
+    path: Path,
+    *,
+    kind: Kind = "interactions",
+    batch_events: int = 1000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Import a JSONL file through ``send`` (the HTTP capture API when a server owns the warehouse)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"no file {path}", field="path")
+    started, total = time.perf_counter(), _count_lines(path)
+    counts = {"created": 0, "duplicate": 0, "error": 0}
+    unreadable, done, batch = 0, 0, []
+    with path.open("rb") as f:
+        for line in f:
+            done += 1
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                unreadable += line.strip() != b""
+                continue
+            if isinstance(record, dict):
+                batch.append(openai_to_record(record) if kind == "interactions" else record)
+            else:
+                unreadable += 1
+            if len(batch) >= batch_events:
+                for status in send(batch):
+                    counts[status] += 1
+                batch = []
+                if on_progress:
+                    on_progress(done, max(total, done))
+    for status in send(batch) if batch else []:
+        counts[status] += 1
+    errors = [f"{counts['error']} records failed validation"] if counts["error"] else []
+    if unreadable:
+        errors.append(f"{unreadable} lines are not JSON objects")
+    return ImportReport(
+        path=str(path), rows=sum(counts.values()) + unreadable, created=counts["created"],
+        duplicates=counts["duplicate"], rejected=counts["error"] + unreadable, errors=errors,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def export_stream(chunks: Iterator[bytes], path: Path, *, fmt: Literal["jsonl", "parquet"]) -> ExportReport:
+    """Write JSON-lines chunks (from the export API) to ``path`` as JSONL or Parquet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jsonl = path if fmt == "jsonl" else path.with_suffix(path.suffix + ".jsonl.tmp")
+    rows = 0
+    with jsonl.open("wb") as f:
+        for chunk in chunks:
+            rows += chunk.count(b"\n")
+            f.write(chunk)
+    if fmt == "parquet":
+        con = duckdb.connect()
+        try:
+            src, dst = (str(p).replace("'", "''") for p in (jsonl, path))
+            con.execute(f"COPY (SELECT * FROM read_json_auto('{src}')) TO '{dst}' (FORMAT parquet)")
+        finally:
+            con.close()
+            jsonl.unlink()
+    return ExportReport(path=str(path), format=fmt, rows=rows)

@@ -1,0 +1,46 @@
+"""The ``posttrain`` command: one Typer group per stage, each a thin skin over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from posttrain.cli import capture, keys, project, server
+from posttrain.errors import PosttrainError
+
+app = typer.Typer(
+    name="posttrain",
+    help="posttrain: capture, warehouse and improve language models after pre-training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+project.register(app)
+server.register(app)
+app.add_typer(keys.app, name="keys")
+app.add_typer(capture.app, name="capture")
+
+
+def main() -> None:
+    """Run the CLI; a posttrain error prints one line and exits non-zero, never a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except PosttrainError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except (typer.Exit, SystemExit) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
+        sys.exit(code)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        from click import ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -1,0 +1,32 @@
+"""Options every command shares, and how a command reaches its project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from posttrain.cli.remote import Remote
+from posttrain.project import Project, open_project, resolve_root
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project", "-p", help="Project folder (default: $POSTTRAIN_PROJECT, else the current folder).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def load(project: Path | None, **overrides: Any) -> Project:
+    """Open the project named by ``--project`` / ``$POSTTRAIN_PROJECT`` / the cwd."""
+    return open_project(resolve_root(project), env=dict(os.environ), **overrides)
+
+
+def remote_for(project: Project) -> Remote | None:
+    """Return a client for the ``posttrain serve`` that owns this project, if one runs."""
+    server = project.running_server()
+    return Remote(server["url"], server["token"]) if server else None

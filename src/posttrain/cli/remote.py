@@ -1,0 +1,48 @@
+"""Reach a running ``posttrain serve`` when it owns the warehouse (DuckDB has one writer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from posttrain import errors
+
+_BY_STATUS: dict[int, type[errors.PosttrainError]] = {
+    400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
+    409: errors.Conflict, 413: errors.PayloadTooLarge, 503: errors.Unavailable,
+}
+
+
+class Remote:
+    """A thin HTTP client for the CLI, authenticated with the server's local control token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+        self.url = url
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request; raise the posttrain error the server reported."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.Unavailable(f"cannot reach posttrain serve at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    def stream_lines(self, path: str, **params: Any) -> Any:
+        """Return a streaming response context for a JSON-lines endpoint."""
+        return self._http.stream("GET", path, params=params)
+
+
+def _error(response: httpx.Response) -> errors.PosttrainError:
+    try:
+        detail = response.json()["error"]
+        message, field = detail["message"], detail.get("field")
+    except (ValueError, KeyError, TypeError):
+        message, field = response.text[:200], None
+    if response.status_code == 429:
+        return errors.Overloaded(message)
+    cls = _BY_STATUS.get(response.status_code, errors.PosttrainError)
+    return cls(message, field=field)

@@ -1,0 +1,68 @@
+"""``posttrain serve``: the HTTP API (capture, warehouse) on loopback by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from typing import Annotated
+
+import typer
+
+from posttrain.cli.options import ProjectOption, load
+from posttrain.project import Project
+
+
+def serve(
+    project: ProjectOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (setting server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (setting server.port).")] = None,
+) -> None:
+    """Serve the project's HTTP API until interrupted; other commands then work through it."""
+    import uvicorn
+
+    from posttrain.server import create_app
+
+    proj = load(project, **{"server.host": host, "server.port": port})
+    token = secrets.token_urlsafe(24)
+    app = create_app(proj, control_token=token)
+    sock = _bind(proj.settings.server.host, proj.settings.server.port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{bound_host}:{bound_port}"
+    _write_server_file(proj, url, token)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    typer.echo(f"posttrain serving {proj.root} at {url} (docs: {url}/docs)", err=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        proj.server_file.unlink(missing_ok=True)
+        proj.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        from posttrain.errors import Conflict
+
+        raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror}; pick another with --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _write_server_file(project: Project, url: str, token: str) -> None:
+    path = project.server_file
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "pid": os.getpid(), "token": token}, f)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the root app."""
+    app.command()(serve)

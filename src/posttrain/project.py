@@ -1,0 +1,144 @@
+"""A project: a folder with ``posttrain.toml``, the DuckDB warehouse and an artifacts folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from posttrain import settings as settings_mod
+from posttrain.errors import Conflict, NotFound
+from posttrain.warehouse import connect, migrate
+
+CONFIG_FILE = "posttrain.toml"
+WAREHOUSE_FILE = "warehouse.duckdb"
+ARTIFACTS_DIR = "artifacts"
+STATE_DIR = ".posttrain"
+SERVER_FILE = "server.json"
+
+_TEMPLATE = """\
+# posttrain project settings. Every setting and its default: README.md, "Settings".
+# Environment variables POSTTRAIN_<SECTION>_<NAME> and command-line flags override these.
+
+[server]
+host = "127.0.0.1"
+port = 8321
+
+[capture]
+max_body_bytes = 16777216
+max_event_bytes = 262144
+"""
+
+
+class Project:
+    """One posttrain project and its warehouse connection (opened on first use)."""
+
+    def __init__(self, root: Path, settings: settings_mod.Settings) -> None:
+        self.root = root
+        self.settings = settings
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root / WAREHOUSE_FILE
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / ARTIFACTS_DIR
+
+    @property
+    def server_file(self) -> Path:
+        return self.root / STATE_DIR / SERVER_FILE
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """Return the warehouse connection, opening and migrating it on first use."""
+        with self._lock:
+            if self._con is None:
+                con = connect(self.warehouse_path, busy_hint=self._busy_hint())
+                migrate(con)
+                self._con = con
+            return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """Return a new cursor on the warehouse, for use by one thread."""
+        return self.con.cursor()
+
+    def running_server(self) -> dict[str, Any] | None:
+        """Return the ``posttrain serve`` that owns this project (url, pid, token), if alive."""
+        try:
+            info = json.loads(self.server_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return info if _pid_alive(int(info.get("pid", 0))) else None
+
+    def _busy_hint(self) -> str:
+        server = self.running_server()
+        if server is None:
+            return "wait for it to finish, or stop it"
+        return (
+            f"'posttrain serve' owns it at {server['url']} (pid {server['pid']}); "
+            "use the HTTP API, or stop the server first"
+        )
+
+    def close(self) -> None:
+        """Checkpoint and close the warehouse connection."""
+        with self._lock:
+            if self._con is not None:
+                self._con.execute("CHECKPOINT")
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_root(path: Path | str | None, env: dict[str, str] | None = None) -> Path:
+    """Return the project folder: the argument, else ``$POSTTRAIN_PROJECT``, else the cwd."""
+    env = dict(os.environ) if env is None else env
+    chosen = path or env.get("POSTTRAIN_PROJECT") or "."
+    return Path(chosen).expanduser().resolve()
+
+
+def open_project(root: Path | str, *, env: dict[str, str] | None = None, **overrides: Any) -> Project:
+    """Open the project at ``root``; raise NotFound when it has no ``posttrain.toml``."""
+    root = Path(root).resolve()
+    toml_path = root / CONFIG_FILE
+    if not toml_path.exists():
+        raise NotFound(f"no posttrain project at {root}; run 'posttrain init {root}'")
+    settings = settings_mod.load(toml_path, env=env or {}, overrides=overrides)
+    return Project(root, settings)
+
+
+def init_project(root: Path | str) -> Project:
+    """Create a project at ``root`` (folder, settings file, warehouse, artifacts)."""
+    root = Path(root).resolve()
+    if (root / CONFIG_FILE).exists():
+        raise Conflict(f"{root} is already a posttrain project; open it with --project {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CONFIG_FILE).write_text(_TEMPLATE, encoding="utf-8")
+    (root / ARTIFACTS_DIR).mkdir(exist_ok=True)
+    (root / STATE_DIR).mkdir(exist_ok=True)
+    project = open_project(root)
+    _ = project.con  # create the warehouse and run the migrations now
+    return project

@@ -1,0 +1,235 @@
+"""The data model: one Pydantic model per warehouse record.
+
+Capture events (``Interaction``, ``Feedback``) are validated here at every ingest path (HTTP,
+SDK, bulk import), so a rule is written once. Field names are the warehouse's column names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from typing_extensions import Required, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+EventId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
+]
+ShortText = Annotated[str, StringConstraints(max_length=512)]
+
+Role = Literal["admin", "ingest", "annotator", "viewer"]
+ROLES: tuple[Role, ...] = ("admin", "ingest", "annotator", "viewer")
+FeedbackKind = Literal["thumb", "rating", "edit", "choice", "comment", "flag", "regenerate"]
+FeedbackSource = Literal["user", "annotator", "judge", "verifier"]
+
+
+class Message(TypedDict, total=False):
+    """One chat message in OpenAI's format (other OpenAI keys pass through)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    role: Required[Literal["system", "developer", "user", "assistant", "tool"]]
+    content: str | list[dict[str, Any]] | None
+    name: str
+    tool_calls: list[dict[str, Any]]
+    tool_call_id: str
+
+
+class MediaRef(BaseModel):
+    """A file attached to an interaction (image, audio, video, agent trajectory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["image", "audio", "video", "trajectory", "file"]
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    mime_type: ShortText | None = None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+class Interaction(BaseModel):
+    """One model call: the conversation, the response and the serving decision behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: EventId | None = None
+    timestamp: datetime | None = None
+    user_id: ShortText | None = None
+    session_id: ShortText | None = None
+    cohort: ShortText | None = None
+    messages: list[Message] = Field(min_length=1)
+    response: str | None = None
+    model: ShortText | None = None
+    experiment: ShortText | None = None
+    variant: ShortText | None = None
+    assignment_prob: float | None = Field(None, ge=0, le=1)
+    latency_ms: float | None = Field(None, ge=0)
+    prompt_tokens: int | None = Field(None, ge=0)
+    completion_tokens: int | None = Field(None, ge=0)
+    cost: float | None = Field(None, ge=0)
+    tags: list[ShortText] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    consent: dict[str, bool] = Field(default_factory=dict)
+    media: list[MediaRef] = Field(default_factory=list)
+
+    _utc_timestamp = field_validator("timestamp")(_utc)
+
+
+class Feedback(BaseModel):
+    """A judgement of an interaction by a user, an annotator, a judge or a verifier.
+
+    ``value`` by kind: ``thumb`` true/false, 1/-1 or "up"/"down" (stored as 1 or -1);
+    ``rating`` a number; ``choice`` the id of the interaction chosen over this one's
+    alternatives; ``flag`` an optional reason. ``edit`` and ``comment`` carry ``text``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: EventId | None = None
+    interaction_id: EventId
+    timestamp: datetime | None = None
+    source: FeedbackSource = "user"
+    kind: FeedbackKind
+    value: bool | int | float | str | None = None
+    text: str | None = None
+    author: ShortText | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    _utc_timestamp = field_validator("timestamp")(_utc)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Feedback:
+        check = _KIND_CHECKS.get(self.kind)
+        if check is not None:
+            check(self)
+        return self
+
+    @property
+    def score(self) -> float | None:
+        """Return the numeric value of a thumb or rating, else None."""
+        if self.kind in ("thumb", "rating") and isinstance(self.value, int | float):
+            return float(self.value)
+        return None
+
+
+def _check_thumb(fb: Feedback) -> None:
+    aliases: dict[Any, int] = {True: 1, False: -1, 1: 1, -1: -1, "up": 1, "down": -1}
+    if isinstance(fb.value, float) and fb.value in (1.0, -1.0):
+        fb.value = int(fb.value)
+    if fb.value not in aliases or (isinstance(fb.value, int | float) and fb.value == 0):
+        raise ValueError("value: a thumb's value must be true/false, 1/-1 or 'up'/'down'")
+    fb.value = aliases[fb.value]
+
+
+def _check_rating(fb: Feedback) -> None:
+    if isinstance(fb.value, bool) or not isinstance(fb.value, int | float):
+        raise ValueError("value: a rating's value must be a number")
+
+
+def _check_text(fb: Feedback) -> None:
+    if not fb.text:
+        raise ValueError(f"text: {fb.kind} feedback needs 'text'")
+
+
+def _check_choice(fb: Feedback) -> None:
+    if not isinstance(fb.value, str) or not fb.value:
+        raise ValueError("value: a choice's value must be the id of the chosen interaction")
+
+
+_KIND_CHECKS = {
+    "thumb": _check_thumb,
+    "rating": _check_rating,
+    "edit": _check_text,
+    "comment": _check_text,
+    "choice": _check_choice,
+}
+
+
+class EventResult(BaseModel):
+    """The outcome of one captured event."""
+
+    id: str | None
+    status: Literal["created", "duplicate", "error"]
+    error: str | None = None
+    field: str | None = None
+
+
+class CaptureResponse(BaseModel):
+    """Per-event results, in the order the events were sent."""
+
+    results: list[EventResult]
+
+
+class InteractionBatch(BaseModel):
+    interactions: list[dict[str, Any]]
+
+
+class FeedbackBatch(BaseModel):
+    feedback: list[dict[str, Any]]
+
+
+class StoredFeedback(Feedback):
+    """Feedback as the warehouse holds it."""
+
+    id: str
+    timestamp: datetime
+    received_at: datetime
+
+
+class StoredInteraction(Interaction):
+    """An interaction as the warehouse holds it, with the feedback that joined it."""
+
+    id: str
+    timestamp: datetime
+    received_at: datetime
+    feedback: list[StoredFeedback] = Field(default_factory=list)
+
+
+class InteractionPage(BaseModel):
+    """One page of interactions; pass ``next_cursor`` back to get the next."""
+
+    interactions: list[StoredInteraction]
+    next_cursor: str | None = None
+
+
+class ApiKey(BaseModel):
+    """An API key as listed; the secret itself is shown only once, at creation."""
+
+    id: str
+    name: str | None = None
+    role: Role
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class NewApiKey(ApiKey):
+    key: str
+
+
+class ImportReport(BaseModel):
+    """What a bulk import did."""
+
+    path: str
+    rows: int
+    created: int
+    duplicates: int
+    rejected: int
+    errors: list[str] = Field(default_factory=list)
+    seconds: float
+
+
+class ExportReport(BaseModel):
+    path: str
+    format: Literal["jsonl", "parquet"]
+    rows: int
+
+
+class SqlResult(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]

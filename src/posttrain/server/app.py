@@ -1,0 +1,104 @@
+"""Build the FastAPI app over one project: auth, the JSON error shape, the routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from posttrain import __version__
+from posttrain.capture import Ingestor
+from posttrain.errors import PosttrainError
+from posttrain.project import Project
+from posttrain.server.auth import KeyCache
+from posttrain.server.routes import capture, interactions, keys, sql
+from posttrain.server.schemas import extra_schemas
+
+_ROUTERS = (capture.router, interactions.router, keys.router, sql.router)
+
+
+def error_response(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> ORJSONResponse:
+    """Return the one error shape every 4xx/5xx uses."""
+    body = {"error": {"type": kind, "message": message, "field": field}}
+    return ORJSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PosttrainError)
+    async def _posttrain(_: Request, exc: PosttrainError) -> ORJSONResponse:
+        headers = {}
+        if (retry := getattr(exc, "retry_after", None)) is not None:
+            headers["Retry-After"] = str(max(1, round(retry)))
+        return error_response(exc.status, type(exc).__name__, exc.message, exc.field, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or None
+        return error_response(400, "InvalidInput", f"{field}: {err['msg']}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        return error_response(exc.status_code, "HTTPError", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        return error_response(500, "InternalError", f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def create_app(
+    project: Project, *, control_token: str | None = None, sandbox_sql: bool = True
+) -> FastAPI:
+    """Build the app. ``control_token`` is an extra admin key for local CLI calls to this server.
+
+    With ``sandbox_sql`` the warehouse refuses file access, so read-only SQL cannot read files.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ingestor = Ingestor(project, project.settings.capture)
+        try:
+            yield
+        finally:
+            app.state.ingestor.close()
+
+    app = FastAPI(
+        title="posttrain",
+        version=__version__,
+        description="Capture, warehouse and flywheel API of a posttrain project.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    _ = project.con  # open and migrate before the first request
+    if sandbox_sql:
+        project.con.execute("SET enable_external_access = false")
+    app.state.project = project
+    app.state.keys = KeyCache(project, control_token=control_token)
+    _install_error_handlers(app)
+
+    @app.get("/health", tags=["server"])
+    async def health() -> dict[str, Any]:
+        """Say the server is up; needs no key."""
+        return {"status": "ok", "version": __version__}
+
+    for router in _ROUTERS:
+        app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(extra_schemas())
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

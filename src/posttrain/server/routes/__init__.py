@@ -1,0 +1,1 @@
+"""One router per stage; each route parses, calls one library function, renders."""

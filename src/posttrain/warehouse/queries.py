@@ -1,0 +1,128 @@
+"""Read queries over the warehouse: interactions with their feedback, and read-only SQL."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import orjson
+
+from posttrain.errors import InvalidInput, NotFound
+from posttrain.records import InteractionPage, SqlResult, StoredFeedback, StoredInteraction
+
+_JSON_COLUMNS = {"messages", "metadata", "consent", "media", "value"}
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+MAX_PAGE = 1000
+
+
+def _decode(columns: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    out = dict(zip(columns, row, strict=True))
+    for name in _JSON_COLUMNS.intersection(out):
+        if isinstance(out[name], str):
+            out[name] = orjson.loads(out[name])
+    return out
+
+
+def _encode_cursor(ts: datetime, event_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{ts.isoformat()}|{event_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        ts, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(ts), event_id
+    except ValueError:
+        raise InvalidInput("cursor is not one this server issued", field="cursor") from None
+
+
+def list_interactions(
+    cur: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user_id: str | None = None,
+    cohort: str | None = None,
+    model: str | None = None,
+    tag: str | None = None,
+    has_feedback: bool | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> InteractionPage:
+    """Return interactions newest first, filtered, one page at a time."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    where, params = ["true"], []
+    for clause, value in [
+        ('i."timestamp" >= ?', since), ('i."timestamp" < ?', until), ("i.user_id = ?", user_id),
+        ("i.cohort = ?", cohort), ("i.model = ?", model), ("list_contains(i.tags, ?)", tag),
+    ]:
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if has_feedback is not None:
+        exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.interaction_id = i.id)"
+        where.append(exists if has_feedback else f"NOT {exists}")
+    if cursor:
+        ts, last_id = _decode_cursor(cursor)
+        where.append('(i."timestamp", i.id) < (?, ?)')
+        params += [ts, last_id]
+    sql = (
+        f"SELECT * FROM interactions i WHERE {' AND '.join(where)} "
+        'ORDER BY i."timestamp" DESC, i.id DESC LIMIT ?'
+    )
+    result = cur.execute(sql, [*params, limit + 1])
+    columns = [d[0] for d in result.description]
+    rows = [_decode(columns, r) for r in result.fetchall()]
+    page = rows[:limit]
+    feedback = _feedback_for(cur, [r["id"] for r in page])
+    items = [StoredInteraction(**r, feedback=feedback.get(r["id"], [])) for r in page]
+    next_cursor = _encode_cursor(page[-1]["timestamp"], page[-1]["id"]) if len(rows) > limit else None
+    return InteractionPage(interactions=items, next_cursor=next_cursor)
+
+
+def _feedback_for(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, list[StoredFeedback]]:
+    if not ids:
+        return {}
+    result = cur.execute(
+        'SELECT * FROM feedback WHERE interaction_id IN (SELECT unnest(?)) ORDER BY "timestamp", id',
+        [ids],
+    )
+    columns = [d[0] for d in result.description]
+    out: dict[str, list[StoredFeedback]] = {}
+    for row in result.fetchall():
+        fb = _decode(columns, row)
+        fb.pop("score", None)
+        out.setdefault(fb["interaction_id"], []).append(StoredFeedback.model_construct(**fb))
+    return out
+
+
+def get_interaction(cur: duckdb.DuckDBPyConnection, interaction_id: str) -> StoredInteraction:
+    """Return one interaction with every feedback event that names it."""
+    result = cur.execute("SELECT * FROM interactions WHERE id = ?", [interaction_id])
+    row = result.fetchone()
+    if row is None:
+        raise NotFound(f"no interaction {interaction_id!r}", field="interaction_id")
+    data = _decode([d[0] for d in result.description], row)
+    return StoredInteraction(**data, feedback=_feedback_for(cur, [interaction_id]).get(interaction_id, []))
+
+
+def run_sql(cur: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = 10_000) -> SqlResult:
+    """Run one read-only statement (SELECT or EXPLAIN); refuse anything that writes."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidInput(f"SQL does not parse: {exc}", field="sql") from None
+    if len(statements) != 1:
+        raise InvalidInput("give exactly one SQL statement", field="sql")
+    kind = statements[0].type.name
+    if kind not in _READ_ONLY_TYPES:
+        raise InvalidInput(f"posttrain sql is read-only; {kind} statements are refused", field="sql")
+    try:
+        result = cur.execute(sql)
+        rows = result.fetchmany(max_rows)
+    except duckdb.Error as exc:
+        raise InvalidInput(f"SQL failed: {exc}", field="sql") from None
+    columns = [d[0] for d in result.description] if result.description else []
+    return SqlResult(columns=columns, rows=[list(r) for r in rows])
