@@ -361,7 +361,7 @@ def import_file(
     query = _IMPORT_SELECT[kind].format(reader=reader)
     read_cur, write_cur = project.cursor(), project.cursor()
     try:
-        stream = read_cur.execute(query, {"now": _now()}).fetch_record_batch(batch_rows)
+        stream = read_cur.sql(query, params={"now": _now()}).to_arrow_reader(batch_rows)
     except duckdb.Error as exc:
         raise InvalidInput(f"cannot read {path} as JSONL: {exc}", field="path") from None
     rows = created = invalid = 0
@@ -421,7 +421,7 @@ def export_lines(project: Project, *, kind: Kind = "interactions", batch_rows: i
     """Yield every record of ``kind`` as JSON lines, oldest first, a batch at a time."""
     json_columns = {"messages", "metadata", "consent", "media", "value"}
     cur = project.cursor()
-    reader = cur.execute(f'SELECT * FROM {kind} ORDER BY "timestamp", id').fetch_record_batch(batch_rows)
+    reader = cur.sql(f'SELECT * FROM {kind} ORDER BY "timestamp", id').to_arrow_reader(batch_rows)
     for batch in reader:
         lines = []
         for row in batch.to_pylist():

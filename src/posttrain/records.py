@@ -121,7 +121,8 @@ def _check_thumb(fb: Feedback) -> None:
     aliases: dict[Any, int] = {True: 1, False: -1, 1: 1, -1: -1, "up": 1, "down": -1}
     if isinstance(fb.value, float) and fb.value in (1.0, -1.0):
         fb.value = int(fb.value)
-    if fb.value not in aliases or (isinstance(fb.value, int | float) and fb.value == 0):
+    is_zero = not isinstance(fb.value, bool) and fb.value == 0  # 0 == False, yet 0 is no thumb
+    if fb.value not in aliases or is_zero:
         raise ValueError("value: a thumb's value must be true/false, 1/-1 or 'up'/'down'")
     fb.value = aliases[fb.value]
 

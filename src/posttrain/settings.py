@@ -22,8 +22,8 @@ class ServerSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address `posttrain serve` binds; loopback by default.")
     port: int = Field(8321, ge=0, le=65535, description="Port `posttrain serve` listens on.")
-    max_connections: int = Field(
-        512, ge=1, description="Concurrent connections before the server answers 503."
+    max_requests_in_flight: int = Field(
+        512, ge=1, description="Requests in flight at once; past it the server answers 503 with Retry-After."
     )
 
 

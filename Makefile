@@ -1,0 +1,44 @@
+# posttrain — every set-up step a fresh machine needs. `make demo` and `make test` do it all.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow test-all demo bench lint docs clean
+
+install: $(STAMP)
+
+# torch first, from the CPU build: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
+
+bench: install
+	$(PY) benchmarks/ingest_http.py
+	$(PY) benchmarks/import_bulk.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+docs: install
+	$(PY) -m posttrain.reference README.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

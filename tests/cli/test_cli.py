@@ -1,0 +1,84 @@
+"""The CLI as a user runs it: exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "posttrain", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=120,
+    )
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> tuple[Path, str]:
+    out = run("init", str(tmp_path / "p"), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    return Path(data["project"]), data["admin_key"]
+
+
+def test_init_prints_project_and_admin_key(proj: tuple[Path, str]) -> None:
+    root, key = proj
+    assert (root / "posttrain.toml").exists() and key.startswith("pt_")
+
+
+def test_init_twice_is_one_line_exit_2(proj: tuple[Path, str]) -> None:
+    out = run("init", str(proj[0]))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "already a posttrain project" in out.stderr
+
+
+def test_command_outside_a_project_says_how_to_make_one(tmp_path: Path) -> None:
+    out = run("sql", "SELECT 1", cwd=tmp_path, env={"POSTTRAIN_PROJECT": ""})
+    assert out.returncode == 2 and "posttrain init" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sql_json_and_refused_writes(proj: tuple[Path, str]) -> None:
+    root, _ = proj
+    out = run("sql", "SELECT 42 AS answer", "--project", str(root), "--json")
+    assert json.loads(out.stdout) == [{"answer": 42}]
+    refused = run("sql", "DROP TABLE interactions", "--project", str(root))
+    assert refused.returncode == 2 and "read-only" in refused.stderr
+
+
+def test_keys_create_list_revoke(proj: tuple[Path, str]) -> None:
+    root, _ = proj
+    env = {"POSTTRAIN_PROJECT": str(root)}
+    created = json.loads(run("keys", "create", "--role", "viewer", "--json", env=env).stdout)
+    listed = json.loads(run("keys", "list", "--json", env=env).stdout)
+    assert created["id"] in {k["id"] for k in listed} and all("key" not in k for k in listed)
+    revoked = json.loads(run("keys", "revoke", created["prefix"], "--json", env=env).stdout)
+    assert revoked["revoked_at"] is not None
+    bad = run("keys", "create", "--role", "root", env=env)
+    assert bad.returncode == 2 and "choose one of" in bad.stderr
+
+
+def test_capture_import_and_export(proj: tuple[Path, str], tmp_path: Path) -> None:
+    root, _ = proj
+    src = tmp_path / "chats.jsonl"
+    src.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}) + "\n"
+        for i in range(50)
+    ))
+    report = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)
+    assert report["created"] == 50 and report["rejected"] == 0
+    out = tmp_path / "out.parquet"
+    exported = json.loads(run("capture", "export", "-o", str(out), "-f", "parquet", "--project", str(root), "--json").stdout)
+    assert exported["rows"] == 50 and out.exists()
+    bad = run("capture", "export", "-o", str(out), "-f", "csv", "--project", str(root))
+    assert bad.returncode == 2 and "jsonl or parquet" in bad.stderr
+
+
+def test_import_missing_file_is_exit_2(proj: tuple[Path, str], tmp_path: Path) -> None:
+    out = run("capture", "import", str(tmp_path / "nope.jsonl"), "--project", str(proj[0]))
+    assert out.returncode == 2 and "no file" in out.stderr

@@ -1,0 +1,112 @@
+"""Shared fixtures: a real project in tmp_path, the real app in-process, a real server subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from posttrain import keys
+from posttrain.project import Project, init_project
+from posttrain.server import create_app
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    """A fresh project with a real DuckDB warehouse."""
+    proj = init_project(tmp_path / "proj")
+    yield proj
+    proj.close()
+
+
+@pytest.fixture
+def admin_key(project: Project) -> str:
+    return keys.create_key(project, "admin", name="test admin").key
+
+
+@pytest.fixture
+def client(project: Project, admin_key: str) -> Iterator[TestClient]:
+    """The real app in-process, authenticated as admin."""
+    app = create_app(project)
+    with TestClient(app, headers={"Authorization": f"Bearer {admin_key}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+@dataclass
+class LiveServer:
+    """A real ``posttrain serve`` subprocess on loopback."""
+
+    root: Path
+    admin_key: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    port: int = 0
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        server_file = self.root / ".posttrain" / "server.json"
+        server_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "posttrain", "serve", "--project", str(self.root), "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            if server_file.exists():
+                try:
+                    self.url = json.loads(server_file.read_text())["url"]
+                    if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                        self.port = int(self.url.rsplit(":", 1)[1])
+                        return self
+                except (json.JSONDecodeError, KeyError, httpx.HTTPError):
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not start in time")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks, no checkpoint."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A started server over a fresh project; stopped after the test."""
+    proj = init_project(tmp_path / "live")
+    admin = keys.create_key(proj, "admin").key
+    proj.close()
+    server = LiveServer(root=proj.root, admin_key=admin).start()
+    yield server
+    server.stop()

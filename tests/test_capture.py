@@ -1,0 +1,189 @@
+"""capture: validation, idempotent commits, the in-process HTTP routes, bulk import/export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from posttrain import capture
+from posttrain.project import Project
+from posttrain.settings import CaptureSettings
+from posttrain.warehouse import queries
+
+
+def _interaction(i: int | str, **extra: object) -> dict[str, object]:
+    return {"id": f"i{i}", "messages": [{"role": "user", "content": f"q{i}"}], "response": f"a{i}", **extra}
+
+
+def _count(project: Project, table: str) -> int:
+    return project.cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+
+
+def test_capture_stores_and_reports_duplicates(project: Project) -> None:
+    first = capture.capture(project, "interactions", [_interaction(1), _interaction(2)])
+    again = capture.capture(project, "interactions", [_interaction(1), _interaction(3)])
+    assert [r.status for r in first] == ["created", "created"]
+    assert [r.status for r in again] == ["duplicate", "created"]
+    assert _count(project, "interactions") == 3
+
+
+def test_capture_duplicate_inside_one_batch_is_stored_once(project: Project) -> None:
+    results = capture.capture(project, "interactions", [_interaction(1), _interaction(1)])
+    assert [r.status for r in results] == ["created", "duplicate"]
+    assert _count(project, "interactions") == 1
+
+
+def test_capture_mints_ids_when_absent(project: Project) -> None:
+    event = _interaction(1)
+    del event["id"]
+    (result,) = capture.capture(project, "interactions", [event])
+    assert result.status == "created" and len(result.id or "") == 26
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x"}], "colour": "red"}, "colour"),
+        ({"messages": [{"role": "user", "content": "x"}], "assignment_prob": 2}, "assignment_prob"),
+        ({"messages": [{"role": "user", "content": "x"}], "id": "has space"}, "id"),
+        ("not an object", ""),
+    ],
+)
+def test_validate_events_names_the_field(event: object, field: str) -> None:
+    results, rows = capture.validate_events("interactions", [event], CaptureSettings())
+    assert rows == []
+    assert results[0] is not None and results[0].status == "error"
+    assert (results[0].field or "") == field
+
+
+@pytest.mark.parametrize(
+    ("event", "ok", "field"),
+    [
+        ({"interaction_id": "x", "kind": "thumb", "value": "up"}, True, None),
+        ({"interaction_id": "x", "kind": "thumb", "value": 0}, False, "value"),
+        ({"interaction_id": "x", "kind": "rating", "value": 4.5}, True, None),
+        ({"interaction_id": "x", "kind": "rating", "value": "good"}, False, "value"),
+        ({"interaction_id": "x", "kind": "edit"}, False, "text"),
+        ({"interaction_id": "x", "kind": "edit", "text": "better answer"}, True, None),
+        ({"interaction_id": "x", "kind": "choice", "value": "y"}, True, None),
+        ({"interaction_id": "x", "kind": "choice"}, False, "value"),
+        ({"interaction_id": "x", "kind": "comment", "text": "nice"}, True, None),
+        ({"interaction_id": "x", "kind": "flag", "value": "unsafe"}, True, None),
+        ({"interaction_id": "x", "kind": "regenerate"}, True, None),
+        ({"interaction_id": "x", "kind": "like"}, False, "kind"),
+        ({"kind": "thumb", "value": 1}, False, "interaction_id"),
+    ],
+)
+def test_feedback_kinds_are_checked(event: dict[str, object], ok: bool, field: str | None) -> None:
+    results, rows = capture.validate_events("feedback", [event], CaptureSettings())
+    assert bool(rows) is ok
+    if not ok:
+        assert results[0] is not None and results[0].field == field
+
+
+def test_thumb_values_are_normalised(project: Project) -> None:
+    events = [
+        {"id": f"f{i}", "interaction_id": "x", "kind": "thumb", "value": v}
+        for i, v in enumerate([True, False, "up", "down", 1, -1])
+    ]
+    capture.capture(project, "feedback", events)
+    scores = project.cursor().execute("SELECT score FROM feedback ORDER BY id").fetchall()
+    assert [s[0] for s in scores] == [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+
+
+def test_event_over_the_size_limit_is_rejected_alone(project: Project) -> None:
+    limits = CaptureSettings(max_event_bytes=1024)
+    big = _interaction("big", response="x" * 5000)
+    results, rows = capture.validate_events("interactions", [_interaction(1), big], limits)
+    assert len(rows) == 1
+    assert results[1] is not None and "1024" in (results[1].error or "")
+
+
+def test_http_partial_batch_returns_207_and_keeps_valid_events(client: TestClient) -> None:
+    body = {"interactions": [_interaction(1), {"messages": "nope"}, _interaction(2)]}
+    response = client.post("/api/capture/interactions", json=body)
+    assert response.status_code == 207
+    assert [r["status"] for r in response.json()["results"]] == ["created", "error", "created"]
+    assert client.get("/api/interactions/i2").status_code == 200
+
+
+def test_http_feedback_before_its_interaction_joins_later(client: TestClient) -> None:
+    fb = {"feedback": [{"id": "f1", "interaction_id": "late", "kind": "rating", "value": 5}]}
+    assert client.post("/api/capture/feedback", json=fb).status_code == 200
+    assert client.get("/api/interactions/late").status_code == 404
+    client.post("/api/capture/interactions", json={"interactions": [_interaction("late", id="late")]})
+    got = client.get("/api/interactions/late").json()
+    assert [f["id"] for f in got["feedback"]] == ["f1"]
+
+
+def test_http_body_over_limit_is_413_naming_the_limit(project: Project, admin_key: str) -> None:
+    project.settings.capture.max_body_bytes = 2048
+    from posttrain.server import create_app
+
+    with TestClient(create_app(project), headers={"Authorization": f"Bearer {admin_key}"}) as c:
+        r = c.post("/api/capture/interactions", json={"interactions": [_interaction(1, response="y" * 4096)]})
+    assert r.status_code == 413
+    assert "2048" in r.json()["error"]["message"]
+
+
+def test_http_malformed_body_is_400_naming_the_field(client: TestClient) -> None:
+    r = client.post("/api/capture/interactions", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+    r = client.post("/api/capture/interactions", json={"events": []})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "interactions"
+
+
+def test_list_interactions_filters_and_paginates(project: Project) -> None:
+    events = [
+        _interaction(i, cohort="minor" if i % 2 else "adult", tags=["t"] if i < 5 else [],
+                     timestamp=f"2026-01-01T00:00:{i:02d}Z")
+        for i in range(12)
+    ]
+    capture.capture(project, "interactions", events)
+    capture.capture(project, "feedback", [{"interaction_id": "i3", "kind": "thumb", "value": 1}])
+    cur = project.cursor()
+    seen, cursor = [], None
+    while True:
+        page = queries.list_interactions(cur, limit=5, cursor=cursor)
+        seen += [i.id for i in page.interactions]
+        if not (cursor := page.next_cursor):
+            break
+    assert seen == [f"i{i}" for i in reversed(range(12))]
+    assert {i.id for i in queries.list_interactions(cur, cohort="minor").interactions} == {f"i{i}" for i in range(1, 12, 2)}
+    assert len(queries.list_interactions(cur, tag="t").interactions) == 5
+    assert [i.id for i in queries.list_interactions(cur, has_feedback=True).interactions] == ["i3"]
+
+
+def test_import_file_loads_records_and_openai_logs(project: Project, tmp_path: Path) -> None:
+    path = tmp_path / "logs.jsonl"
+    lines = [
+        _interaction(1, user_id="u1", timestamp="2026-01-01T10:00:00+02:00"),
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"messages": []},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    report = capture.import_file(project, path)
+    assert (report.created, report.duplicates, report.rejected) == (2, 0, 2)
+    again = capture.import_file(project, path)
+    assert (again.created, again.duplicates) == (0, 2)
+    row = project.cursor().execute(
+        "SELECT response, json_array_length(messages) FROM interactions WHERE starts_with(id, 'imp_')"
+    ).fetchone()
+    assert row == ("4", 1)
+    ts = project.cursor().execute("SELECT timestamp FROM interactions WHERE id = 'i1'").fetchone()[0]  # type: ignore[index]
+    assert ts.hour == 8  # stored as UTC
+
+
+def test_export_round_trips_through_import(project: Project, tmp_path: Path) -> None:
+    capture.capture(project, "interactions", [_interaction(i) for i in range(5)])
+    report = capture.export_file(project, tmp_path / "out.jsonl")
+    assert report.rows == 5
+    first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    assert first["messages"][0]["role"] == "user"
+    parquet = capture.export_file(project, tmp_path / "out.parquet", fmt="parquet")
+    assert parquet.rows == 5 and (tmp_path / "out.parquet").stat().st_size > 0
