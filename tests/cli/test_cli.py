@@ -82,3 +82,33 @@ def test_capture_import_and_export(proj: tuple[Path, str], tmp_path: Path) -> No
 def test_import_missing_file_is_exit_2(proj: tuple[Path, str], tmp_path: Path) -> None:
     out = run("capture", "import", str(tmp_path / "nope.jsonl"), "--project", str(proj[0]))
     assert out.returncode == 2 and "no file" in out.stderr
+
+
+def test_serve_get_sends_one_request_without_a_socket(proj: tuple[Path, str]) -> None:
+    out = run("serve", "--get", "/api/interactions?limit=5", "--project", str(proj[0]))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"interactions": [], "next_cursor": None}
+    missing = run("serve", "--get", "/api/interactions/nope", "--project", str(proj[0]))
+    assert missing.returncode == 1 and json.loads(missing.stdout)["error"]["type"] == "NotFound"
+
+
+@pytest.mark.slow
+def test_import_and_export_go_through_a_running_server(tmp_path: Path) -> None:
+    from conftest import LiveServer
+
+    out = run("init", str(tmp_path / "p"), "--json")
+    root, admin = Path(json.loads(out.stdout)["project"]), json.loads(out.stdout)["admin_key"]
+    server = LiveServer(root=root, admin_key=admin).start()
+    try:
+        src = tmp_path / "chats.jsonl"
+        src.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}) + "\n" for i in range(30)))
+        report = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)
+        assert (report["created"], report["duplicates"]) == (30, 0)
+        again = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)
+        assert (again["created"], again["duplicates"]) == (0, 30)
+        dest = tmp_path / "out.jsonl"
+        exported = run("capture", "export", "-o", str(dest), "--project", str(root), "--json")
+        assert exported.returncode == 0, exported.stderr
+        assert json.loads(exported.stdout)["rows"] == 30 and len(dest.read_text().splitlines()) == 30
+    finally:
+        server.stop()

@@ -18,6 +18,9 @@ def serve(
     project: ProjectOption = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (setting server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (setting server.port).")] = None,
+    get: Annotated[
+        str | None, typer.Option("--get", help="Send one GET PATH through the app without a socket, print it, exit.")
+    ] = None,
 ) -> None:
     """Serve the project's HTTP API until interrupted; other commands then work through it."""
     import uvicorn
@@ -27,6 +30,10 @@ def serve(
     proj = load(project, **{"server.host": host, "server.port": port})
     token = secrets.token_urlsafe(24)
     app = create_app(proj, control_token=token)
+    if get is not None:
+        _get_once(app, get, token)
+        proj.close()
+        return
     sock = _bind(proj.settings.server.host, proj.settings.server.port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host}:{bound_port}"
@@ -38,6 +45,16 @@ def serve(
     finally:
         proj.server_file.unlink(missing_ok=True)
         proj.close()
+
+
+def _get_once(app: object, path: str, token: str) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:  # type: ignore[arg-type]
+        response = client.get(path)
+    typer.echo(response.text)
+    if response.status_code >= 400:
+        raise typer.Exit(1)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -6,51 +6,78 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import ORJSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from posttrain import __version__
 from posttrain.capture import Ingestor
-from posttrain.errors import PosttrainError
+from posttrain.errors import InvalidInput, PosttrainError
 from posttrain.project import Project
 from posttrain.server.auth import KeyCache
+from posttrain.server.limits import ConcurrencyLimit
+from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import capture, interactions, keys, sql
 from posttrain.server.schemas import extra_schemas
 
 _ROUTERS = (capture.router, interactions.router, keys.router, sql.router)
 
 
-def error_response(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> ORJSONResponse:
+def error_response(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
     """Return the one error shape every 4xx/5xx uses."""
     body = {"error": {"type": kind, "message": message, "field": field}}
-    return ORJSONResponse(body, status_code=status, headers=headers or None)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PosttrainError)
-    async def _posttrain(_: Request, exc: PosttrainError) -> ORJSONResponse:
+    async def _posttrain(_: Request, exc: PosttrainError) -> JSONResponse:
         headers = {}
         if (retry := getattr(exc, "retry_after", None)) is not None:
             headers["Retry-After"] = str(max(1, round(retry)))
         return error_response(exc.status, type(exc).__name__, exc.message, exc.field, **headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
+        if err["type"] == "json_invalid":  # its loc is a character offset, not a field
+            reason = err.get("ctx", {}).get("error", err["msg"])
+            return error_response(400, "InvalidInput", f"body is not valid JSON: {reason}", "body")
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
         return error_response(400, "InvalidInput", f"{field}: {err['msg']}", field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "HTTPError", str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return error_response(500, "InternalError", f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    names: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        names.update(param.alias for param in dependant.query_params)
+        todo.extend(dependant.dependencies)
+    return frozenset(names)
+
+
+async def _reject_unknown_query(request: Request) -> None:
+    """Refuse query parameters a route does not take, so a misspelt filter is not ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route)
+    for name in request.query_params:
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(f"{name}: unknown query parameter; this route takes: {takes}", field=name)
 
 
 def create_app(
@@ -74,7 +101,8 @@ def create_app(
         version=__version__,
         description="Capture, warehouse and flywheel API of a posttrain project.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
+        dependencies=[Depends(_reject_unknown_query)],
     )
     _ = project.con  # open and migrate before the first request
     if sandbox_sql:
@@ -82,8 +110,13 @@ def create_app(
     app.state.project = project
     app.state.keys = KeyCache(project, control_token=control_token)
     _install_error_handlers(app)
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=project.settings.server.max_requests_in_flight,
+        retry_after=project.settings.capture.retry_after_seconds,
+    )
 
-    @app.get("/health", tags=["server"])
+    @app.get("/health", tags=["server"], openapi_extra={"security": []})  # needs no key
     async def health() -> dict[str, Any]:
         """Say the server is up; needs no key."""
         return {"status": "ok", "version": __version__}
@@ -102,3 +135,17 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+
+def route_table() -> list[tuple[str, str, str]]:
+    """Return (method, path, summary) for every route, /health first."""
+    from fastapi.routing import APIRoute
+
+    rows = [("GET", "/health", "Say the server is up; needs no key.")]
+    for router in _ROUTERS:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                summary = (route.endpoint.__doc__ or "").strip().splitlines()[0]
+                rows += [(method, route.path, summary) for method in sorted(route.methods or ())]
+    return rows

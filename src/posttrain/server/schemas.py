@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from posttrain.records import Feedback, Interaction
@@ -25,10 +25,14 @@ class ErrorBody(BaseModel):
 
 
 class InteractionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     interactions: list[Interaction] = Field(description="Events; each succeeds or fails on its own.")
 
 
 class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     feedback: list[Feedback] = Field(description="Events; each succeeds or fails on its own.")
 
 

@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from posttrain import capture
 from posttrain.errors import InvalidInput, PayloadTooLarge
 from posttrain.records import CaptureResponse
 from posttrain.server.auth import require
+from posttrain.server.responses import JSONResponse
 from posttrain.server.schemas import ERRORS, request_body
 
 router = APIRouter(prefix="/api/capture", tags=["capture"])
@@ -39,10 +40,12 @@ def _events(body: bytes, key: str) -> list[Any]:
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise InvalidInput(f"body must be an object with a list '{key}'", field=key)
+    if unknown := sorted(set(data) - {key}):
+        raise InvalidInput(f"unknown field {unknown[0]!r}; the body holds only '{key}'", field=unknown[0])
     return data[key]  # type: ignore[no-any-return]
 
 
-async def _capture(request: Request, kind: capture.Kind) -> ORJSONResponse:
+async def _capture(request: Request, kind: capture.Kind) -> JSONResponse:
     project = request.app.state.project
     limits = project.settings.capture
     body = await _read_body(request, limits.max_body_bytes)
@@ -54,7 +57,7 @@ async def _capture(request: Request, kind: capture.Kind) -> ORJSONResponse:
     statuses = await asyncio.wrap_future(future)
     merged = capture.merge_results(results, rows, statuses)
     status = 207 if any(r.status == "error" for r in merged) else 200
-    return ORJSONResponse({"results": [r.model_dump() for r in merged]}, status_code=status)
+    return JSONResponse({"results": [r.model_dump() for r in merged]}, status_code=status)
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -69,7 +72,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra=request_body("InteractionsRequest"),
     dependencies=[Depends(require("capture.interactions"))],
 )
-async def capture_interactions(request: Request) -> ORJSONResponse:
+async def capture_interactions(request: Request) -> JSONResponse:
     """Store a batch of interactions; one result per event, in order."""
     return await _capture(request, "interactions")
 
@@ -79,7 +82,7 @@ async def capture_interactions(request: Request) -> ORJSONResponse:
     openapi_extra=request_body("FeedbackRequest"),
     dependencies=[Depends(require("capture.feedback"))],
 )
-async def capture_feedback(request: Request) -> ORJSONResponse:
+async def capture_feedback(request: Request) -> JSONResponse:
     """Store a batch of feedback; it may name interactions that have not arrived yet."""
     return await _capture(request, "feedback")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from posttrain import keys
 from posttrain.records import ApiKey, NewApiKey, Role
@@ -14,6 +14,8 @@ router = APIRouter(prefix="/api/keys", tags=["keys"], responses=ERRORS, dependen
 
 
 class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Role
     name: str | None = None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.records import SqlResult
 from posttrain.server.auth import require
@@ -14,6 +14,8 @@ router = APIRouter(prefix="/api", tags=["sql"], responses=ERRORS, dependencies=[
 
 
 class SqlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     sql: str = Field(min_length=1, description="One SELECT or EXPLAIN statement.")
 
 
