@@ -24,10 +24,10 @@ from pydantic import BaseModel, ValidationError
 from posttrain.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, Unavailable
 from posttrain.ids import new_id
 from posttrain.project import Project
+from posttrain.records import CaptureKind as Kind
 from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction
 from posttrain.settings import CaptureSettings
 
-Kind = Literal["interactions", "feedback"]
 Row = dict[str, Any]
 _MODELS: dict[str, type[BaseModel]] = {"interactions": Interaction, "feedback": Feedback}
 
@@ -104,18 +104,6 @@ def _error_result(raw: Any, exc: ValidationError) -> EventResult:
     return EventResult(id=event_id, status="error", error=f"{field}: {message}", field=field or None)
 
 
-_INT64 = range(-(2**63), 2**63)
-_INT_COLUMNS = {table: [f.name for f in schema if pa.types.is_integer(f.type)] for table, schema in SCHEMAS.items()}
-
-
-def _range_error(kind: Kind, row: Row) -> EventResult | None:
-    """Refuse an integer a BIGINT column cannot hold: Arrow would reject the whole commit group."""
-    for name in _INT_COLUMNS[kind]:
-        if row[name] is not None and row[name] not in _INT64:
-            return EventResult(id=row["id"], status="error", field=name, error=f"{name}: must be below 2**63")
-    return None
-
-
 def validate_events(
     kind: Kind, events: Sequence[Any], limits: CaptureSettings, *, check_size: bool = True
 ) -> tuple[list[EventResult | None], list[tuple[int, Row]]]:
@@ -141,15 +129,7 @@ def validate_events(
         except ValidationError as exc:
             results[i] = _error_result(raw, exc)
             continue
-        except OverflowError as exc:  # a timestamp whose UTC shift leaves years 1-9999 (records._utc)
-            event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-            results[i] = EventResult(id=event_id, status="error", field="timestamp", error=f"timestamp: {exc}")
-            continue
-        row = build(event, now)
-        if error := _range_error(kind, row):
-            results[i] = error
-            continue
-        rows.append((i, row))
+        rows.append((i, build(event, now)))
     return results, rows
 
 

@@ -38,22 +38,18 @@ import orjson
 
 from posttrain import __version__, errors
 from posttrain.ids import new_id
+from posttrain.records import CaptureKind as Kind
 from posttrain.records import Feedback, FeedbackKind, FeedbackSource, Interaction
 
 __all__ = ["AsyncClient", "Client"]
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["interactions", "feedback"]
 _KINDS: tuple[Kind, ...] = ("interactions", "feedback")
 _INTERACTION_FIELDS = frozenset(Interaction.model_fields) - {"messages", "response"}
 _FEEDBACK_FIELDS = frozenset(Feedback.model_fields) - {"interaction_id", "kind", "value"}
 _FEEDBACK_KINDS = frozenset(get_args(FeedbackKind))
 _FEEDBACK_SOURCES = frozenset(get_args(FeedbackSource))
-_BY_STATUS: dict[int, type[errors.PosttrainError]] = {
-    400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
-    404: errors.NotFound, 409: errors.Conflict, 413: errors.PayloadTooLarge, 503: errors.Unavailable,
-}
 _FIRST_BACKOFF = 0.1  # seconds before the first resend; doubles each time up to max_backoff
 _DROP_WARNING_EVERY = 10.0  # seconds between two "buffer full" warnings
 _STOP_GRACE = 1.0  # seconds close() waits, after its flush, for a request in flight to end
@@ -288,9 +284,8 @@ def _error(reply: Reply) -> errors.PosttrainError:
     except (ValueError, KeyError, TypeError):
         message, field = reply.text[:200] or reply.reason_phrase, None
     if reply.status_code == 429:
-        return errors.Overloaded(message, retry_after=_retry_after(reply))
-    cls = _BY_STATUS.get(reply.status_code, errors.PosttrainError)
-    return cls(f"{reply.status_code} from {reply.request.url}: {message}", field=field)
+        return errors.for_status(429, message, retry_after=_retry_after(reply))
+    return errors.for_status(reply.status_code, f"{reply.status_code} from {reply.request.url}: {message}", field=field)
 
 
 def _retry_after(reply: httpx.Response) -> float:

@@ -87,3 +87,18 @@ class DependencyMissing(PosttrainError):
 
 class JobFailed(PosttrainError):
     pass
+
+
+_BY_STATUS: dict[int, type[PosttrainError]] = {
+    400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+    409: Conflict, 413: PayloadTooLarge, 503: Unavailable,
+}
+
+
+def for_status(
+    status: int, message: str, *, field: str | None = None, retry_after: float | None = None
+) -> PosttrainError:
+    """Return the error a server's HTTP status stands for (the inverse of ``status``)."""
+    if status == 429:
+        return Overloaded(message, retry_after=1.0 if retry_after is None else retry_after)
+    return _BY_STATUS.get(status, PosttrainError)(message, field=field)

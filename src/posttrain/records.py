@@ -11,7 +11,15 @@ from typing import Annotated, Any, Literal
 
 from typing_extensions import Required, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
 
 EventId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
@@ -22,6 +30,7 @@ Role = Literal["admin", "ingest", "annotator", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "ingest", "annotator", "viewer")
 FeedbackKind = Literal["thumb", "rating", "edit", "choice", "comment", "flag", "regenerate"]
 FeedbackSource = Literal["user", "annotator", "judge", "verifier"]
+CaptureKind = Literal["interactions", "feedback"]
 
 
 class Message(TypedDict, total=False):
@@ -46,10 +55,23 @@ class MediaRef(BaseModel):
     mime_type: ShortText | None = None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
+def _to_utc(value: datetime) -> datetime:
+    """Store times as naive UTC; a time without an offset is taken as UTC already."""
+    if value.tzinfo is None:
         return value
-    return value.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise ValueError("time is out of range once converted to UTC") from None
+
+
+def _iso_utc(value: datetime) -> str:
+    return value.isoformat() + "Z"
+
+
+# Naive UTC inside posttrain; ISO 8601 with "Z" on the wire, so clients never guess the zone.
+UtcTime = Annotated[datetime, AfterValidator(_to_utc), PlainSerializer(_iso_utc, return_type=str, when_used="json")]
+BigInt = Annotated[int, Field(ge=0, lt=2**63)]  # what a BIGINT column holds
 
 
 class Interaction(BaseModel):
@@ -58,7 +80,7 @@ class Interaction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: EventId | None = None
-    timestamp: datetime | None = None
+    timestamp: UtcTime | None = None
     user_id: ShortText | None = None
     session_id: ShortText | None = None
     cohort: ShortText | None = None
@@ -69,15 +91,13 @@ class Interaction(BaseModel):
     variant: ShortText | None = None
     assignment_prob: float | None = Field(None, ge=0, le=1)
     latency_ms: float | None = Field(None, ge=0)
-    prompt_tokens: int | None = Field(None, ge=0)
-    completion_tokens: int | None = Field(None, ge=0)
+    prompt_tokens: BigInt | None = None
+    completion_tokens: BigInt | None = None
     cost: float | None = Field(None, ge=0)
     tags: list[ShortText] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     consent: dict[str, bool] = Field(default_factory=dict)
     media: list[MediaRef] = Field(default_factory=list)
-
-    _utc_timestamp = field_validator("timestamp")(_utc)
 
 
 class Feedback(BaseModel):
@@ -92,15 +112,13 @@ class Feedback(BaseModel):
 
     id: EventId | None = None
     interaction_id: EventId
-    timestamp: datetime | None = None
+    timestamp: UtcTime | None = None
     source: FeedbackSource = "user"
     kind: FeedbackKind
     value: bool | int | float | str | None = None
     text: str | None = None
     author: ShortText | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-    _utc_timestamp = field_validator("timestamp")(_utc)
 
     @model_validator(mode="after")
     def _check_kind(self) -> Feedback:
@@ -178,16 +196,16 @@ class StoredFeedback(Feedback):
     """Feedback as the warehouse holds it."""
 
     id: str
-    timestamp: datetime
-    received_at: datetime
+    timestamp: UtcTime
+    received_at: UtcTime
 
 
 class StoredInteraction(Interaction):
     """An interaction as the warehouse holds it, with the feedback that joined it."""
 
     id: str
-    timestamp: datetime
-    received_at: datetime
+    timestamp: UtcTime
+    received_at: UtcTime
     feedback: list[StoredFeedback] = Field(default_factory=list)
 
 
@@ -205,8 +223,8 @@ class ApiKey(BaseModel):
     name: str | None = None
     role: Role
     prefix: str
-    created_at: datetime
-    revoked_at: datetime | None = None
+    created_at: UtcTime
+    revoked_at: UtcTime | None = None
 
 
 class NewApiKey(ApiKey):

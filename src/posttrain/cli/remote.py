@@ -8,12 +8,6 @@ import httpx
 
 from posttrain import errors
 
-_BY_STATUS: dict[int, type[errors.PosttrainError]] = {
-    400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
-    409: errors.Conflict, 413: errors.PayloadTooLarge, 503: errors.Unavailable,
-}
-
-
 class Remote:
     """A thin HTTP client for the CLI, authenticated with the server's local control token."""
 
@@ -42,7 +36,6 @@ def _error(response: httpx.Response) -> errors.PosttrainError:
         message, field = detail["message"], detail.get("field")
     except (ValueError, KeyError, TypeError):
         message, field = response.text[:200], None
-    if response.status_code == 429:
-        return errors.Overloaded(message)
-    cls = _BY_STATUS.get(response.status_code, errors.PosttrainError)
-    return cls(message, field=field)
+    retry = response.headers.get("retry-after")
+    retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+    return errors.for_status(response.status_code, message, field=field, retry_after=retry_after)
