@@ -39,8 +39,10 @@ def machine_facts() -> list[tuple[str, str]]:
         ("duckdb", duckdb.__version__),
         ("pyarrow / pydantic", f"{pyarrow.__version__} / {pydantic.VERSION}"),
         ("posttrain", posttrain.__version__),
-        ("load average", "{:.2f} {:.2f} {:.2f} (1/5/15 min at start; other work skews figures)".format(
-            *os.getloadavg())),
+        (
+            "load average",
+            "{:.2f} {:.2f} {:.2f} (1/5/15 min at start; other work skews figures)".format(*os.getloadavg()),
+        ),
     ]
 
 
@@ -98,7 +100,9 @@ def init_project(root: Path) -> str:
     """Create a project with ``posttrain init DIR --json``; return its admin key."""
     out = subprocess.run(
         [sys.executable, "-m", "posttrain", "init", str(root), "--json"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return str(json.loads(out.stdout)["admin_key"])
 
@@ -117,8 +121,18 @@ class Server:
         server_file = self.root / ".posttrain" / "server.json"
         server_file.unlink(missing_ok=True)
         self._log = (self.root / "serve.log").open("wb")
-        cmd = [sys.executable, "-m", "posttrain", "serve", "--project", str(self.root),
-               "--host", "127.0.0.1", "--port", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "posttrain",
+            "serve",
+            "--project",
+            str(self.root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -64,8 +64,7 @@ def time_duckdb(db_path: Path, source: Path, *, columns: str = "") -> tuple[floa
     try:
         started = time.perf_counter()
         con.execute(
-            f"CREATE TABLE t AS SELECT * FROM read_json('{_literal(source)}', "
-            f"format='newline_delimited'{columns})"
+            f"CREATE TABLE t AS SELECT * FROM read_json('{_literal(source)}', format='newline_delimited'{columns})"
         )
         seconds = time.perf_counter() - started
         rows = con.execute("SELECT count(*) FROM t").fetchone()[0]  # type: ignore[index]
@@ -105,30 +104,58 @@ def main() -> None:
         started = time.perf_counter()
         ours, openai = write_jsonl(source, rows)
         size_mb = source.stat().st_size / 1e6
-        print_header("posttrain capture: bulk import", [
-            ("file", f"{rows:,} rows ({ours:,} posttrain records with ids, {openai:,} OpenAI chat logs), "
-                     f"{size_mb:,.0f} MB, written in {time.perf_counter() - started:.1f} s"),
-        ])
+        print_header(
+            "posttrain capture: bulk import",
+            [
+                (
+                    "file",
+                    f"{rows:,} rows ({ours:,} posttrain records with ids, {openai:,} OpenAI chat logs), "
+                    f"{size_mb:,.0f} MB, written in {time.perf_counter() - started:.1f} s",
+                ),
+            ],
+        )
         duck_s, duck_close_s, duck_rows = time_duckdb(Path(tmp) / "auto.duckdb", source)
         typed_s, _, typed_rows = time_duckdb(Path(tmp) / "typed.duckdb", source, columns=posttrain_columns())
         import_s, close_s, report = time_import(Path(tmp) / "project", source)
     duck_rate, typed_rate, import_rate = rows / duck_s, rows / typed_s, rows / import_s
     ratio = import_s / duck_s
-    print_table([
-        Figure("DuckDB read_json -> CREATE TABLE (auto schema)", duck_rate, "rows/s", "the baseline"),
-        Figure("DuckDB read_json -> CREATE TABLE (posttrain columns)", typed_rate, "rows/s", "parse only"),
-        Figure("posttrain.capture.import_file", import_rate, "rows/s", f"{duck_rate:,.0f} rows/s",
-               f">= {TARGET_ROWS_PER_S:,} rows/s", verdict(import_rate, TARGET_ROWS_PER_S)),
-        Figure("import_file time / DuckDB read_json time", ratio, "x", "1.00 x",
-               f"<= {TARGET_RATIO:.1f} x", verdict(ratio, TARGET_RATIO, higher_is_better=False)),
-        Figure("import_file throughput", size_mb / import_s, "MB/s", f"{size_mb / duck_s:,.0f} MB/s"),
-        Figure("until durable (statement + close/checkpoint)", rows / (import_s + close_s), "rows/s",
-               f"{rows / (duck_s + duck_close_s):,.0f} rows/s"),
-    ])
-    print(f"  DuckDB: {duck_rows:,} rows in {duck_s:.2f} s (+ {duck_close_s:.2f} s close); "
-          f"with posttrain columns {typed_rows:,} in {typed_s:.2f} s")
-    print(f"  import_file: {report.rows:,} rows, {report.created:,} created, {report.duplicates:,} duplicates, "
-          f"{report.rejected:,} rejected in {import_s:.2f} s (+ {close_s:.2f} s close/checkpoint)")
+    print_table(
+        [
+            Figure("DuckDB read_json -> CREATE TABLE (auto schema)", duck_rate, "rows/s", "the baseline"),
+            Figure("DuckDB read_json -> CREATE TABLE (posttrain columns)", typed_rate, "rows/s", "parse only"),
+            Figure(
+                "posttrain.capture.import_file",
+                import_rate,
+                "rows/s",
+                f"{duck_rate:,.0f} rows/s",
+                f">= {TARGET_ROWS_PER_S:,} rows/s",
+                verdict(import_rate, TARGET_ROWS_PER_S),
+            ),
+            Figure(
+                "import_file time / DuckDB read_json time",
+                ratio,
+                "x",
+                "1.00 x",
+                f"<= {TARGET_RATIO:.1f} x",
+                verdict(ratio, TARGET_RATIO, higher_is_better=False),
+            ),
+            Figure("import_file throughput", size_mb / import_s, "MB/s", f"{size_mb / duck_s:,.0f} MB/s"),
+            Figure(
+                "until durable (statement + close/checkpoint)",
+                rows / (import_s + close_s),
+                "rows/s",
+                f"{rows / (duck_s + duck_close_s):,.0f} rows/s",
+            ),
+        ]
+    )
+    print(
+        f"  DuckDB: {duck_rows:,} rows in {duck_s:.2f} s (+ {duck_close_s:.2f} s close); "
+        f"with posttrain columns {typed_rows:,} in {typed_s:.2f} s"
+    )
+    print(
+        f"  import_file: {report.rows:,} rows, {report.created:,} created, {report.duplicates:,} duplicates, "
+        f"{report.rejected:,} rejected in {import_s:.2f} s (+ {close_s:.2f} s close/checkpoint)"
+    )
     for line in report.errors:
         print(f"    {line}")
 

@@ -84,9 +84,7 @@ def _post_all(http: httpx.Client, bodies: queue.SimpleQueue[bytes], tally: dict[
             break
 
 
-def http_client_process(
-    worker: int, url: str, key: str, batches: int, threads: int, barrier: Any, out: Any
-) -> None:
+def http_client_process(worker: int, url: str, key: str, batches: int, threads: int, barrier: Any, out: Any) -> None:
     """One client process: encode its batches, wait for the start, post them, report."""
     bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     for events in worker_events(worker, batches):
@@ -118,9 +116,12 @@ def bench_http(root: Path, sizes: Sizes) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         httpx.post(f"{server.url}/api/capture/interactions", content=warmup, headers=headers, timeout=60)
         barrier, out = ctx.Barrier(sizes.processes + 1), ctx.Queue()
-        procs = [ctx.Process(target=http_client_process,
-                             args=(w, server.url, key, per_worker[w], sizes.threads, barrier, out))
-                 for w in range(sizes.processes)]
+        procs = [
+            ctx.Process(
+                target=http_client_process, args=(w, server.url, key, per_worker[w], sizes.threads, barrier, out)
+            )
+            for w in range(sizes.processes)
+        ]
         for p in procs:
             p.start()
         barrier.wait()
@@ -134,11 +135,16 @@ def bench_http(root: Path, sizes: Sizes) -> dict[str, Any]:
     acked = sum(r.get("created", 0) + r.get("duplicate", 0) for r in reports)
     latencies = sorted(x for r in reports for x in r["latencies"])
     return {
-        "seconds": seconds, "acked": acked, "stored": stored, "rate": acked / seconds,
+        "seconds": seconds,
+        "acked": acked,
+        "stored": stored,
+        "rate": acked / seconds,
         "errors": sum(r.get("error", 0) + r["http_errors"] for r in reports),
         "retries": sum(r["retries"] for r in reports),
-        "p50_ms": 1000 * (percentile(latencies, 50) or 0), "p99_ms": 1000 * (percentile(latencies, 99) or 0),
-        "server_cores": server_cpu / seconds, "client_cores": sum(r["cpu"] for r in reports) / seconds,
+        "p50_ms": 1000 * (percentile(latencies, 50) or 0),
+        "p99_ms": 1000 * (percentile(latencies, 99) or 0),
+        "server_cores": server_cpu / seconds,
+        "client_cores": sum(r["cpu"] for r in reports) / seconds,
     }
 
 
@@ -178,9 +184,16 @@ def bench_sdk(root: Path, n: int) -> dict[str, Any]:
         stored = server.count()
     latencies.sort()
     return {
-        "seconds": seconds, "rate": n / seconds, "stored": stored, "log_seconds": logged - started,
-        "p50_us": (percentile(latencies, 50) or 0) / 1000, "p99_us": (percentile(latencies, 99) or 0) / 1000,
-        "max_us": latencies[-1] / 1000, **counts, "client_cores": cpu / seconds, "server_cores": server_cpu / seconds,
+        "seconds": seconds,
+        "rate": n / seconds,
+        "stored": stored,
+        "log_seconds": logged - started,
+        "p50_us": (percentile(latencies, 50) or 0) / 1000,
+        "p99_us": (percentile(latencies, 99) or 0) / 1000,
+        "max_us": latencies[-1] / 1000,
+        **counts,
+        "client_cores": cpu / seconds,
+        "server_cores": server_cpu / seconds,
     }
 
 
@@ -243,15 +256,25 @@ def bench_duckdb(root: Path, sizes: Sizes) -> dict[str, Any]:
         server_path.close()
     steps = watch.seconds
     path = steps["decode"] + steps["validate"] + steps["commit"] + steps["respond"]
-    return {"events": events, "stored": stored, "python_path": _rate(events, path),
-            **{k: _rate(events, v) for k, v in steps.items()}}
+    return {
+        "events": events,
+        "stored": stored,
+        "python_path": _rate(events, path),
+        **{k: _rate(events, v) for k, v in steps.items()},
+    }
 
 
 def _figures(http: dict[str, Any], sdk: dict[str, Any], db: dict[str, Any], sizes: Sizes) -> list[Figure]:
     limit = f"{db['insert']:,.0f} ev/s (raw DuckDB)"
     figures = [
-        Figure(f"(a) HTTP acked, {sizes.processes} procs x {sizes.threads} threads", http["rate"], "ev/s",
-               limit, f">= {TARGET_HTTP:,} ev/s", verdict(http["rate"], TARGET_HTTP)),
+        Figure(
+            f"(a) HTTP acked, {sizes.processes} procs x {sizes.threads} threads",
+            http["rate"],
+            "ev/s",
+            limit,
+            f">= {TARGET_HTTP:,} ev/s",
+            verdict(http["rate"], TARGET_HTTP),
+        ),
         Figure("(a) request latency p50 (500 events)", http["p50_ms"], "ms"),
         Figure("(a) request latency p99 (500 events)", http["p99_ms"], "ms"),
         Figure("(a) server CPU while loaded", http["server_cores"], "cores"),
@@ -262,8 +285,14 @@ def _figures(http: dict[str, Any], sdk: dict[str, Any], db: dict[str, Any], size
     else:
         figures += [
             Figure("(b) SDK log_interaction + flush", sdk["rate"], "ev/s", limit),
-            Figure("(b) SDK log_interaction p50", sdk["p50_us"], "us", "",
-                   f"<= {TARGET_SDK_P50_US:.0f} us", verdict(sdk["p50_us"], TARGET_SDK_P50_US, higher_is_better=False)),
+            Figure(
+                "(b) SDK log_interaction p50",
+                sdk["p50_us"],
+                "us",
+                "",
+                f"<= {TARGET_SDK_P50_US:.0f} us",
+                verdict(sdk["p50_us"], TARGET_SDK_P50_US, higher_is_better=False),
+            ),
             Figure("(b) SDK log_interaction p99", sdk["p99_us"], "us"),
             Figure("(b) SDK log_interaction max", sdk["max_us"], "us"),
             Figure("(b) SDK calls alone (before flush)", sizes.sdk_events / sdk["log_seconds"], "calls/s"),
@@ -276,21 +305,31 @@ def _figures(http: dict[str, Any], sdk: dict[str, Any], db: dict[str, Any], size
         Figure("(c) in-process: pa.Table.from_pylist alone", db["arrow"], "ev/s"),
         Figure("(c) in-process: capture.commit (Arrow+INSERT OR IGNORE)", db["commit"], "ev/s"),
         Figure("(c) in-process: merge_results + model_dump + dumps", db["respond"], "ev/s"),
-        Figure("(c) in-process: whole server path, one thread", db["python_path"], "ev/s", "",
-               f">= {TARGET_HTTP:,} ev/s", verdict(db["python_path"], TARGET_HTTP)),
+        Figure(
+            "(c) in-process: whole server path, one thread",
+            db["python_path"],
+            "ev/s",
+            "",
+            f">= {TARGET_HTTP:,} ev/s",
+            verdict(db["python_path"], TARGET_HTTP),
+        ),
     ]
     return figures
 
 
 def _checks(http: dict[str, Any], sdk: dict[str, Any], db: dict[str, Any], sizes: Sizes) -> list[str]:
     sent = sizes.batches * BATCH
-    notes = [f"(a) {http['acked']:,}/{sent:,} acked, {http['stored']:,} stored, "
-             f"{http['errors']} errors, {http['retries']} 429 retries, {http['seconds']:.2f} s"]
+    notes = [
+        f"(a) {http['acked']:,}/{sent:,} acked, {http['stored']:,} stored, "
+        f"{http['errors']} errors, {http['retries']} 429 retries, {http['seconds']:.2f} s"
+    ]
     if "missing" in sdk:
         notes.append(f"(b) skipped: {sdk['missing']}")
     else:
-        notes.append(f"(b) {sizes.sdk_events:,} logged: {sdk['sent']:,} sent, {sdk['failed']} failed, "
-                     f"{sdk['dropped']} dropped; {sdk['stored']:,} stored after flush, {sdk['seconds']:.2f} s")
+        notes.append(
+            f"(b) {sizes.sdk_events:,} logged: {sdk['sent']:,} sent, {sdk['failed']} failed, "
+            f"{sdk['dropped']} dropped; {sdk['stored']:,} stored after flush, {sdk['seconds']:.2f} s"
+        )
     notes.append(f"(c) {db['stored']:,}/{db['events']:,} rows stored by the raw insert")
     return notes
 
@@ -302,13 +341,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads per client process (default 2)")
     parser.add_argument("--sdk-events", type=int, help="events logged through the SDK (default 50,000; quick 5,000)")
     args = parser.parse_args()
-    sizes = Sizes(batches=args.batches or (20 if args.quick else 200), processes=2, threads=args.threads,
-                  sdk_events=args.sdk_events or (5_000 if args.quick else 50_000))
-    print_header("posttrain capture: HTTP ingest", [
-        ("HTTP run", f"{sizes.batches} batches x {BATCH} events, {sizes.processes} client processes "
-                     f"x {sizes.threads} threads, keep-alive httpx"),
-        ("SDK run", f"{sizes.sdk_events:,} log_interaction calls, then flush()"),
-    ])
+    sizes = Sizes(
+        batches=args.batches or (20 if args.quick else 200),
+        processes=2,
+        threads=args.threads,
+        sdk_events=args.sdk_events or (5_000 if args.quick else 50_000),
+    )
+    print_header(
+        "posttrain capture: HTTP ingest",
+        [
+            (
+                "HTTP run",
+                f"{sizes.batches} batches x {BATCH} events, {sizes.processes} client processes "
+                f"x {sizes.threads} threads, keep-alive httpx",
+            ),
+            ("SDK run", f"{sizes.sdk_events:,} log_interaction calls, then flush()"),
+        ],
+    )
     with tempfile.TemporaryDirectory(prefix="posttrain-bench-") as tmp:
         http = bench_http(Path(tmp) / "http", sizes)
         sdk = bench_sdk(Path(tmp) / "sdk", sizes.sdk_events)

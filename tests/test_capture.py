@@ -140,8 +140,9 @@ def test_http_malformed_body_is_400_naming_the_field(client: TestClient) -> None
 
 def test_list_interactions_filters_and_paginates(project: Project) -> None:
     events = [
-        _interaction(i, cohort="minor" if i % 2 else "adult", tags=["t"] if i < 5 else [],
-                     timestamp=f"2026-01-01T00:00:{i:02d}Z")
+        _interaction(
+            i, cohort="minor" if i % 2 else "adult", tags=["t"] if i < 5 else [], timestamp=f"2026-01-01T00:00:{i:02d}Z"
+        )
         for i in range(12)
     ]
     capture.capture(project, "interactions", events)
@@ -154,7 +155,9 @@ def test_list_interactions_filters_and_paginates(project: Project) -> None:
         if not (cursor := page.next_cursor):
             break
     assert seen == [f"i{i}" for i in reversed(range(12))]
-    assert {i.id for i in queries.list_interactions(cur, cohort="minor").interactions} == {f"i{i}" for i in range(1, 12, 2)}
+    assert {i.id for i in queries.list_interactions(cur, cohort="minor").interactions} == {
+        f"i{i}" for i in range(1, 12, 2)
+    }
     assert len(queries.list_interactions(cur, tag="t").interactions) == 5
     assert [i.id for i in queries.list_interactions(cur, has_feedback=True).interactions] == ["i3"]
 
@@ -171,9 +174,11 @@ def test_import_file_loads_records_and_openai_logs(project: Project, tmp_path: P
     assert (report.created, report.duplicates, report.rejected) == (2, 0, 2)
     again = capture.import_file(project, path)
     assert (again.created, again.duplicates) == (0, 2)
-    row = project.cursor().execute(
-        "SELECT response, json_array_length(messages) FROM interactions WHERE starts_with(id, 'imp_')"
-    ).fetchone()
+    row = (
+        project.cursor()
+        .execute("SELECT response, json_array_length(messages) FROM interactions WHERE starts_with(id, 'imp_')")
+        .fetchone()
+    )
     assert row == ("4", 1)
     ts = project.cursor().execute("SELECT timestamp FROM interactions WHERE id = 'i1'").fetchone()[0]  # type: ignore[index]
     assert ts.hour == 8  # stored as UTC

@@ -271,8 +271,11 @@ def test_log_feedback_rejects_bad_input(args: list[Any], fields: Event, field: s
 
 @pytest.mark.parametrize(
     ("url", "options", "field"),
-    [("localhost:8321", {}, "url"), ("http://x", {"batch_size": 0}, "batch_size"),
-     ("http://x", {"max_retries": -1}, "max_retries")],
+    [
+        ("localhost:8321", {}, "url"),
+        ("http://x", {"batch_size": 0}, "batch_size"),
+        ("http://x", {"max_retries": -1}, "max_retries"),
+    ],
 )
 def test_client_rejects_bad_options(url: str, options: Event, field: str) -> None:
     with pytest.raises(InvalidInput) as info:

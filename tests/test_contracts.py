@@ -20,15 +20,32 @@ def test_import_posttrain_stays_light() -> None:
 def test_all_is_exactly_the_public_api() -> None:
     public = {name for name in vars(posttrain) if not name.startswith("_")} - {"annotations", "TYPE_CHECKING", "Any"}
     modules = {name for name in public if type(getattr(posttrain, name)).__name__ == "module"}
-    assert set(posttrain.__all__) - {"__version__"} >= public - modules - {"errors", "project", "records", "ids", "settings", "warehouse"}
+    assert set(posttrain.__all__) - {"__version__"} >= public - modules - {
+        "errors",
+        "project",
+        "records",
+        "ids",
+        "settings",
+        "warehouse",
+    }
     for name in posttrain.__all__:
         assert getattr(posttrain, name) is not None
 
 
 def test_error_tree_has_statuses_and_exit_codes() -> None:
-    for cls in [errors.InvalidInput, errors.PayloadTooLarge, errors.Unauthorized, errors.Forbidden, errors.NotFound,
-                errors.Conflict, errors.Overloaded, errors.WarehouseBusy, errors.Unavailable, errors.DependencyMissing,
-                errors.JobFailed]:
+    for cls in [
+        errors.InvalidInput,
+        errors.PayloadTooLarge,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.NotFound,
+        errors.Conflict,
+        errors.Overloaded,
+        errors.WarehouseBusy,
+        errors.Unavailable,
+        errors.DependencyMissing,
+        errors.JobFailed,
+    ]:
         assert issubclass(cls, errors.PosttrainError)
         assert 400 <= cls.status < 600 and cls.exit_code in (1, 2)
     assert errors.InvalidInput("x", field="f").to_dict() == {"type": "InvalidInput", "message": "x", "field": "f"}

@@ -47,10 +47,8 @@ def test_open_project_reads_toml_env_and_overrides(tmp_path: Path) -> None:
 
 def test_warehouse_held_by_another_process_is_warehouse_busy(tmp_path: Path) -> None:
     proj = init_project(tmp_path / "p")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb,time; c=duckdb.connect({str(proj.warehouse_path)!r}); print('ok', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE,
-    )
+    hold = f"import duckdb,time; c=duckdb.connect({str(proj.warehouse_path)!r}); print('ok',flush=True); time.sleep(30)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
     proj.close()
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"ok"

@@ -19,7 +19,9 @@ def test_every_setting_has_a_description() -> None:
 def test_load_resolution_order(tmp_path: Path) -> None:
     toml = tmp_path / "posttrain.toml"
     toml.write_text("[capture]\nmax_event_bytes = 1000\nmax_batch_events = 7\n")
-    resolved = settings.load(toml, env={"POSTTRAIN_CAPTURE_MAX_BATCH_EVENTS": "8"}, overrides={"capture.max_body_bytes": 4096})
+    resolved = settings.load(
+        toml, env={"POSTTRAIN_CAPTURE_MAX_BATCH_EVENTS": "8"}, overrides={"capture.max_body_bytes": 4096}
+    )
     assert resolved.capture.max_event_bytes == 1000
     assert resolved.capture.max_batch_events == 8
     assert resolved.capture.max_body_bytes == 4096

@@ -36,22 +36,41 @@ _TS = pa.timestamp("us")
 SCHEMAS: dict[str, pa.Schema] = {
     "interactions": pa.schema(
         [
-            ("id", pa.string()), ("timestamp", _TS), ("received_at", _TS),
-            ("user_id", pa.string()), ("session_id", pa.string()), ("cohort", pa.string()),
-            ("messages", _JSON), ("response", pa.string()), ("model", pa.string()),
-            ("experiment", pa.string()), ("variant", pa.string()),
-            ("assignment_prob", pa.float64()), ("latency_ms", pa.float64()),
-            ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-            ("cost", pa.float64()), ("tags", pa.list_(pa.string())), ("metadata", _JSON),
-            ("consent", _JSON), ("media", _JSON),
+            ("id", pa.string()),
+            ("timestamp", _TS),
+            ("received_at", _TS),
+            ("user_id", pa.string()),
+            ("session_id", pa.string()),
+            ("cohort", pa.string()),
+            ("messages", _JSON),
+            ("response", pa.string()),
+            ("model", pa.string()),
+            ("experiment", pa.string()),
+            ("variant", pa.string()),
+            ("assignment_prob", pa.float64()),
+            ("latency_ms", pa.float64()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("cost", pa.float64()),
+            ("tags", pa.list_(pa.string())),
+            ("metadata", _JSON),
+            ("consent", _JSON),
+            ("media", _JSON),
         ]
     ),
     "feedback": pa.schema(
         [
-            ("id", pa.string()), ("interaction_id", pa.string()), ("timestamp", _TS),
-            ("received_at", _TS), ("source", pa.string()), ("kind", pa.string()),
-            ("value", _JSON), ("score", pa.float64()), ("text", pa.string()),
-            ("author", pa.string()), ("metadata", _JSON),
+            ("id", pa.string()),
+            ("interaction_id", pa.string()),
+            ("timestamp", _TS),
+            ("received_at", _TS),
+            ("source", pa.string()),
+            ("kind", pa.string()),
+            ("value", _JSON),
+            ("score", pa.float64()),
+            ("text", pa.string()),
+            ("author", pa.string()),
+            ("metadata", _JSON),
         ]
     ),
 }
@@ -110,8 +129,7 @@ def validate_events(
     """Validate raw events; return per-event errors (None where valid) and the valid rows."""
     if len(events) > limits.max_batch_events:
         raise PayloadTooLarge(
-            f"{len(events)} events in one request; the limit is {limits.max_batch_events} "
-            "(capture.max_batch_events)",
+            f"{len(events)} events in one request; the limit is {limits.max_batch_events} (capture.max_batch_events)",
             field=kind,
         )
     model, build, now = _MODELS[kind], _ROW_BUILDERS[kind], _now()
@@ -120,7 +138,9 @@ def validate_events(
     for i, raw in enumerate(events):
         if check_size and (size := len(orjson.dumps(raw))) > limits.max_event_bytes:
             results[i] = EventResult(
-                id=raw.get("id") if isinstance(raw, dict) else None, status="error", field="event",
+                id=raw.get("id") if isinstance(raw, dict) else None,
+                status="error",
+                field="event",
                 error=f"event is {size} bytes; the limit is {limits.max_event_bytes} (capture.max_event_bytes)",
             )
             continue
@@ -270,15 +290,36 @@ class Ingestor:
 
 _IMPORT_COLUMNS = {
     "interactions": {
-        "id": "VARCHAR", "timestamp": "VARCHAR", "user_id": "VARCHAR", "session_id": "VARCHAR",
-        "cohort": "VARCHAR", "messages": "JSON", "response": "VARCHAR", "model": "VARCHAR",
-        "experiment": "VARCHAR", "variant": "VARCHAR", "assignment_prob": "DOUBLE",
-        "latency_ms": "DOUBLE", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
-        "cost": "DOUBLE", "tags": "VARCHAR[]", "metadata": "JSON", "consent": "JSON", "media": "JSON",
+        "id": "VARCHAR",
+        "timestamp": "VARCHAR",
+        "user_id": "VARCHAR",
+        "session_id": "VARCHAR",
+        "cohort": "VARCHAR",
+        "messages": "JSON",
+        "response": "VARCHAR",
+        "model": "VARCHAR",
+        "experiment": "VARCHAR",
+        "variant": "VARCHAR",
+        "assignment_prob": "DOUBLE",
+        "latency_ms": "DOUBLE",
+        "prompt_tokens": "BIGINT",
+        "completion_tokens": "BIGINT",
+        "cost": "DOUBLE",
+        "tags": "VARCHAR[]",
+        "metadata": "JSON",
+        "consent": "JSON",
+        "media": "JSON",
     },
     "feedback": {
-        "id": "VARCHAR", "interaction_id": "VARCHAR", "timestamp": "VARCHAR", "source": "VARCHAR",
-        "kind": "VARCHAR", "value": "JSON", "text": "VARCHAR", "author": "VARCHAR", "metadata": "JSON",
+        "id": "VARCHAR",
+        "interaction_id": "VARCHAR",
+        "timestamp": "VARCHAR",
+        "source": "VARCHAR",
+        "kind": "VARCHAR",
+        "value": "JSON",
+        "text": "VARCHAR",
+        "author": "VARCHAR",
+        "metadata": "JSON",
     },
 }
 
@@ -373,12 +414,9 @@ def import_file(
         try:
             write_cur.begin()
             created += write_cur.execute(
-                f"INSERT OR IGNORE INTO {kind} BY NAME "
-                "SELECT * EXCLUDE (_valid) FROM _import_batch WHERE _valid"
+                f"INSERT OR IGNORE INTO {kind} BY NAME SELECT * EXCLUDE (_valid) FROM _import_batch WHERE _valid"
             ).fetchone()[0]  # type: ignore[index]
-            invalid += write_cur.execute(
-                "SELECT count(*) FROM _import_batch WHERE NOT _valid"
-            ).fetchone()[0]  # type: ignore[index]
+            invalid += write_cur.execute("SELECT count(*) FROM _import_batch WHERE NOT _valid").fetchone()[0]  # type: ignore[index]
             write_cur.commit()
         finally:
             write_cur.unregister("_import_batch")
@@ -391,8 +429,12 @@ def import_file(
     if unreadable:
         errors.append(f"{unreadable} lines are not JSON objects")
     return ImportReport(
-        path=str(path), rows=rows + unreadable, created=created,
-        duplicates=rows - invalid - created, rejected=invalid + unreadable, errors=errors,
+        path=str(path),
+        rows=rows + unreadable,
+        created=created,
+        duplicates=rows - invalid - created,
+        rejected=invalid + unreadable,
+        errors=errors,
         seconds=round(time.perf_counter() - started, 3),
     )
 
@@ -486,8 +528,12 @@ def import_through(
     if unreadable:
         errors.append(f"{unreadable} lines are not JSON objects")
     return ImportReport(
-        path=str(path), rows=sum(counts.values()) + unreadable, created=counts["created"],
-        duplicates=counts["duplicate"], rejected=counts["error"] + unreadable, errors=errors,
+        path=str(path),
+        rows=sum(counts.values()) + unreadable,
+        created=counts["created"],
+        duplicates=counts["duplicate"],
+        rejected=counts["error"] + unreadable,
+        errors=errors,
         seconds=round(time.perf_counter() - started, 3),
     )
 

@@ -31,7 +31,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args
 
 import httpx
 import orjson
@@ -176,9 +176,7 @@ Reply = httpx.Response | httpx.TransportError | None
 Step = _Post | float  # a request to send, or seconds to wait
 
 
-def _deliver(
-    outbox: _Outbox, kind: Kind, events: list[dict[str, Any]], retry: _Retry
-) -> Generator[Step, Reply, None]:
+def _deliver(outbox: _Outbox, kind: Kind, events: list[dict[str, Any]], retry: _Retry) -> Generator[Step, Reply, None]:
     """Deliver one batch: post it, halve it on 413, wait and resend it on 429, 5xx or no answer."""
     parts, attempt = [events], 0
     while parts:
@@ -242,13 +240,19 @@ def _settle_results(outbox: _Outbox, kind: Kind, part: list[dict[str, Any]], rep
         outbox.last_error = errors.InvalidInput(f"{first.get('id')}: {first.get('error')}", field=first.get("field"))
         logger.warning(
             "posttrain: the server rejected %d of %d %s; first: %s",
-            len(rejected), len(part), kind, outbox.last_error,
+            len(rejected),
+            len(part),
+            kind,
+            outbox.last_error,
         )
     outbox.settle(kind, sent=len(part) - len(rejected), failed=len(rejected))
 
 
 def _halve(
-    outbox: _Outbox, kind: Kind, part: list[dict[str, Any]], parts: list[list[dict[str, Any]]],
+    outbox: _Outbox,
+    kind: Kind,
+    part: list[dict[str, Any]],
+    parts: list[list[dict[str, Any]]],
     reply: httpx.Response,
 ) -> None:
     if len(part) > 1:
@@ -263,7 +267,10 @@ def _halve(
 def _give_up(outbox: _Outbox, kind: Kind, part: list[dict[str, Any]], attempt: int) -> None:
     logger.error(
         "posttrain: %d %s dropped after %d retries (max_retries); last error: %s",
-        len(part), kind, attempt, outbox.last_error,
+        len(part),
+        kind,
+        attempt,
+        outbox.last_error,
     )
     outbox.settle(kind, dropped=len(part))
 
@@ -318,9 +325,7 @@ def _now() -> str:
 
 def _unknown(fields: dict[str, Any], allowed: frozenset[str]) -> errors.InvalidInput:
     names = ", ".join(sorted(set(fields) - allowed))
-    return errors.InvalidInput(
-        f"unknown field {names}; the fields are: {', '.join(sorted(allowed))}", field=names
-    )
+    return errors.InvalidInput(f"unknown field {names}; the fields are: {', '.join(sorted(allowed))}", field=names)
 
 
 class _BaseClient:
@@ -457,7 +462,8 @@ def _check_options(
             "api_key is empty; create one with 'posttrain keys create --role ingest'", field="api_key"
         )
     checks = [
-        ("batch_size", batch_size >= 1, "at least 1"), ("flush_interval", flush_interval > 0, "above 0"),
+        ("batch_size", batch_size >= 1, "at least 1"),
+        ("flush_interval", flush_interval > 0, "above 0"),
         ("max_buffer", max_buffer >= 1, "at least 1"),
         ("max_retries", max_retries is None or max_retries >= 0, "None or at least 0"),
     ]

@@ -90,8 +90,13 @@ class JobFailed(PosttrainError):
 
 
 _BY_STATUS: dict[int, type[PosttrainError]] = {
-    400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 503: Unavailable,
+    400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    503: Unavailable,
 }
 
 

@@ -41,7 +41,12 @@ def create_key(project: Project, role: str, *, name: str | None = None) -> NewAp
         raise InvalidInput(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", field="role")
     secret = "pt_" + secrets.token_urlsafe(24)
     record = NewApiKey(
-        id=new_id(), name=name, role=role, prefix=secret[:10], created_at=_now(), key=secret  # type: ignore[arg-type]
+        id=new_id(),
+        name=name,
+        role=role,
+        prefix=secret[:10],
+        created_at=_now(),
+        key=secret,  # type: ignore[arg-type]
     )
     project.cursor().execute(
         "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -59,9 +64,7 @@ def list_keys(project: Project) -> list[ApiKey]:
 def revoke_key(project: Project, key_id: str) -> ApiKey:
     """Revoke a key by its id or its prefix; it stops working at once."""
     cur = project.cursor()
-    row = cur.execute(
-        f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]
-    ).fetchone()
+    row = cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]).fetchone()
     if row is None:
         raise NotFound(f"no API key {key_id!r}; run 'posttrain keys list'", field="key_id")
     key = ApiKey(**dict(zip(_COLUMNS.split(", "), row, strict=True)))
@@ -74,9 +77,7 @@ def revoke_key(project: Project, key_id: str) -> ApiKey:
 def lookup_role(project: Project, key: str) -> Role:
     """Return the role of a live key; raise Unauthorized for an unknown or revoked one."""
     row = (
-        project.cursor()
-        .execute("SELECT role, revoked_at FROM api_keys WHERE key_hash = ?", [hash_key(key)])
-        .fetchone()
+        project.cursor().execute("SELECT role, revoked_at FROM api_keys WHERE key_hash = ?", [hash_key(key)]).fetchone()
     )
     if row is None:
         raise Unauthorized("unknown API key; create one with 'posttrain keys create --role ROLE'")

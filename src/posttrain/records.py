@@ -7,9 +7,7 @@ SDK, bulk import), so a rule is written once. Field names are the warehouse's co
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-
-from typing_extensions import Required, TypedDict
+from typing import Annotated, Any, Literal, Required
 
 from pydantic import (
     AfterValidator,
@@ -20,10 +18,9 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from typing_extensions import TypedDict
 
-EventId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
-]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
 
 Role = Literal["admin", "ingest", "annotator", "viewer"]
@@ -135,14 +132,16 @@ class Feedback(BaseModel):
         return None
 
 
+_THUMBS: dict[Any, int] = {"up": 1, "down": -1, 1: 1, -1: -1}  # 1.0 and True hash as 1
+
+
 def _check_thumb(fb: Feedback) -> None:
-    aliases: dict[Any, int] = {True: 1, False: -1, 1: 1, -1: -1, "up": 1, "down": -1}
-    if isinstance(fb.value, float) and fb.value in (1.0, -1.0):
-        fb.value = int(fb.value)
-    is_zero = not isinstance(fb.value, bool) and fb.value == 0  # 0 == False, yet 0 is no thumb
-    if fb.value not in aliases or is_zero:
+    value = fb.value
+    if isinstance(value, bool):
+        value = 1 if value else -1
+    if value not in _THUMBS:
         raise ValueError("value: a thumb's value must be true/false, 1/-1 or 'up'/'down'")
-    fb.value = aliases[fb.value]
+    fb.value = _THUMBS[value]
 
 
 def _check_rating(fb: Feedback) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _commands(group: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     # duck-typed: typer ships its own copy of click's Group and Command
     for name, command in group.commands.items():

@@ -36,17 +36,13 @@ class CaptureSettings(BaseModel):
     max_event_bytes: int = Field(
         256 * 1024, ge=256, description="Largest single event, in bytes (that event is rejected)."
     )
-    max_batch_events: int = Field(
-        10_000, ge=1, description="Most events in one capture request (413 above)."
-    )
+    max_batch_events: int = Field(10_000, ge=1, description="Most events in one capture request (413 above).")
     max_backlog_events: int = Field(
         50_000,
         ge=1,
         description="Events waiting to be committed before new requests get 429 with Retry-After.",
     )
-    retry_after_seconds: float = Field(
-        1.0, gt=0, description="Retry-After the server sends with a 429."
-    )
+    retry_after_seconds: float = Field(1.0, gt=0, description="Retry-After the server sends with a 429.")
 
 
 class Settings(BaseModel):

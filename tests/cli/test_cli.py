@@ -14,8 +14,12 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "posttrain", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})}, timeout=120,
+        [sys.executable, "-m", "posttrain", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
     )
 
 
@@ -66,14 +70,21 @@ def test_keys_create_list_revoke(proj: tuple[Path, str]) -> None:
 def test_capture_import_and_export(proj: tuple[Path, str], tmp_path: Path) -> None:
     root, _ = proj
     src = tmp_path / "chats.jsonl"
-    src.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}) + "\n"
-        for i in range(50)
-    ))
+    src.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}
+            )
+            + "\n"
+            for i in range(50)
+        )
+    )
     report = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)
     assert report["created"] == 50 and report["rejected"] == 0
     out = tmp_path / "out.parquet"
-    exported = json.loads(run("capture", "export", "-o", str(out), "-f", "parquet", "--project", str(root), "--json").stdout)
+    exported = json.loads(
+        run("capture", "export", "-o", str(out), "-f", "parquet", "--project", str(root), "--json").stdout
+    )
     assert exported["rows"] == 50 and out.exists()
     bad = run("capture", "export", "-o", str(out), "-f", "csv", "--project", str(root))
     assert bad.returncode == 2 and "jsonl or parquet" in bad.stderr
@@ -101,7 +112,11 @@ def test_import_and_export_go_through_a_running_server(tmp_path: Path) -> None:
     server = LiveServer(root=root, admin_key=admin).start()
     try:
         src = tmp_path / "chats.jsonl"
-        src.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}) + "\n" for i in range(30)))
+        src.write_text(
+            "".join(
+                json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}) + "\n" for i in range(30)
+            )
+        )
         report = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)
         assert (report["created"], report["duplicates"]) == (30, 0)
         again = json.loads(run("capture", "import", str(src), "--project", str(root), "--json").stdout)

@@ -160,8 +160,14 @@ def test_capture_partial_batch_reports_each_event(http: httpx.Client, prefix: st
     results = reply.json()["results"]
     assert [r["status"] for r in results] == ["created"] + ["error"] * 6 + ["created"]
     assert [r["id"] for r in results] == [
-        f"{prefix}ok1", f"{prefix}nomsg", f"{prefix}big", f"{prefix}role", f"{prefix}bogus",
-        "bad id with spaces", None, f"{prefix}ok2",
+        f"{prefix}ok1",
+        f"{prefix}nomsg",
+        f"{prefix}big",
+        f"{prefix}role",
+        f"{prefix}bogus",
+        "bad id with spaces",
+        None,
+        f"{prefix}ok2",
     ]
     fields = [r["field"] for r in results[1:7]]
     assert fields[:3] == ["messages", "event", "messages.0.role"]
@@ -386,8 +392,12 @@ def listing(server: LiveServer) -> str:
     cohort = f"list-{uuid.uuid4().hex[:8]}"
     events = [
         interaction(
-            f"{cohort}-{s}", cohort=cohort, timestamp=f"2024-03-0{day}T12:00:00Z",
-            user_id=user, model=model, tags=tags,
+            f"{cohort}-{s}",
+            cohort=cohort,
+            timestamp=f"2024-03-0{day}T12:00:00Z",
+            user_id=user,
+            model=model,
+            tags=tags,
         )
         for s, day, user, model, tags, _ in LISTED
     ]

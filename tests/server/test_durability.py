@@ -244,7 +244,9 @@ def test_capture_histories_keep_acked_events() -> None:
     run_state_machine_as_test(
         CaptureHistory,
         settings=settings(
-            max_examples=6, stateful_step_count=10, deadline=None,
+            max_examples=6,
+            stateful_step_count=10,
+            deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )

@@ -91,8 +91,13 @@ CONFORMANCE = [pytest.param(method, path, id=f"{method} {path}") for method, pat
 
 
 def _fuzz(
-    api_schema: schemathesis.BaseSchema, server: LiveServer, method: str, path: str, mode: GenerationMode,
-    check: Callable[[schemathesis.Case, schemathesis.Response], None], max_examples: int,
+    api_schema: schemathesis.BaseSchema,
+    server: LiveServer,
+    method: str,
+    path: str,
+    mode: GenerationMode,
+    check: Callable[[schemathesis.Case, schemathesis.Response], None],
+    max_examples: int,
 ) -> None:
     """Send ``max_examples`` generated requests to one operation; run ``check`` on each reply."""
     auth = {"Authorization": f"Bearer {server.admin_key}"}

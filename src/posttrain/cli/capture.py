@@ -15,7 +15,9 @@ from posttrain.cli.remote import Remote
 from posttrain.errors import InvalidInput
 from posttrain.records import ImportReport
 
-app = typer.Typer(help="Bulk capture: import JSONL records or OpenAI chat logs, export JSONL/Parquet.", no_args_is_help=True)
+app = typer.Typer(
+    help="Bulk capture: import JSONL records or OpenAI chat logs, export JSONL/Parquet.", no_args_is_help=True
+)
 KindOption = Annotated[str, typer.Option("--kind", help="interactions or feedback.")]
 
 
@@ -27,8 +29,12 @@ def _kind(value: str) -> library.Kind:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        transient=True, console=render.console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=render.console,
     )
 
 
@@ -49,7 +55,9 @@ def import_(
             progress.update(task, completed=done, total=total)
 
         if remote is not None:
-            report = library.import_through(remote_sender(remote, _kind(kind)), file, kind=_kind(kind), on_progress=on_progress)
+            report = library.import_through(
+                remote_sender(remote, _kind(kind)), file, kind=_kind(kind), on_progress=on_progress
+            )
         else:
             with proj:
                 report = library.import_file(proj, file, kind=_kind(kind), on_progress=on_progress)
@@ -102,4 +110,3 @@ def export(
         render.as_json(report)
     else:
         typer.echo(f"wrote {report.rows} {kind} to {report.path} ({report.format})")
-

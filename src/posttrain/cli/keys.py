@@ -11,7 +11,9 @@ from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load, remote_for
 from posttrain.records import ApiKey, NewApiKey
 
-app = typer.Typer(help="API keys: create, list and revoke (roles: admin, ingest, annotator, viewer).", no_args_is_help=True)
+app = typer.Typer(
+    help="API keys: create, list and revoke (roles: admin, ingest, annotator, viewer).", no_args_is_help=True
+)
 _COLUMNS = ["id", "prefix", "role", "name", "created_at", "revoked_at"]
 
 

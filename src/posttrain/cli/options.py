@@ -14,7 +14,9 @@ from posttrain.project import Project, open_project, resolve_root
 ProjectOption = Annotated[
     Path | None,
     typer.Option(
-        "--project", "-p", help="Project folder (default: $POSTTRAIN_PROJECT, else the current folder).",
+        "--project",
+        "-p",
+        help="Project folder (default: $POSTTRAIN_PROJECT, else the current folder).",
         show_default=False,
     ),
 ]

@@ -16,7 +16,9 @@ from posttrain.warehouse import connect, queries
 
 
 def init(
-    directory: Annotated[Path | None, typer.Argument(help="Folder for the project (default: --project or cwd).")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Folder for the project (default: --project or cwd).")
+    ] = None,
     project: ProjectOption = None,
     json: JsonOption = False,
 ) -> None:

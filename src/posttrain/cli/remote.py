@@ -8,6 +8,7 @@ import httpx
 
 from posttrain import errors
 
+
 class Remote:
     """A thin HTTP client for the CLI, authenticated with the server's local control token."""
 

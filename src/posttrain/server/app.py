@@ -80,9 +80,7 @@ async def _reject_unknown_query(request: Request) -> None:
             raise InvalidInput(f"{name}: unknown query parameter; this route takes: {takes}", field=name)
 
 
-def create_app(
-    project: Project, *, control_token: str | None = None, sandbox_sql: bool = True
-) -> FastAPI:
+def create_app(project: Project, *, control_token: str | None = None, sandbox_sql: bool = True) -> FastAPI:
     """Build the app. ``control_token`` is an extra admin key for local CLI calls to this server.
 
     With ``sandbox_sql`` the warehouse refuses file access, so read-only SQL cannot read files.
@@ -135,7 +133,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
     return app.openapi_schema
-
 
 
 def route_table() -> list[tuple[str, str, str]]:

@@ -55,8 +55,12 @@ def list_interactions(
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     where, params = ["true"], []
     for clause, value in [
-        ('i."timestamp" >= ?', since), ('i."timestamp" < ?', until), ("i.user_id = ?", user_id),
-        ("i.cohort = ?", cohort), ("i.model = ?", model), ("list_contains(i.tags, ?)", tag),
+        ('i."timestamp" >= ?', since),
+        ('i."timestamp" < ?', until),
+        ("i.user_id = ?", user_id),
+        ("i.cohort = ?", cohort),
+        ("i.model = ?", model),
+        ("list_contains(i.tags, ?)", tag),
     ]:
         if value is not None:
             where.append(clause)
@@ -68,10 +72,7 @@ def list_interactions(
         ts, last_id = _decode_cursor(cursor)
         where.append('(i."timestamp", i.id) < (?, ?)')
         params += [ts, last_id]
-    sql = (
-        f"SELECT * FROM interactions i WHERE {' AND '.join(where)} "
-        'ORDER BY i."timestamp" DESC, i.id DESC LIMIT ?'
-    )
+    sql = f'SELECT * FROM interactions i WHERE {" AND ".join(where)} ORDER BY i."timestamp" DESC, i.id DESC LIMIT ?'
     result = cur.execute(sql, [*params, limit + 1])
     columns = [d[0] for d in result.description]
     rows = [_decode(columns, r) for r in result.fetchall()]

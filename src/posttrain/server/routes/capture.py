@@ -68,7 +68,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/interactions", response_model=CaptureResponse, responses=_RESPONSES,
+    "/interactions",
+    response_model=CaptureResponse,
+    responses=_RESPONSES,
     openapi_extra=request_body("InteractionsRequest"),
     dependencies=[Depends(require("capture.interactions"))],
 )
@@ -78,7 +80,9 @@ async def capture_interactions(request: Request) -> JSONResponse:
 
 
 @router.post(
-    "/feedback", response_model=CaptureResponse, responses=_RESPONSES,
+    "/feedback",
+    response_model=CaptureResponse,
+    responses=_RESPONSES,
     openapi_extra=request_body("FeedbackRequest"),
     dependencies=[Depends(require("capture.feedback"))],
 )
@@ -88,7 +92,8 @@ async def capture_feedback(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/export", responses={**ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
+    "/export",
+    responses={**ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
     dependencies=[Depends(require("capture.export"))],
 )
 async def capture_export(

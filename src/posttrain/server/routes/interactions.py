@@ -12,7 +12,9 @@ from posttrain.server.schemas import ERRORS
 from posttrain.warehouse import queries
 
 router = APIRouter(
-    prefix="/api/interactions", tags=["interactions"], responses=ERRORS,
+    prefix="/api/interactions",
+    tags=["interactions"],
+    responses=ERRORS,
     dependencies=[Depends(require("interactions.read"))],
 )
 
@@ -32,8 +34,16 @@ def list_interactions(
 ) -> InteractionPage:
     """List interactions newest first, with their feedback; follow ``next_cursor`` for more."""
     return queries.list_interactions(
-        request.app.state.project.cursor(), since=since, until=until, user_id=user_id,
-        cohort=cohort, model=model, tag=tag, has_feedback=has_feedback, cursor=cursor, limit=limit,
+        request.app.state.project.cursor(),
+        since=since,
+        until=until,
+        user_id=user_id,
+        cohort=cohort,
+        model=model,
+        tag=tag,
+        has_feedback=has_feedback,
+        cursor=cursor,
+        limit=limit,
     )
 
 
