@@ -192,3 +192,13 @@ def test_export_round_trips_through_import(project: Project, tmp_path: Path) -> 
     assert first["messages"][0]["role"] == "user"
     parquet = capture.export_file(project, tmp_path / "out.parquet", fmt="parquet")
     assert parquet.rows == 5 and (tmp_path / "out.parquet").stat().st_size > 0
+
+
+def test_import_file_keeps_one_row_per_id_within_the_file(project: Project, tmp_path: Path) -> None:
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(_interaction(i % 3)) + "\n" for i in range(9)))
+    seen: list[tuple[int, int]] = []
+    report = capture.import_file(project, path, on_progress=lambda done, total: seen.append((done, total)))
+    assert (report.created, report.duplicates, report.rejected) == (3, 6, 0)
+    assert _count(project, "interactions") == 3
+    assert seen[-1] == (9, 9)

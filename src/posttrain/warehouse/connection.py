@@ -24,4 +24,6 @@ def connect(path: Path, *, read_only: bool = False, busy_hint: str = "") -> duck
         hint = busy_hint or "wait for it to finish, or stop it"
         raise WarehouseBusy(f"the warehouse {path} is open in {holder}; {hint}") from None
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # timestamps are stored as naive UTC
+    if not read_only:  # the default (16 MB) checkpoints mid-ingest, stalling the writer 0.1-0.4 s
+        con.execute("SET GLOBAL checkpoint_threshold = '256MB'")
     return con

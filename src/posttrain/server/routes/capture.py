@@ -55,9 +55,8 @@ async def _capture(request: Request, kind: capture.Kind) -> JSONResponse:
     results, rows = capture.validate_events(kind, events, limits, check_size=check_size)
     future = request.app.state.ingestor.submit(kind, [r for _, r in rows])
     statuses = await asyncio.wrap_future(future)
-    merged = capture.merge_results(results, rows, statuses)
-    status = 207 if any(r.status == "error" for r in merged) else 200
-    return JSONResponse({"results": [r.model_dump() for r in merged]}, status_code=status)
+    status = 207 if len(rows) < len(events) else 200
+    return JSONResponse({"results": capture.result_dicts(results, rows, statuses)}, status_code=status)
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
