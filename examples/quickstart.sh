@@ -13,7 +13,7 @@ INGEST=$(posttrain keys create --role ingest --name quickstart --json \
 # 2. The server owns the warehouse while it runs; other commands go through it.
 posttrain serve --port 0 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 until [ -s "$POSTTRAIN_PROJECT/.posttrain/server.json" ]; do sleep 0.2; done
 URL=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$POSTTRAIN_PROJECT/.posttrain/server.json")
 until curl -sf "$URL/health" > /dev/null; do sleep 0.2; done

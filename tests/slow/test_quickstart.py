@@ -1,0 +1,26 @@
+"""`make demo` runs the README's quickstart: it must run to the end on a fresh project."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quickstart_script_runs_to_the_end() -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("POSTTRAIN_PROJECT", None)
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "quickstart.sh")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "SDK: 200 interactions and 200 thumbs sent" in out.stdout
+    assert "demo-1 ['thumb', 'edit']" in out.stdout
+    assert "1000 created, 0 duplicates, 0 rejected" in out.stdout
+    assert "quickstart done" in out.stdout
