@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,17 @@ def test_import_and_export_go_through_a_running_server(tmp_path: Path) -> None:
         assert json.loads(exported.stdout)["rows"] == 30 and len(dest.read_text().splitlines()) == 30
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_cleans_up_on_sigterm_and_sigint(proj: tuple[Path, str], sig: signal.Signals) -> None:
+    from conftest import LiveServer
+
+    root, admin = proj
+    server = LiveServer(root=root, admin_key=admin).start()
+    assert server.proc is not None and (root / ".posttrain" / "server.json").exists()
+    server.proc.send_signal(sig)
+    server.proc.wait(20)
+    assert not (root / ".posttrain" / "server.json").exists()
+    after = run("sql", "SELECT count(*) AS n FROM api_keys", "--project", str(root), "--json")
+    assert after.returncode == 0 and json.loads(after.stdout) == [{"n": 1}]

@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import secrets
+import signal
 import socket
 from typing import Annotated
 
@@ -42,11 +43,17 @@ def serve(
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
     typer.echo(f"posttrain serving {proj.root} at {url} (docs: {url}/docs)", err=True)
     _tune_gc()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit through our clean-up instead
+    signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         proj.server_file.unlink(missing_ok=True)
         proj.close()
+
+
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _tune_gc() -> None:
