@@ -27,7 +27,7 @@ TABLES = {
 def test_migrations_create_every_table(project: Project) -> None:
     names = {r[0] for r in project.cursor().execute("SHOW TABLES").fetchall()}
     assert names >= TABLES
-    assert applied_migrations(project.cursor()) == [1]
+    assert applied_migrations(project.cursor()) == [1, 2]
 
 
 def test_migrate_is_idempotent(project: Project) -> None:
@@ -36,7 +36,7 @@ def test_migrate_is_idempotent(project: Project) -> None:
 
 def test_migrate_on_a_blank_database_applies_all() -> None:
     con = duckdb.connect()
-    assert migrate(con) == [1]
+    assert migrate(con) == [1, 2]
     assert migrate(con) == []
 
 

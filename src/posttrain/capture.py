@@ -57,6 +57,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("metadata", _JSON),
             ("consent", _JSON),
             ("media", _JSON),
+            ("source", pa.string()),
         ]
     ),
     "feedback": pa.schema(
@@ -94,6 +95,7 @@ def _interaction_row(ev: Interaction, now: datetime) -> Row:
     row["metadata"] = _dumps(ev.metadata)
     row["consent"] = _dumps(ev.consent)
     row["media"] = _dumps([m.model_dump(exclude_none=True) for m in ev.media])
+    row["source"] = "capture"
     return row
 
 
@@ -380,7 +382,7 @@ _IMPORT_SELECT = {
             user_id, session_id, cohort, messages, response, model, experiment, variant,
             assignment_prob, latency_ms, prompt_tokens, completion_tokens, cost,
             coalesce(tags, []) AS tags, coalesce(metadata, '{{}}') AS metadata,
-            coalesce(consent, '{{}}') AS consent, coalesce(media, '[]') AS media,
+            coalesce(consent, '{{}}') AS consent, coalesce(media, '[]') AS media, 'import' AS source,
             coalesce(json_type(messages) = 'ARRAY' AND json_array_length(messages) > 0, false)
                 AS _valid
         FROM norm

@@ -205,6 +205,7 @@ class StoredInteraction(Interaction):
     id: str
     timestamp: UtcTime
     received_at: UtcTime
+    source: str | None = Field(None, description="How it entered: capture, import, generate, gateway.")
     feedback: list[StoredFeedback] = Field(default_factory=list)
 
 
@@ -251,3 +252,72 @@ class ExportReport(BaseModel):
 class SqlResult(BaseModel):
     columns: list[str]
     rows: list[list[Any]]
+
+
+ModelKind = Literal["causal-lm", "reward-model"]
+ModelStatus = Literal["candidate", "serving", "retired"]
+DatasetKind = Literal["sft", "preference", "prompts", "eval"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ModelRecord(BaseModel):
+    """A registered model: a local Hugging Face folder with where it came from."""
+
+    id: str
+    name: str
+    kind: ModelKind = "causal-lm"
+    path: str
+    base: str | None = None
+    parent_id: str | None = None
+    run_id: str | None = None
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    dataset_versions: list[str] = Field(default_factory=list, description="'name@version' refs it was trained on")
+    content_hash: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    status: ModelStatus = "candidate"
+    description: str | None = None
+    created_at: UtcTime
+
+
+class DatasetVersion(BaseModel):
+    """One immutable version of a dataset: Parquet rows plus a manifest."""
+
+    id: str
+    name: str
+    version: int
+    kind: DatasetKind
+    recipe: dict[str, Any]
+    row_count: int
+    content_hash: str
+    path: str = Field(description="The Parquet file of the rows")
+    manifest_path: str | None = None
+    source_ids: dict[str, Any] = Field(
+        default_factory=dict, description="counts of source records and the file listing their ids"
+    )
+    stats: dict[str, Any] = Field(default_factory=dict)
+    scrubbed: int = 0
+    created_at: UtcTime
+
+    @property
+    def ref(self) -> str:
+        """Return ``name@version``."""
+        return f"{self.name}@{self.version}"
+
+
+class Job(BaseModel):
+    """Long work (a training run, a dataset build, an eval) as one row: state, progress, metrics, log."""
+
+    id: str
+    kind: str
+    config: dict[str, Any]
+    state: JobState
+    progress: float = 0.0
+    metrics: list[dict[str, Any]] = Field(default_factory=list)
+    log: str = ""
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    output: str | None = None
+    created_at: UtcTime
+    started_at: UtcTime | None = None
+    finished_at: UtcTime | None = None

@@ -1,0 +1,105 @@
+"""Jobs: long work as a warehouse row (state, progress, metrics history, log, checkpoint, output).
+
+The CLI runs a job inline with a progress bar; the server would answer 202 with its id. Both call
+the same stage function, which records its progress through a ``JobHandle``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from posttrain.errors import NotFound
+from posttrain.ids import new_id
+from posttrain.project import Project
+from posttrain.records import Job
+
+_JSON = ("config", "metrics", "result")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _row_to_job(columns: list[str], row: tuple[Any, ...]) -> Job:
+    data = dict(zip(columns, row, strict=True))
+    for name in _JSON:
+        if isinstance(data.get(name), str):
+            data[name] = orjson.loads(data[name])
+    return Job(**data)
+
+
+def get_job(project: Project, job_id: str) -> Job:
+    """Return one job; raise NotFound with the fix."""
+    result = project.cursor().execute("SELECT * FROM jobs WHERE id = ?", [job_id])
+    row = result.fetchone()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}; run 'posttrain sql \"SELECT id, kind, state FROM jobs\"'", field="job")
+    return _row_to_job([d[0] for d in result.description], row)
+
+
+def list_jobs(project: Project, *, kind: str | None = None, limit: int = 100) -> list[Job]:
+    """Return jobs newest first, optionally of one kind (``train.sft``, ``datasets.build`` ...)."""
+    where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+    result = project.cursor().execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?", [*params, limit])
+    columns = [d[0] for d in result.description]
+    return [_row_to_job(columns, r) for r in result.fetchall()]
+
+
+class JobHandle:
+    """Record a running job's progress; every call writes through to the warehouse row."""
+
+    def __init__(self, project: Project, job: Job) -> None:
+        self.project = project
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    def _update(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            setattr(self.job, name, value)
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        values = [orjson.dumps(v).decode() if name in _JSON and v is not None else v for name, v in fields.items()]
+        self.project.cursor().execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values, self.job.id])
+
+    def progress(self, fraction: float) -> None:
+        """Set progress (0..1)."""
+        self._update(progress=max(0.0, min(1.0, fraction)))
+
+    def metric(self, step: int, **values: float) -> None:
+        """Append one point to the metrics history."""
+        self._update(metrics=[*self.job.metrics, {"step": step, **values}])
+
+    def log(self, line: str) -> None:
+        """Append a line to the job's log."""
+        self._update(log=self.job.log + line.rstrip("\n") + "\n")
+
+    def checkpoint(self, path: str) -> None:
+        """Record the latest checkpoint folder (what ``--resume`` starts from)."""
+        self._update(checkpoint=path)
+
+    def succeed(self, *, output: str | None = None, result: dict[str, Any] | None = None) -> Job:
+        """Mark the job done."""
+        self._update(state="succeeded", progress=1.0, output=output, result=result, finished_at=_now())
+        return self.job
+
+    def fail(self, error: str) -> Job:
+        """Mark the job failed, keeping its log."""
+        self._update(state="failed", error=error, finished_at=_now())
+        return self.job
+
+
+def start_job(project: Project, kind: str, config: dict[str, Any]) -> JobHandle:
+    """Create a running job row and return its handle."""
+    now = _now()
+    job = Job(id=new_id(), kind=kind, config=config, state="running", created_at=now, started_at=now)
+    project.cursor().execute(
+        "INSERT INTO jobs (id, kind, config, state, progress, metrics, log, created_at, started_at) "
+        "VALUES (?, ?, ?, 'running', 0, '[]', '', ?, ?)",
+        [job.id, kind, orjson.dumps(config).decode(), now, now],
+    )
+    return JobHandle(project, job)

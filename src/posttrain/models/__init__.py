@@ -1,0 +1,1 @@
+"""Models: the registry (light), the tiny-model factory and generation (torch, imported on use)."""
