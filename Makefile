@@ -32,6 +32,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/ingest_http.py
 	$(PY) benchmarks/import_bulk.py
+	$(PY) benchmarks/build_datasets.py
+	$(PY) benchmarks/train_sft.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -110,3 +110,11 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(root=proj.root, admin_key=admin).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Qwen2 (hidden 64, 2 layers) with its chat tokenizer, built once per session."""
+    from posttrain.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", arch="qwen2", hidden=64, layers=2)

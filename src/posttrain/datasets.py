@@ -9,6 +9,11 @@ Row formats (conversational, as TRL's trainers take them; a message is ``{"role"
 - ``prompts``: ``prompt``, ``answer`` (reference answer or null), ``verifier`` (name or null).
 - ``eval``: ``prompt``, ``answer``, ``completion``, ``cohort``, ``user_id``, ``session_id``.
 
+``build(project, kind, name, BuildConfig(...))`` selects the rows in one DuckDB query over the
+warehouse (filters shared by every kind, then the kind's parameters), scrubs PII from every text
+field (``posttrain.curate``), and writes the next version; ``export`` writes one as JSONL, Parquet
+or a Hugging Face ``save_to_disk`` folder.
+
 A version lives in ``artifacts/datasets/NAME/vN/``: ``data.parquet``, ``sources.parquet`` (the ids
 of the interactions and feedback it came from) and ``manifest.json``. Its ``content_hash`` covers
 the rows only, so rebuilding the same recipe over the same data gives the same hash.
@@ -18,29 +23,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from posttrain.errors import InvalidInput, NotFound
+from posttrain import curate
+from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.ids import new_id
 from posttrain.project import Project
-from posttrain.records import DatasetKind, DatasetVersion
+from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
 
 _JSON = ("recipe", "source_ids", "stats")
 
 
 def content_hash(table: pa.Table) -> str:
-    """Return a SHA-256 over the rows, in order, independent of Parquet encoding details."""
+    """Return a SHA-256 over the rows, in order, independent of Parquet encoding details.
+
+    Each row is rendered as JSON by DuckDB (fast, and the same for equal values whatever the Arrow
+    chunking, string width or Parquet encoding); the digest covers the column names and those lines.
+    """
     digest = hashlib.sha256()
     digest.update(orjson.dumps(table.schema.names))
-    for batch in table.to_batches(max_chunksize=10_000):
-        for row in batch.to_pylist():
-            digest.update(orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC))
+    con = duckdb.connect()  # private, default settings: the scan keeps the rows in order
+    try:
+        con.register("_rows", table)
+        for batch in con.sql("SELECT to_json(_rows)::VARCHAR AS j FROM _rows").to_arrow_reader(100_000):
+            lines = batch.column(0).cast(pa.large_string())
+            _, offsets, _ = lines.buffers()
+            bounds = pa.Array.from_buffers(pa.int64(), len(lines) + 1, [None, offsets], offset=lines.offset)
+            start, end = bounds[0].as_py(), bounds[-1].as_py()
+            # JSON objects back to back split one way only, so the bytes need no separator
+            digest.update(memoryview(lines.buffers()[2])[start:end])
+    finally:
+        con.close()
     return digest.hexdigest()
 
 
@@ -135,3 +159,506 @@ def read_rows(version: DatasetVersion) -> pa.Table:
     if not path.is_file():
         raise NotFound(f"the file of {version.ref} is missing: {path}", field="dataset")
     return pq.read_table(path)
+
+
+# --- building versions from the warehouse ------------------------------------------------
+
+PairSource = Literal["choice", "edit", "accepted_vs_rejected"]
+PAIR_SOURCES: tuple[PairSource, ...] = ("choice", "edit", "accepted_vs_rejected")
+_MESSAGES = """'[{"role": "VARCHAR", "content": "VARCHAR"}]'"""
+_ANSWER_FROM = re.compile(r"^(response|metadata(\.[A-Za-z_][A-Za-z0-9_]*)+)$")
+
+
+def _operators(sql: str) -> list[str]:
+    """Return the operator tokens of ``sql`` (outside strings); refuse comments."""
+    tokens = duckdb.tokenize(sql)
+    found = []
+    for n, (start, kind) in enumerate(tokens):
+        if kind == duckdb.token_type.comment:
+            raise ValueError("where must not hold SQL comments ('--', '/* */')")
+        if kind == duckdb.token_type.operator:
+            found.append(sql[start : tokens[n + 1][0] if n + 1 < len(tokens) else len(sql)])
+    return found
+
+
+def _check_where(where: str | None) -> str | None:
+    """Accept one boolean expression: no ';', comments or parameters; parentheses balanced outside strings."""
+    if where is None or not where.strip():
+        return None
+    if ";" in where:
+        raise ValueError("where must be one SQL condition over 'i' (the interactions), without ';'")
+    depth = 0
+    for text in _operators(where):
+        if "$" in text or "?" in text:
+            raise ValueError("where must not hold parameters ($name, ?); write the values in the condition")
+        depth += text.count("(") - text.count(")")
+        if depth < 0:
+            raise ValueError("where has a ')' without its '('; give one condition, e.g. \"i.cohort = 'pro'\"")
+    if depth:
+        raise ValueError("where has unbalanced parentheses; give one condition, e.g. \"i.cohort = 'pro'\"")
+    return where.strip()
+
+
+class BuildConfig(BaseModel):
+    """What to build a dataset version from: shared filters, then each kind's parameters.
+
+    Acceptance (sft, and the two sides of ``accepted_vs_rejected`` pairs): an interaction is
+    *accepted* when it has a positive signal (thumb up, or rating >= ``min_rating``) and no
+    negative one (thumb down, flag, or rating <= ``max_rejected_rating``); *rejected* when it has
+    a negative signal and no positive one. Mixed signals count as neither.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: UtcTime | None = Field(None, description="Interactions at or after this time.")
+    until: UtcTime | None = Field(None, description="Interactions before this time.")
+    cohort: list[str] = Field(default_factory=list, description="Only these cohorts.")
+    model: list[str] = Field(default_factory=list, description="Only interactions served by these models.")
+    tags: list[str] = Field(default_factory=list, description="Interactions with any of these tags.")
+    source: list[FeedbackSource] = Field(default_factory=list, description="Only feedback from these sources.")
+    where: str | None = Field(None, description="One extra SQL condition over the interactions, alias i.")
+    split: Literal["train"] | None = Field(
+        None, description="'train': leave out the users/sessions an eval build with the same seed holds out."
+    )
+    min_rating: float = Field(4, description="A rating at or above this accepts a response.")
+    max_rejected_rating: float = Field(2, description="A rating at or below this rejects a response.")
+    rating_scale: float = Field(5, gt=1, description="The highest rating (ratings run 1..rating_scale).")
+    include_edits: bool = Field(True, description="sft: edited responses become completions.")
+    include: list[PairSource] = Field(
+        default_factory=lambda: list(PAIR_SOURCES), description="preference: pair sources."
+    )
+    max_pairs_per_prompt: int = Field(2, ge=1, description="preference: accepted-vs-rejected pairs per prompt.")
+    verifier: str | None = Field(None, description="prompts: the verifier name stored on each row.")
+    answer_from: str | None = Field("metadata.answer", description="prompts/eval: 'metadata.KEY' or 'response'.")
+    fraction: float = Field(0.1, gt=0, lt=1, description="eval: the share of users/sessions held out.")
+    split_by: Literal["user_id", "session_id"] = Field("user_id", description="eval: what no split may share.")
+    seed: int = Field(0, description="eval: the seed of the held-out hash.")
+    exclude: list[str] = Field(default_factory=list, description="eval: training versions whose prompts to drop.")
+
+    @field_validator("where")
+    @classmethod
+    def _where_is_one_condition(cls, value: str | None) -> str | None:
+        return _check_where(value)
+
+    @field_validator("answer_from")
+    @classmethod
+    def _answer_path(cls, value: str | None) -> str | None:
+        if value is not None and not _ANSWER_FROM.match(value):
+            raise ValueError(f"answer_from {value!r} must be 'response' or 'metadata.KEY', e.g. metadata.answer")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BuildConfig:
+        if self.since and self.until and self.since >= self.until:
+            raise ValueError(f"since ({self.since}) must be before until ({self.until}); swap them")
+        if self.max_rejected_rating >= self.min_rating:
+            raise ValueError("max_rejected_rating must be below min_rating, e.g. 2 and 4")
+        if not self.include:
+            raise ValueError("include needs at least one of choice, edit, accepted_vs_rejected")
+        return self
+
+    @classmethod
+    def parse(cls, **values: Any) -> BuildConfig:
+        """Return a config from loose values (CLI flags); raise InvalidInput naming the fix."""
+        try:
+            return cls.model_validate({k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(f"{field}: {message}" if field else message, field=field) from None
+
+
+class _Sql:
+    """Collects named parameters while a query is assembled (DuckDB refuses unused ones)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def __call__(self, name: str, value: Any) -> str:
+        self.params[name] = value
+        return f"${name}"
+
+
+def _heldout(config: BuildConfig, p: _Sql) -> str:
+    """Return SQL true for interactions whose user (or session) the eval split holds out."""
+    key = f"coalesce(i.{config.split_by}, i.id)"
+    cut = p("cut", int(config.fraction * 1_000_000))
+    return f"(md5_number(concat({p('seed', str(config.seed))}, ':', {key})) % 1000000) < {cut}"
+
+
+def _interaction_filter(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
+    clauses = ["TRUE"]
+    if config.since:
+        clauses.append(f'i."timestamp" >= {p("since", config.since)}')
+    if config.until:
+        clauses.append(f'i."timestamp" < {p("until", config.until)}')
+    if config.cohort:
+        clauses.append(f"list_contains({p('cohort', config.cohort)}, i.cohort)")
+    if config.model:
+        clauses.append(f"list_contains({p('model', config.model)}, i.model)")
+    if config.tags:
+        clauses.append(f"list_has_any(i.tags, {p('tags', config.tags)})")
+    if config.where:
+        clauses.append(f"({config.where})")
+    if kind == "eval":
+        clauses.append(_heldout(config, p))
+    elif config.split == "train":
+        clauses.append(f"NOT {_heldout(config, p)}")
+    return " AND ".join(clauses)
+
+
+def _answer(config: BuildConfig, p: _Sql) -> str:
+    if config.answer_from is None:
+        return "NULL::VARCHAR"
+    if config.answer_from == "response":
+        return "i.response"
+    return f"json_extract_string(i.metadata, {p('answer_path', '$' + config.answer_from[len('metadata') :])})"
+
+
+def _common_ctes(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
+    """Return the CTEs every kind starts from: filtered interactions, feedback, judgements, edits."""
+    sources = f"list_contains({p('sources', config.source)}, f.source)" if config.source else "TRUE"
+    # only what the kind needs: each column costs at a million rows; preference pairs carry ids and
+    # hashes until the end, when the texts of the pairs kept join back
+    columns = "i.id, i.messages::VARCHAR AS messages, hash(i.messages::VARCHAR) AS prompt_key, i.response"
+    if kind == "preference":
+        columns = "i.id, hash(i.messages::VARCHAR) AS prompt_key, hash(i.response) AS response_key"
+        columns += ", i.response IS NOT NULL AS answered"
+    elif kind in ("prompts", "eval"):
+        columns += f", i.user_id, i.session_id, i.cohort, {_answer(config, p)} AS answer"
+    return f"""
+    base AS (
+        SELECT {columns}
+        FROM interactions i WHERE {_interaction_filter(config, p, kind)}
+    ),
+    fb AS (
+        SELECT f.id, f.interaction_id, f.source, f.kind, f.score, f.text, f."timestamp",
+               CASE WHEN f.kind = 'choice' THEN f.value->>'$' END AS chosen_id
+        FROM feedback f WHERE f.kind IN ('thumb', 'rating', 'flag', 'edit', 'choice') AND {sources}
+    ),
+    judged AS (
+        SELECT interaction_id,
+            bool_or(kind = 'thumb' AND score > 0 OR kind = 'rating' AND score >= {p("min_rating", config.min_rating)})
+                AS positive,
+            bool_or(kind = 'thumb' AND score < 0 OR kind = 'flag'
+                    OR kind = 'rating' AND score <= {p("max_rejected", config.max_rejected_rating)}) AS negative,
+            avg(CASE WHEN kind = 'thumb' THEN (score > 0)::DOUBLE
+                     WHEN kind = 'rating'
+                     THEN least(greatest((score - 1) / ({p("scale", config.rating_scale)} - 1), 0), 1)
+                END) AS quality,
+            list(id) AS feedback_ids
+        FROM fb WHERE kind IN ('thumb', 'rating', 'flag') GROUP BY interaction_id
+    ),
+    edits AS (
+        SELECT interaction_id, arg_max(text, ("timestamp", id)) AS text, arg_max(id, ("timestamp", id)) AS feedback_id
+        FROM fb WHERE kind = 'edit' AND source IN ('user', 'annotator') AND text IS NOT NULL
+        GROUP BY interaction_id
+    )"""
+
+
+def _assistant(expr: str) -> str:
+    return f"CASE WHEN {expr} IS NULL THEN NULL ELSE [{{'role': 'assistant', 'content': {expr}}}] END"
+
+
+def _sft_sql(config: BuildConfig, p: _Sql) -> str:
+    edits = "LEFT JOIN edits e ON e.interaction_id = b.id" if config.include_edits else ""
+    edit_text = "e.text" if config.include_edits else "NULL::VARCHAR"
+    edit_id = "e.feedback_id" if config.include_edits else "NULL::VARCHAR"
+    return f"""
+    WITH {_common_ctes(config, p, "sft")},
+    candidates AS (
+        SELECT b.id AS interaction_id, b.messages, coalesce({edit_text}, b.response) AS completion_text,
+               CASE WHEN {edit_text} IS NOT NULL THEN 'edit' ELSE 'accepted' END AS source,
+               CASE WHEN {edit_id} IS NULL THEN j.feedback_ids ELSE [{edit_id}] END AS feedback_ids
+        FROM base b LEFT JOIN judged j ON j.interaction_id = b.id {edits}
+        WHERE {edit_text} IS NOT NULL OR (j.positive AND NOT j.negative AND b.response IS NOT NULL)
+    ),
+    firsts AS (  -- one row per identical (prompt, completion), keyed by two 64-bit hashes: the lowest id
+        SELECT min(interaction_id) AS interaction_id FROM candidates
+        GROUP BY hash(messages), hash(completion_text)
+    ),
+    picked AS (SELECT * FROM candidates SEMI JOIN firsts USING (interaction_id))
+    SELECT from_json(messages, {_MESSAGES}) AS prompt, {_assistant("completion_text")} AS completion, source,
+           interaction_id, feedback_ids
+    FROM picked ORDER BY interaction_id"""
+
+
+def _pair_ctes(config: BuildConfig) -> list[str]:
+    """Return one SELECT per pair source: ids and hashes only, the texts join back at the end.
+
+    ``prompt_id`` is the interaction whose messages (and, unless ``chosen_text``, response) give
+    the prompt and the chosen side; ``rejected_id`` is the one whose response is the rejected side.
+    """
+    parts = []
+    if "choice" in config.include:  # both sides in the filtered interactions, with the same prompt
+        parts.append("""
+        SELECT 'choice' AS source, 1 AS priority, CASE WHEN c.source = 'judge' THEN 0.9 ELSE 1.0 END AS confidence,
+               y.id AS prompt_id, NULL::VARCHAR AS chosen_text, c.interaction_id AS rejected_id, y.prompt_key,
+               y.response_key AS chosen_key, c.rejected_key, [y.id, c.interaction_id] AS interaction_ids,
+               [c.id] AS feedback_ids
+        FROM choices c JOIN base y ON y.id = c.chosen_id AND y.prompt_key = c.prompt_key
+        WHERE y.answered AND y.id <> c.interaction_id""")
+    if "edit" in config.include:
+        parts.append("""
+        SELECT 'edit' AS source, 2 AS priority, 0.9 AS confidence, b.id AS prompt_id, e.text AS chosen_text,
+               b.id AS rejected_id, b.prompt_key, hash(e.text) AS chosen_key, b.response_key AS rejected_key,
+               [b.id] AS interaction_ids, [e.feedback_id] AS feedback_ids
+        FROM edits e JOIN base b ON b.id = e.interaction_id WHERE b.answered""")
+    if "accepted_vs_rejected" in config.include:
+        parts.append("""
+        SELECT 'accepted_vs_rejected' AS source, 3 AS priority, round(a.quality - r.quality, 4) AS confidence,
+               a.id AS prompt_id, NULL::VARCHAR AS chosen_text, r.id AS rejected_id, a.prompt_key,
+               a.response_key AS chosen_key, r.response_key AS rejected_key, [a.id, r.id] AS interaction_ids,
+               list_concat(ja.feedback_ids, jr.feedback_ids) AS feedback_ids
+        FROM slots s
+        JOIN ranks a ON a.prompt_key = s.prompt_key AND a.accepted AND a.k = s.ka
+        JOIN ranks r ON r.prompt_key = s.prompt_key AND NOT r.accepted AND r.k = s.kr
+        JOIN judged ja ON ja.interaction_id = a.id JOIN judged jr ON jr.interaction_id = r.id
+        WHERE a.quality > r.quality""")
+    return parts
+
+
+def _preference_sql(config: BuildConfig, p: _Sql) -> str:
+    return f"""
+    WITH {_common_ctes(config, p, "preference")},
+    ranks AS (
+        SELECT b.id, b.prompt_key, b.response_key, j.quality, j.positive AS accepted,
+               row_number() OVER (PARTITION BY b.prompt_key, j.positive
+                                  ORDER BY CASE WHEN j.positive THEN -j.quality ELSE j.quality END, b.id) AS k
+        FROM base b JOIN judged j ON j.interaction_id = b.id
+        WHERE b.answered AND j.positive <> j.negative
+    ),
+    choices AS MATERIALIZED (  -- first alone: joined with both sides at once, the planner pairs every response
+        SELECT f.id, f.source, f.interaction_id, f.chosen_id, x.prompt_key, x.response_key AS rejected_key
+        FROM fb f JOIN base x ON x.id = f.interaction_id WHERE f.kind = 'choice' AND x.answered
+    ),
+    sides AS (
+        SELECT prompt_key, count(*) FILTER (accepted) AS accepted, count(*) FILTER (NOT accepted) AS rejected
+        FROM ranks GROUP BY prompt_key HAVING bool_or(accepted) AND bool_or(NOT accepted)
+    ),
+    slots AS (  -- pair n takes the n-th best accepted and the n-th worst rejected, cycling the shorter side
+        SELECT prompt_key, (n - 1) % accepted + 1 AS ka, (n - 1) % rejected + 1 AS kr
+        FROM sides, range(1, {p("max_pairs", config.max_pairs_per_prompt)} + 1) t(n)
+        WHERE n <= greatest(accepted, rejected)
+    ),
+    pairs AS (
+        SELECT *, concat_ws(':', priority, interaction_ids, feedback_ids) AS pair_id
+        FROM ({" UNION ALL ".join(_pair_ctes(config))})
+        WHERE chosen_key <> rejected_key
+    ),
+    firsts AS (  -- one pair per identical (prompt, chosen, rejected): choice > edit > accepted_vs_rejected
+        SELECT arg_min(pair_id, (priority, -confidence, pair_id)) AS pair_id
+        FROM pairs GROUP BY prompt_key, chosen_key, rejected_key
+    ),
+    kept AS (SELECT * FROM pairs SEMI JOIN firsts USING (pair_id))
+    SELECT from_json(pi.messages::VARCHAR, {_MESSAGES}) AS prompt,
+           {_assistant("coalesce(k.chosen_text, pi.response)")} AS chosen, {_assistant("ri.response")} AS rejected,
+           k.source, k.confidence::DOUBLE AS confidence, k.interaction_ids, k.feedback_ids
+    FROM kept k JOIN interactions pi ON pi.id = k.prompt_id JOIN interactions ri ON ri.id = k.rejected_id
+    ORDER BY k.interaction_ids[1], k.interaction_ids[2] NULLS FIRST, k.priority"""
+
+
+def _prompts_sql(config: BuildConfig, p: _Sql) -> str:
+    return f"""
+    WITH {_common_ctes(config, p, "prompts")},
+    parsed AS (SELECT id, answer, from_json(messages, {_MESSAGES}) AS m FROM base),
+    trimmed AS (
+        SELECT id, answer, CASE WHEN m[-1].role = 'assistant' THEN list_slice(m, 1, len(m) - 1) ELSE m END AS prompt
+        FROM parsed
+    ),
+    picked AS (
+        SELECT id AS interaction_id, prompt, answer FROM trimmed WHERE len(prompt) > 0
+        QUALIFY row_number() OVER (PARTITION BY md5(to_json(prompt)::VARCHAR) ORDER BY answer IS NULL, id) = 1
+    )
+    SELECT prompt, answer, {p("verifier", config.verifier)}::VARCHAR AS verifier, interaction_id,
+           []::VARCHAR[] AS feedback_ids
+    FROM picked ORDER BY interaction_id"""
+
+
+def _eval_sql(config: BuildConfig, p: _Sql) -> str:
+    return f"""
+    WITH {_common_ctes(config, p, "eval")}
+    SELECT from_json(messages, {_MESSAGES}) AS prompt, answer, {_assistant("response")} AS completion,
+           cohort, user_id, session_id, id AS interaction_id, []::VARCHAR[] AS feedback_ids
+    FROM base ORDER BY id"""
+
+
+_BUILDERS = {"sft": _sft_sql, "preference": _preference_sql, "prompts": _prompts_sql, "eval": _eval_sql}
+# Columns that carry lineage to the sources file, not into the rows.
+_LINEAGE = {
+    "sft": ["feedback_ids"],
+    "preference": ["feedback_ids"],
+    "prompts": ["feedback_ids", "interaction_id"],
+    "eval": ["feedback_ids", "interaction_id"],
+}
+
+
+def _check_where_binds(cur: duckdb.DuckDBPyConnection, where: str | None) -> None:
+    if where is None:
+        return
+    try:
+        cur.execute(f"SELECT 1 FROM interactions i WHERE ({where}) LIMIT 0")
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise InvalidInput(
+            f"where {where!r} is not a condition over interactions 'i': {first}", field="where"
+        ) from None
+
+
+def _describe(kind: DatasetKind, config: BuildConfig) -> str:
+    filters = config.model_dump(exclude_defaults=True, mode="json")
+    return f"{kind} from {filters or 'every interaction'}"
+
+
+def _lineage(table: pa.Table) -> dict[str, list[str]]:
+    """Return the sorted, distinct ids of the interactions and feedback behind the rows."""
+    names = table.column_names
+    ids = table.column("interaction_ids").combine_chunks().flatten() if "interaction_ids" in names else None
+    if "interaction_id" in names:
+        ids = table.column("interaction_id").combine_chunks()
+    out: dict[str, list[str]] = {}
+    for key, column in (("interactions", ids), ("feedback", _flat(table, "feedback_ids"))):
+        if column is not None:
+            distinct = pc.unique(column.drop_null())
+            out[key] = pc.take(distinct, pc.sort_indices(distinct)).to_pylist()
+    return out
+
+
+def _flat(table: pa.Table, name: str) -> pa.Array | None:
+    return table.column(name).combine_chunks().flatten() if name in table.column_names else None
+
+
+def _mean_chars(column: pa.ChunkedArray) -> float:
+    """Return the mean characters per row of a string or message-list column."""
+    values = column.combine_chunks()
+    if pa.types.is_list(values.type):
+        values = values.flatten().field("content")
+    total = pc.sum(pc.utf8_length(values)).as_py() or 0
+    return round(total / max(len(column), 1), 1)
+
+
+def _stats(kind: DatasetKind, table: pa.Table, pii: dict[str, int], dropped: int) -> dict[str, Any]:
+    stats: dict[str, Any] = {"rows": table.num_rows, "pii_scrubbed": pii}
+    if "source" in table.column_names:
+        counts = pc.value_counts(table.column("source")).to_pylist()
+        stats["by_source"] = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
+    for name in ("prompt", "completion", "chosen", "rejected", "answer"):
+        if name in table.column_names:
+            stats[f"mean_{name}_chars"] = _mean_chars(table.column(name))
+    if "confidence" in table.column_names:
+        stats["mean_confidence"] = round(pc.mean(table.column("confidence")).as_py() or 0.0, 4)
+    if kind == "eval":
+        stats["users"] = pc.count_distinct(table.column("user_id")).as_py()
+        stats["sessions"] = pc.count_distinct(table.column("session_id")).as_py()
+        stats["dropped_duplicate_prompts"] = dropped
+    return stats
+
+
+def _drop_seen(project: Project, table: pa.Table, refs: list[str]) -> tuple[pa.Table, int]:
+    """Drop rows whose prompt appears exactly in any of the training versions ``refs``."""
+    paths = [str(Path(read_path(project, ref))) for ref in refs]
+    cur = project.cursor()
+    cur.register("_candidate_rows", table.append_column("_row", pa.array(range(table.num_rows), pa.int64())))
+    try:
+        kept = cur.sql(
+            "SELECT * EXCLUDE (_row) FROM _candidate_rows WHERE md5(to_json(prompt)::VARCHAR) NOT IN "
+            "(SELECT md5(to_json(prompt)::VARCHAR) FROM read_parquet($paths, union_by_name = true)) ORDER BY _row",
+            params={"paths": paths},
+        ).to_arrow_table()
+    finally:
+        cur.unregister("_candidate_rows")
+    return kept, table.num_rows - kept.num_rows
+
+
+def read_path(project: Project, ref: str) -> str:
+    """Return the Parquet file of version ``ref``, checking it exists."""
+    version = resolve(project, ref)
+    if not Path(version.path).is_file():
+        raise NotFound(f"the file of {version.ref} is missing: {version.path}", field="dataset")
+    return version.path
+
+
+def query(project: Project, kind: DatasetKind, config: BuildConfig) -> pa.Table:
+    """Return the rows a build would write, before PII scrubbing, with their lineage columns."""
+    if kind not in _BUILDERS:
+        raise InvalidInput(f"unknown dataset kind {kind!r}; choose sft, preference, prompts or eval", field="kind")
+    params = _Sql()
+    sql = _BUILDERS[kind](config, params)
+    cur = project.cursor()
+    _check_where_binds(cur, config.where)
+    return cur.sql(sql, params=params.params).to_arrow_table()
+
+
+def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | None = None) -> DatasetVersion:
+    """Build the next version of dataset ``name`` from the warehouse: select, scrub PII, write.
+
+    The selection runs as one DuckDB query; rows are ordered by interaction id, so the same recipe
+    over the same data gives the same ``content_hash``. Raise InvalidInput when no rows match.
+    """
+    config = config or BuildConfig()
+    table = query(project, kind, config)
+    if table.num_rows == 0:
+        raise InvalidInput(f"no rows match: {_describe(kind, config)}; loosen the filters", field="filters")
+    sources = _lineage(table)
+    table, pii = curate.scrub_table(table.drop_columns(_LINEAGE[kind]))
+    dropped = 0
+    if kind == "eval" and config.exclude:
+        table, dropped = _drop_seen(project, table, config.exclude)
+        if table.num_rows == 0:
+            raise InvalidInput(f"no rows match: every eval prompt is in {config.exclude}; loosen the filters")
+    recipe = {"kind": kind, **config.model_dump(mode="json")}
+    stats = _stats(kind, table, pii, dropped)
+    return write_version(
+        project, name, kind, table, recipe=recipe, sources=sources, stats=stats, scrubbed=sum(pii.values())
+    )
+
+
+ExportFormat = Literal["jsonl", "parquet", "hf"]
+
+
+def export(project: Project, ref: str, fmt: ExportFormat, output: Path | str) -> Path:
+    """Write version ``ref`` to ``output`` as JSONL, Parquet or a Hugging Face ``save_to_disk`` folder.
+
+    JSONL and Parquet load with ``datasets.load_dataset("json" | "parquet", data_files=...)``; the
+    columns are the row format above, which TRL's trainers take as they are.
+    """
+    if fmt not in ("jsonl", "parquet", "hf"):
+        raise InvalidInput(f"unknown format {fmt!r}; choose jsonl, parquet or hf", field="format")
+    source, output = read_path(project, ref), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        shutil.copyfile(source, output)
+    elif fmt == "jsonl":
+        con = duckdb.connect()  # a private connection: default settings keep the row order
+        try:
+            con.execute(
+                "COPY (SELECT * FROM read_parquet($src)) TO '" + str(output).replace("'", "''") + "' (FORMAT json)",
+                {"src": source},
+            )
+        finally:
+            con.close()
+    else:
+        try:
+            from datasets import Dataset
+        except ImportError:
+            raise DependencyMissing(
+                "exporting to hf needs the 'datasets' package; pip install 'posttrain[train]'"
+            ) from None
+        Dataset.from_parquet(source).save_to_disk(str(output))
+    return output
+
+
+class DatasetPreview(BaseModel):
+    """A version's manifest with its first rows."""
+
+    version: DatasetVersion
+    rows: list[dict[str, Any]]
+
+
+def preview(project: Project, ref: str, *, rows: int = 5) -> DatasetPreview:
+    """Return version ``ref`` with its first ``rows`` rows."""
+    version = resolve(project, ref)
+    head = pq.ParquetFile(read_path(project, ref)).iter_batches(batch_size=max(rows, 1))
+    sample = next(head, None)
+    return DatasetPreview(version=version, rows=sample.to_pylist()[:rows] if sample is not None and rows else [])

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from posttrain.cli import capture, keys, project, server
+from posttrain.cli import capture, datasets, generate, keys, models, project, server, train
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(
@@ -20,6 +20,10 @@ project.register(app)
 server.register(app)
 app.add_typer(keys.app, name="keys")
 app.add_typer(capture.app, name="capture")
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(models.app, name="models")
+app.add_typer(train.app, name="train")
+generate.register(app)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from posttrain.ids import new_id
 from posttrain.project import Project
 from posttrain.records import ModelKind, ModelRecord
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 _JSON = ("recipe", "dataset_versions", "metrics")
 
 
@@ -54,8 +56,7 @@ def register_model(
     folder = Path(path).expanduser().resolve()
     if not (folder / "config.json").is_file():
         raise InvalidInput(f"{folder} is not a Hugging Face model folder (no config.json)", field="path")
-    if _find(project, name) is not None:
-        raise Conflict(f"a model named {name!r} exists; choose another name or see 'posttrain models show {name}'")
+    check_name_free(project, name)
     parent_id = get_model(project, parent).id if parent else None
     record = ModelRecord(
         id=new_id(),
@@ -82,10 +83,25 @@ def register_model(
     return record
 
 
+def check_name_free(project: Project, name: str) -> None:
+    """Raise Conflict if a model is registered as ``name``, InvalidInput if the name is unusable."""
+    if not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"model name {name!r} is not allowed; use letters, digits, '.', '_' and '-' (at most 128)", field="name"
+        )
+    if _find(project, name) is not None:
+        raise Conflict(f"a model named {name!r} exists; choose another name or see 'posttrain models show {name}'")
+
+
 def _find(project: Project, name_or_id: str) -> ModelRecord | None:
     result = project.cursor().execute("SELECT * FROM models WHERE name = ? OR id = ?", [name_or_id, name_or_id])
     row = result.fetchone()
     return None if row is None else _row_to_model([d[0] for d in result.description], row)
+
+
+def find_model(project: Project, name: str) -> ModelRecord | None:
+    """Return a registered model by name (or id), or None."""
+    return _find(project, name)
 
 
 def get_model(project: Project, name: str) -> ModelRecord:

@@ -1,0 +1,118 @@
+"""``posttrain datasets build|list|show|export``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from posttrain import datasets as library
+from posttrain.cli import render
+from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.errors import InvalidInput
+
+app = typer.Typer(
+    help="Dataset versions: build them from the warehouse (sft, preference, prompts, eval), list, show, export.",
+    no_args_is_help=True,
+)
+_COLUMNS = ["ref", "kind", "rows", "scrubbed", "hash", "created (UTC)"]
+_KINDS = ("sft", "preference", "prompts", "eval")
+_FORMATS = ("jsonl", "parquet", "hf")
+RefArgument = Annotated[str, typer.Argument(help="NAME (the latest version) or NAME@VERSION.")]
+
+
+def _kind(value: str) -> library.DatasetKind:
+    if value not in _KINDS:
+        raise InvalidInput(f"unknown dataset kind {value!r}; choose sft, preference, prompts or eval", field="kind")
+    return value  # type: ignore[return-value]
+
+
+@app.command()
+def build(
+    kind: Annotated[str, typer.Argument(help="sft, preference, prompts or eval.")],
+    name: Annotated[str, typer.Argument(help="The dataset's name; each build adds a version.")],
+    since: Annotated[datetime | None, typer.Option(help="Interactions at or after this time (UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Interactions before this time (UTC).")] = None,
+    cohort: Annotated[list[str] | None, typer.Option(help="Only this cohort (repeatable).")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Only responses of this model (repeatable).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Interactions with any of these tags (repeatable).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Only feedback from user/annotator/judge/verifier.")] = None,
+    where: Annotated[str | None, typer.Option(help="One SQL condition over interactions 'i'.")] = None,
+    split: Annotated[str | None, typer.Option(help="'train': leave out the users an eval build holds out.")] = None,
+    min_rating: Annotated[float | None, typer.Option(help="A rating at or above this accepts (default 4).")] = None,
+    include_edits: Annotated[bool, typer.Option(help="sft: edited responses become completions.")] = True,
+    include: Annotated[list[str] | None, typer.Option(help="preference: choice, edit, accepted_vs_rejected.")] = None,
+    max_pairs_per_prompt: Annotated[int | None, typer.Option(help="preference: pairs per prompt (default 2).")] = None,
+    verifier: Annotated[str | None, typer.Option(help="prompts: the verifier name stored on each row.")] = None,
+    answer_from: Annotated[
+        str | None, typer.Option(help="'metadata.KEY' (default metadata.answer) or 'response'.")
+    ] = None,
+    fraction: Annotated[float | None, typer.Option(help="eval/split: share of users held out (default 0.1).")] = None,
+    split_by: Annotated[str | None, typer.Option(help="eval/split: user_id or session_id.")] = None,
+    seed: Annotated[int | None, typer.Option(help="eval/split: seed of the held-out hash.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="eval: drop prompts found in this version.")] = None,
+    project: ProjectOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Build the next version of a dataset from the warehouse, PII scrubbed."""
+    config = library.BuildConfig.parse(
+        since=since, until=until, cohort=cohort, model=model, tags=tag, source=source, where=where, split=split,
+        min_rating=min_rating, include_edits=include_edits, include=include, max_pairs_per_prompt=max_pairs_per_prompt,
+        verifier=verifier, answer_from=answer_from, fraction=fraction, split_by=split_by, seed=seed, exclude=exclude,
+    )  # fmt: skip
+    with load(project) as proj:
+        version = library.build(proj, _kind(kind), name, config)
+    if json:
+        render.as_json(version)
+    else:
+        typer.echo(f"built {version.ref}: {version.row_count} rows, {version.scrubbed} PII values scrubbed")
+
+
+@app.command("list")
+def list_(project: ProjectOption = None, json: JsonOption = False) -> None:
+    """List dataset versions, newest first."""
+    with load(project) as proj:
+        found = library.list_versions(proj)
+    if json:
+        render.as_json(found)
+    else:
+        rows = [
+            [v.ref, v.kind, v.row_count, v.scrubbed, v.content_hash[:12], f"{v.created_at:%Y-%m-%d %H:%M}"]
+            for v in found
+        ]
+        render.table(_COLUMNS, rows, title="Dataset versions")
+
+
+@app.command()
+def show(
+    ref: RefArgument,
+    rows: Annotated[int, typer.Option("--rows", help="How many sample rows to show.")] = 5,
+    project: ProjectOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Show a version's manifest, stats and first rows."""
+    with load(project) as proj:
+        found = library.preview(proj, ref, rows=rows)
+    if json:
+        render.as_json(found)
+        return
+    render.as_json({"ref": found.version.ref, **found.version.model_dump(mode="json", exclude={"name", "version"})})
+    for row in found.rows:
+        render.as_json(row)
+
+
+@app.command()
+def export(
+    ref: RefArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file (jsonl, parquet) or folder (hf).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="jsonl, parquet or hf (save_to_disk).")] = "jsonl",
+    project: ProjectOption = None,
+) -> None:
+    """Export a version as JSONL, Parquet or a Hugging Face dataset folder."""
+    if format not in _FORMATS:
+        raise InvalidInput(f"unknown format {format!r}; choose jsonl, parquet or hf", field="format")
+    with load(project) as proj:
+        path = library.export(proj, ref, format, output)  # type: ignore[arg-type]
+    typer.echo(f"exported {ref} to {path}")

@@ -1,0 +1,1 @@
+"""Evals: verifiers that score completions (light); model evaluation imports torch on use."""

@@ -1,0 +1,437 @@
+"""Dataset builds over real warehouse rows: each kind, filters, PII, splits, hashes, export, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from posttrain import datasets
+from posttrain.capture import capture
+from posttrain.cli import app
+from posttrain.errors import InvalidInput
+from posttrain.project import Project
+
+Q1 = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+Q2 = [{"role": "user", "content": "Capital of France?"}]
+
+
+def store(project: Project, interactions: list[dict[str, Any]], feedback: Sequence[dict[str, Any]] = ()) -> None:
+    """Capture events for real; every one must be created."""
+    for kind, events in (("interactions", interactions), ("feedback", list(feedback))):
+        if events:
+            results = capture(project, kind, events)  # type: ignore[arg-type]
+            assert [r.status for r in results] == ["created"] * len(events), results
+
+
+def turn(id_: str, response: str, messages: list[dict[str, Any]] = Q1, **extra: Any) -> dict[str, Any]:
+    return {"id": id_, "messages": messages, "response": response, "user_id": f"u-{id_}", **extra}
+
+
+def thumb(id_: str, on: str, up: bool, **extra: Any) -> dict[str, Any]:
+    return {"id": id_, "interaction_id": on, "kind": "thumb", "value": up, **extra}
+
+
+def rows(version: datasets.DatasetVersion) -> list[dict[str, Any]]:
+    return datasets.read_rows(version).to_pylist()
+
+
+def by_source(version: datasets.DatasetVersion) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows(version):
+        out.setdefault(row["source"], []).append(row)
+    return out
+
+
+# --- sft ---------------------------------------------------------------------------------
+
+
+def test_build_sft_takes_accepted_responses_and_edits(project: Project) -> None:
+    store(
+        project,
+        [turn("a", "4"), turn("b", "four"), turn("c", "5"), turn("d", "22"), turn("e", "3"), turn("f", "Paris", Q2)],
+        [
+            thumb("f1", "a", True),
+            {"id": "f2", "interaction_id": "b", "kind": "rating", "value": 4},
+            thumb("f3", "c", False),
+            thumb("f4", "d", True),
+            {"id": "f5", "interaction_id": "d", "kind": "flag", "value": "wrong"},  # a flag vetoes a thumb up
+            {"id": "f6", "interaction_id": "e", "kind": "rating", "value": 3},  # neither accepted nor rejected
+            {"id": "f7", "interaction_id": "c", "kind": "edit", "text": "2+2 is 4."},
+            {"id": "f8", "interaction_id": "f", "kind": "edit", "text": "Paris.", "source": "annotator"},
+            thumb("f9", "f", True),  # the edit wins over the accepted original
+        ],
+    )
+    version = datasets.build(project, "sft", "support")
+    got = {(r["interaction_id"], r["completion"][0]["content"], r["source"]) for r in rows(version)}
+    assert got == {
+        ("a", "4", "accepted"),
+        ("b", "four", "accepted"),
+        ("c", "2+2 is 4.", "edit"),
+        ("f", "Paris.", "edit"),
+    }
+    first = rows(version)[0]
+    assert first["prompt"] == Q1 and first["completion"] == [{"role": "assistant", "content": "4"}]
+    assert version.stats["by_source"] == {"accepted": 2, "edit": 2}
+    assert version.source_ids["interactions"] == 4
+    sources = pq.read_table(version.source_ids["file"]).to_pylist()
+    # the feedback that made each row: the judgements of accepted rows, the edit of edited ones
+    assert {s["id"] for s in sources if s["kind"] == "feedback"} == {"f1", "f2", "f7", "f8"}
+
+
+def test_build_sft_dedupes_identical_pairs_and_can_skip_edits(project: Project) -> None:
+    store(
+        project,
+        [turn("a", "4"), turn("b", "4"), turn("c", "5")],
+        [
+            thumb("f1", "a", True),
+            thumb("f2", "b", True),
+            {"id": "f3", "interaction_id": "c", "kind": "edit", "text": "4!"},
+        ],
+    )
+    version = datasets.build(project, "sft", "s", datasets.BuildConfig(include_edits=False))
+    assert [r["interaction_id"] for r in rows(version)] == ["a"]
+
+
+def test_build_sft_min_rating(project: Project) -> None:
+    store(project, [turn("a", "4")], [{"id": "f1", "interaction_id": "a", "kind": "rating", "value": 4}])
+    with pytest.raises(InvalidInput, match="no rows match"):
+        datasets.build(project, "sft", "s", datasets.BuildConfig(min_rating=5))
+
+
+# --- preference --------------------------------------------------------------------------
+
+
+def test_build_preference_pairs_from_every_source(project: Project) -> None:
+    store(
+        project,
+        [
+            turn("a", "4"),
+            turn("b", "5"),
+            turn("c", "four"),
+            turn("d", "Paris", Q2),
+            turn("e", "Lyon", Q2),
+            turn("g", "Paris?", Q2),
+            turn("h", "8", [{"role": "user", "content": "4+4?"}]),
+            turn("x", "elsewhere", [{"role": "user", "content": "other"}]),
+        ],
+        [
+            {"id": "f1", "interaction_id": "b", "kind": "choice", "value": "a"},  # a chosen over b
+            {"id": "f2", "interaction_id": "e", "kind": "choice", "value": "d", "source": "judge"},
+            {"id": "f3", "interaction_id": "x", "kind": "choice", "value": "a"},  # another prompt: no pair
+            {"id": "f4", "interaction_id": "h", "kind": "edit", "text": "4+4 = 8."},
+            {"id": "f5", "interaction_id": "c", "kind": "rating", "value": 5},
+            {"id": "f6", "interaction_id": "b", "kind": "rating", "value": 2},
+            {"id": "f7", "interaction_id": "g", "kind": "rating", "value": 4},
+            thumb("f8", "e", False),
+        ],
+    )
+    found = by_source(datasets.build(project, "preference", "prefs"))
+    pairs = {
+        src: {(r["chosen"][0]["content"], r["rejected"][0]["content"], r["confidence"]) for r in rs}
+        for src, rs in found.items()
+    }
+    assert pairs["choice"] == {("4", "5", 1.0), ("Paris", "Lyon", 0.9)}
+    assert pairs["edit"] == {("4+4 = 8.", "8", 0.9)}
+    # rating 5 vs rating 2: gap 1.0 - 0.25; rating 4 vs thumb down: 0.75 - 0
+    assert pairs["accepted_vs_rejected"] == {("four", "5", 0.75), ("Paris?", "Lyon", 0.75)}
+    assert found["choice"][0]["interaction_ids"] == ["a", "b"]
+    assert found["edit"][0]["interaction_ids"] == ["h"]
+    assert found["edit"][0]["prompt"] == [{"role": "user", "content": "4+4?"}]
+
+
+def test_build_preference_caps_pairs_per_prompt(project: Project) -> None:
+    store(
+        project,
+        [turn(f"u{i}", f"good {i}") for i in range(3)] + [turn(f"d{i}", f"bad {i}") for i in range(3)],
+        [thumb(f"fu{i}", f"u{i}", True) for i in range(3)] + [thumb(f"fd{i}", f"d{i}", False) for i in range(3)],
+    )
+    config = datasets.BuildConfig(include=["accepted_vs_rejected"], max_pairs_per_prompt=2)
+    got = rows(datasets.build(project, "preference", "p", config))
+    assert [r["interaction_ids"] for r in got] == [["u0", "d0"], ["u1", "d1"]]
+    assert all(r["confidence"] == 1.0 for r in got)
+
+
+def test_build_preference_include_filters_sources(project: Project) -> None:
+    store(
+        project,
+        [turn("a", "4"), turn("b", "5")],
+        [
+            {"id": "f1", "interaction_id": "b", "kind": "choice", "value": "a"},
+            thumb("f2", "a", True),
+            thumb("f3", "b", False),
+        ],
+    )
+    version = datasets.build(project, "preference", "p", datasets.BuildConfig(include=["choice"]))
+    assert version.stats["by_source"] == {"choice": 1}  # the identical accepted_vs_rejected pair is not asked for
+    both = datasets.build(project, "preference", "p")
+    assert both.stats["by_source"] == {"choice": 1}  # the same pair from two sources is kept once, as a choice
+
+
+# --- prompts and eval --------------------------------------------------------------------
+
+
+def test_build_prompts_trims_trailing_assistant_and_takes_answers(project: Project) -> None:
+    with_reply = [*Q1, {"role": "assistant", "content": "Let me think."}]
+    store(
+        project,
+        [
+            turn("a", "4", Q1),
+            turn("b", "4", with_reply, metadata={"answer": "4"}),  # same prompt once trimmed
+            turn("c", "Paris", Q2, metadata={"answer": "Paris"}),
+        ],
+    )
+    version = datasets.build(project, "prompts", "math", datasets.BuildConfig(verifier="exact_match"))
+    assert rows(version) == [
+        {"prompt": Q1, "answer": "4", "verifier": "exact_match"},
+        {"prompt": Q2, "answer": "Paris", "verifier": "exact_match"},
+    ]
+
+
+def _keys(project: Project, version: datasets.DatasetVersion, column: str = "user_id") -> set[str]:
+    ids = [r["id"] for r in pq.read_table(version.source_ids["file"]).to_pylist() if r["kind"] == "interactions"]
+    found = project.cursor().execute(f"SELECT DISTINCT {column} FROM interactions WHERE list_contains(?, id)", [ids])
+    return {r[0] for r in found.fetchall()}
+
+
+@pytest.mark.parametrize("split_by", ["user_id", "session_id"])
+def test_eval_split_keeps_users_apart_from_training(project: Project, split_by: str) -> None:
+    events = [
+        turn(
+            f"i{u}-{k}",
+            f"a {u}-{k}",
+            [{"role": "user", "content": f"q {u}-{k}"}],
+            user_id=f"user{u}",
+            session_id=f"s{u}-{k % 2}",
+        )
+        for u in range(30)
+        for k in range(4)
+    ]
+    store(project, events, [thumb(f"f{e['id']}", e["id"], True) for e in events])
+    split = {"fraction": 0.3, "seed": 7, "split_by": split_by}
+    held = datasets.build(project, "eval", "heldout", datasets.BuildConfig(**split))
+    train = datasets.build(project, "sft", "train", datasets.BuildConfig(split="train", **split))
+    held_keys, train_keys = _keys(project, held, split_by), _keys(project, train, split_by)
+    assert {r[split_by] for r in rows(held)} == held_keys
+    assert held_keys and train_keys and not held_keys & train_keys
+    assert len(held_keys) + len(train_keys) == (30 if split_by == "user_id" else 60)
+    assert held.row_count + train.row_count == len(events)
+    assert held.stats["users" if split_by == "user_id" else "sessions"] == len(held_keys)
+
+
+def test_eval_drops_prompts_found_in_a_training_version(project: Project) -> None:
+    store(project, [turn("a", "4", user_id="u1"), turn("b", "Paris", Q2, user_id="u2")], [thumb("f1", "a", True)])
+    train = datasets.build(project, "sft", "train")
+    held = datasets.build(project, "eval", "ev", datasets.BuildConfig(fraction=0.999999, exclude=[train.ref]))
+    assert [r["prompt"] for r in rows(held)] == [Q2]
+    assert held.stats["dropped_duplicate_prompts"] == 1
+
+
+# --- shared behaviour --------------------------------------------------------------------
+
+
+def test_build_twice_gives_the_same_hash_and_a_new_version(project: Project) -> None:
+    store(project, [turn("a", "4"), turn("b", "5")], [thumb("f1", "a", True), thumb("f2", "b", False)])
+    first = datasets.build(project, "preference", "p")
+    second = datasets.build(project, "preference", "p")
+    assert (first.version, second.version) == (1, 2)
+    assert first.content_hash == second.content_hash
+    assert datasets.content_hash(datasets.read_rows(second)) == second.content_hash
+    assert second.recipe["kind"] == "preference" and second.recipe["max_pairs_per_prompt"] == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"cohort": ["pro"]}, {"a"}),
+        ({"model": ["m2"]}, {"b"}),
+        ({"tags": ["billing", "nope"]}, {"b", "c"}),
+        ({"since": "2025-02-01T00:00:00Z"}, {"b", "c"}),
+        ({"until": "2025-02-01T00:00:00Z"}, {"a"}),
+        ({"where": "i.metadata->>'app' = 'ios' AND i.cohort IS NOT NULL"}, {"c"}),
+        ({"source": ["annotator"]}, {"c"}),
+    ],
+)
+def test_build_filters(project: Project, config: dict[str, Any], expected: set[str]) -> None:
+    store(
+        project,
+        [
+            turn("a", "A", timestamp="2025-01-01T00:00:00Z", cohort="pro", model="m1", tags=["support"]),
+            turn("b", "B", timestamp="2025-03-01T00:00:00Z", cohort="free", model="m2", tags=["billing"]),
+            turn(
+                "c",
+                "C",
+                timestamp="2025-03-02T00:00:00Z",
+                cohort="free",
+                model="m1",
+                tags=["billing"],
+                metadata={"app": "ios"},
+            ),
+        ],
+        [thumb("f1", "a", True), thumb("f2", "b", True), thumb("f3", "c", True, source="annotator")],
+    )
+    version = datasets.build(project, "sft", "f", datasets.BuildConfig.parse(**config))
+    assert {r["interaction_id"] for r in rows(version)} == expected
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("1=1; DROP TABLE interactions", "without ';'"),
+        ("1=1 -- comment", "comments"),
+        ("1=1) UNION (SELECT 1", "without its"),
+        ("(1=1", "unbalanced"),
+        ("i.cohort = $seed", "parameters"),
+    ],
+)
+def test_where_must_be_one_condition(where: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        datasets.BuildConfig.parse(where=where)
+
+
+def test_where_names_the_bad_column(project: Project) -> None:
+    store(project, [turn("a", "A")], [thumb("f1", "a", True)])
+    with pytest.raises(InvalidInput, match="not a condition over interactions") as err:
+        datasets.build(project, "sft", "x", datasets.BuildConfig(where="i.nope = 1"))
+    assert err.value.field == "where"
+    assert datasets.build(project, "sft", "x", datasets.BuildConfig(where="i.response <> ')'")).row_count == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"since": "2025-02-01", "until": "2025-01-01"}, "swap them"),
+        ({"answer_from": "meta.answer"}, "metadata.KEY"),
+        ({"fraction": 1.5}, "fraction"),
+        ({"source": ["robot"]}, "source"),
+    ],
+)
+def test_build_config_errors_name_the_fix(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        datasets.BuildConfig.parse(**values)
+
+
+def test_empty_result_raises_and_writes_nothing(project: Project) -> None:
+    store(project, [turn("a", "A")])
+    with pytest.raises(InvalidInput, match="no rows match: sft .*loosen the filters"):
+        datasets.build(project, "sft", "empty")
+    assert datasets.list_versions(project) == []
+    assert not (project.artifacts / "datasets" / "empty").exists()
+
+
+def test_build_scrubs_pii_and_records_counts(project: Project) -> None:
+    prompt = [{"role": "user", "content": "I am bob@example.com, card 4111 1111 1111 1111, bad 4111 1111 1111 1112"}]
+    store(
+        project,
+        [
+            turn(
+                "a",
+                "Reach us at +1 (555) 201-3344 from 10.1.2.3, IBAN DE89 3704 0044 0532 0130 00, ssn 123-45-6789",
+                prompt,
+            )
+        ],
+        [thumb("f1", "a", True)],
+    )
+    version = datasets.build(project, "sft", "pii")
+    row = rows(version)[0]
+    assert row["prompt"][0]["content"] == "I am <EMAIL>, card <CARD>, bad 4111 1111 1111 1112"
+    assert row["completion"][0]["content"] == "Reach us at <PHONE> from <IPV4>, IBAN <IBAN>, ssn <SSN>"
+    assert version.scrubbed == 6
+    assert version.stats["pii_scrubbed"] == {
+        "email": 1,
+        "iban": 1,
+        "card": 1,
+        "ssn": 1,
+        "ipv6": 0,
+        "ipv4": 1,
+        "phone": 1,
+    }
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def preference(project: Project) -> datasets.DatasetVersion:
+    store(
+        project,
+        [turn("a", "4"), turn("b", "5"), turn("c", "Paris", Q2)],
+        [
+            thumb("f1", "a", True),
+            thumb("f2", "b", False),
+            {"id": "f3", "interaction_id": "c", "kind": "edit", "text": "Paris."},
+        ],
+    )
+    return datasets.build(project, "preference", "prefs")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+def test_export_loads_with_hf_datasets_as_trl_columns(
+    project: Project, preference: datasets.DatasetVersion, tmp_path: Path, fmt: datasets.ExportFormat
+) -> None:
+    import datasets as hf
+
+    out = datasets.export(project, "prefs@1", fmt, tmp_path / f"out.{fmt}")
+    if fmt == "hf":
+        loaded = hf.load_from_disk(str(out))
+    else:
+        loaded = hf.load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(loaded.column_names)
+    assert loaded.num_rows == preference.row_count
+    first = loaded[0]  # conversational, as TRL's DPOTrainer takes it
+    assert first["prompt"] == Q1
+    assert first["chosen"] == [{"role": "assistant", "content": "4"}]
+    assert first["rejected"] == [{"role": "assistant", "content": "5"}]
+    assert loaded.to_list() == rows(preference)
+
+
+def test_export_unknown_format(project: Project, preference: datasets.DatasetVersion, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="choose jsonl, parquet or hf"):
+        datasets.export(project, "prefs", "csv", tmp_path / "x")  # type: ignore[arg-type]
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_build_list_show_export(project: Project, cli: CliRunner, tmp_path: Path) -> None:
+    store(
+        project,
+        [turn("a", "4", cohort="pro"), turn("b", "5", cohort="free")],
+        [thumb("f1", "a", True), thumb("f2", "b", True)],
+    )
+    project.close()  # the CLI opens the warehouse itself
+    where = ["--project", str(project.root)]
+    built = cli.invoke(
+        app, ["datasets", "build", "sft", "chat", "--cohort", "pro", "--where", "i.id <> 'zz'", "--json", *where]
+    )
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.output)["row_count"] == 1
+    listed = cli.invoke(app, ["datasets", "list", "--json", *where])
+    assert [v["name"] for v in json.loads(listed.output)] == ["chat"]
+    shown = cli.invoke(app, ["datasets", "show", "chat@1", "--rows", "1", "--json", *where])
+    body = json.loads(shown.output)
+    assert body["version"]["stats"]["rows"] == 1 and body["rows"][0]["interaction_id"] == "a"
+    out = tmp_path / "chat.jsonl"
+    exported = cli.invoke(app, ["datasets", "export", "chat", "--format", "jsonl", "--output", str(out), *where])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(out.read_text().splitlines()[0])["completion"] == [{"role": "assistant", "content": "4"}]
+
+
+def test_cli_build_error_is_one_line(project: Project, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    project.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "posttrain", "datasets", "build", "sft", "x", "--project", str(project.root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: no rows match") and out.stderr.count("\n") == 1
