@@ -202,3 +202,24 @@ def test_import_file_keeps_one_row_per_id_within_the_file(project: Project, tmp_
     assert (report.created, report.duplicates, report.rejected) == (3, 6, 0)
     assert _count(project, "interactions") == 3
     assert seen[-1] == (9, 9)
+
+
+def test_import_feedback_follows_the_capture_rules(project: Project, tmp_path: Path) -> None:
+    rows = [
+        {"id": "t1", "interaction_id": "x", "kind": "thumb", "value": True},
+        {"id": "t2", "interaction_id": "x", "kind": "thumb", "value": "down"},
+        {"id": "t3", "interaction_id": "x", "kind": "thumb", "value": 0},
+        {"id": "r1", "interaction_id": "x", "kind": "rating", "value": 4.5},
+        {"id": "r2", "interaction_id": "x", "kind": "rating", "value": "good"},
+        {"id": "e1", "interaction_id": "x", "kind": "edit", "text": "better"},
+        {"id": "e2", "interaction_id": "x", "kind": "edit"},
+        {"id": "c1", "interaction_id": "x", "kind": "choice", "value": "y"},
+    ]
+    path = tmp_path / "fb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = capture.import_file(project, path, kind="feedback")
+    assert (report.created, report.rejected) == (5, 3)
+    got = dict(project.cursor().execute("SELECT id, score FROM feedback WHERE kind IN ('thumb', 'rating')").fetchall())
+    assert got == {"t1": 1.0, "t2": -1.0, "r1": 4.5}
+    values = dict(project.cursor().execute("SELECT id, value::VARCHAR FROM feedback WHERE kind = 'thumb'").fetchall())
+    assert values == {"t1": "1", "t2": "-1"}

@@ -388,20 +388,36 @@ _IMPORT_SELECT = {
         FROM norm
     """,
     "feedback": """
+        WITH src AS (
+            SELECT *,
+                -- the same rules as records.Feedback: thumbs become 1/-1, ratings must be numbers
+                CASE WHEN kind = 'thumb' THEN
+                         CASE value::VARCHAR WHEN 'true' THEN 1 WHEN '1' THEN 1 WHEN '1.0' THEN 1
+                                             WHEN '"up"' THEN 1 WHEN 'false' THEN -1 WHEN '-1' THEN -1
+                                             WHEN '-1.0' THEN -1 WHEN '"down"' THEN -1 END
+                     WHEN kind = 'rating' AND json_type(value) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+                         THEN try_cast(value::VARCHAR AS DOUBLE)
+                END AS _score
+            FROM {reader}
+        )
         SELECT
             coalesce(id, 'imp_' || md5(concat_ws(chr(31), interaction_id, kind, value::VARCHAR,
                                                  text, author, "timestamp"))) AS id,
             interaction_id,
             coalesce(timezone('UTC', try_cast("timestamp" AS TIMESTAMPTZ)), $now) AS "timestamp",
             $now AS received_at,
-            coalesce(source, 'user') AS source, kind, value,
-            CASE WHEN kind IN ('thumb', 'rating') THEN try_cast(value::VARCHAR AS DOUBLE) END AS score,
+            coalesce(source, 'user') AS source, kind,
+            CASE WHEN kind = 'thumb' THEN _score::INTEGER::VARCHAR::JSON ELSE value END AS value,
+            _score AS score,
             text, author, coalesce(metadata, '{{}}') AS metadata,
             coalesce(interaction_id IS NOT NULL
                      AND kind IN ('thumb', 'rating', 'edit', 'choice', 'comment', 'flag', 'regenerate')
-                     AND coalesce(source, 'user') IN ('user', 'annotator', 'judge', 'verifier'), false)
+                     AND coalesce(source, 'user') IN ('user', 'annotator', 'judge', 'verifier')
+                     AND (kind NOT IN ('thumb', 'rating') OR _score IS NOT NULL)
+                     AND (kind NOT IN ('edit', 'comment') OR coalesce(text, '') <> '')
+                     AND (kind <> 'choice' OR json_type(value) = 'VARCHAR'), false)
                 AS _valid
-        FROM {reader}
+        FROM src
     """,
 }
 

@@ -91,6 +91,7 @@ def build_tiny_model(
     The same arguments give the same weights (byte for byte). ``path`` must not hold a model already.
     """
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     if arch not in ("qwen2", "llama"):
@@ -109,6 +110,7 @@ def build_tiny_model(
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(**ids)
     path.mkdir(parents=True, exist_ok=True)
+    transformers.utils.logging.disable_progress_bar()  # a 1-shard "Writing model shards" bar is noise
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -352,9 +353,17 @@ def _train(
 
 
 def _load(run: TrainingRun, load_model: LoadModel | None, columns: Sequence[str]) -> None:
+    import datasets
     import torch
+    import transformers
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # the CLI shows one progress bar for the run; the libraries' own bars would interleave with it
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    # TRL 1.16 still sets the old name itself; the rename is transformers' business, not the user's
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
     path = run.base.path
     run.tokenizer = AutoTokenizer.from_pretrained(path)
