@@ -28,6 +28,7 @@ test-all: install
 
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_quickstart.sh
 
 bench: install
 	$(PY) benchmarks/ingest_http.py

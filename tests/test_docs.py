@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from posttrain import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +18,14 @@ def test_readme_reference_blocks_are_current() -> None:
     assert reference.render(text) == text, "run 'make docs' to regenerate the README reference"
 
 
-def test_readme_quickstart_is_the_script_make_demo_runs() -> None:
-    block = re.search(r"<!-- quickstart -->\n```bash\n(.*?)```\n<!-- /quickstart -->", README.read_text(), re.S)
+@pytest.mark.parametrize(
+    ("marker", "script"), [("quickstart", "quickstart.sh"), ("train-quickstart", "train_quickstart.sh")]
+)
+def test_readme_quickstarts_are_the_scripts_make_demo_runs(marker: str, script: str) -> None:
+    block = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)```\n<!-- /{marker} -->", README.read_text(), re.S)
     assert block is not None
-    assert block.group(1) == (ROOT / "examples" / "quickstart.sh").read_text()
+    assert block.group(1) == (ROOT / "examples" / script).read_text()
+    assert f"examples/{script}" in (ROOT / "Makefile").read_text()
 
 
 def test_every_setting_appears_in_the_readme() -> None:

@@ -24,3 +24,16 @@ def test_quickstart_script_runs_to_the_end() -> None:
     assert "demo-1 ['thumb', 'edit']" in out.stdout
     assert "1000 created, 0 duplicates, 0 rejected" in out.stdout
     assert "quickstart done" in out.stdout
+
+
+@pytest.mark.slow
+def test_train_quickstart_script_runs_to_the_end() -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("POSTTRAIN_PROJECT", None)
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "train_quickstart.sh")], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for model in ("sft1", "reward-model rm1", "dpo1", "grpo1"):
+        assert f"registered {model if ' ' in model else 'causal-lm ' + model}" in out.stdout
+    assert "num_rows" in out.stdout and "train quickstart done" in out.stdout

@@ -362,6 +362,7 @@ def _load(run: TrainingRun, load_model: LoadModel | None, columns: Sequence[str]
     # the CLI shows one progress bar for the run; the libraries' own bars would interleave with it
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. the expected "score.weight MISSING" of a new reward head
     # TRL 1.16 still sets the old name itself; the rename is transformers' business, not the user's
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
