@@ -557,17 +557,19 @@ def _stats(kind: DatasetKind, table: pa.Table, pii: dict[str, int], dropped: int
 
 def _drop_seen(project: Project, table: pa.Table, refs: list[str]) -> tuple[pa.Table, int]:
     """Drop rows whose prompt appears exactly in any of the training versions ``refs``."""
-    paths = [str(Path(read_path(project, ref))) for ref in refs]
+    # read through Arrow, not DuckDB's read_parquet: the server runs DuckDB without file access
+    seen = pa.concat_tables([pq.read_table(read_path(project, ref), columns=["prompt"]) for ref in refs])
     cur = project.cursor()
     cur.register("_candidate_rows", table.append_column("_row", pa.array(range(table.num_rows), pa.int64())))
+    cur.register("_seen_prompts", seen)
     try:
         kept = cur.sql(
             "SELECT * EXCLUDE (_row) FROM _candidate_rows WHERE md5(to_json(prompt)::VARCHAR) NOT IN "
-            "(SELECT md5(to_json(prompt)::VARCHAR) FROM read_parquet($paths, union_by_name = true)) ORDER BY _row",
-            params={"paths": paths},
+            "(SELECT md5(to_json(prompt)::VARCHAR) FROM _seen_prompts) ORDER BY _row"
         ).to_arrow_table()
     finally:
         cur.unregister("_candidate_rows")
+        cur.unregister("_seen_prompts")
     return kept, table.num_rows - kept.num_rows
 
 

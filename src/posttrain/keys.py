@@ -21,6 +21,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "interactions.read": frozenset({"admin", "annotator", "viewer"}),
     "sql": frozenset({"admin", "viewer"}),
     "keys": frozenset({"admin"}),
+    "models.read": frozenset({"admin", "annotator", "viewer"}),
+    "datasets.read": frozenset({"admin", "annotator", "viewer"}),
+    "datasets.build": frozenset({"admin"}),
+    "jobs.read": frozenset({"admin", "viewer"}),
 }
 
 _COLUMNS = "id, name, role, prefix, created_at, revoked_at"

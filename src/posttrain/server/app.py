@@ -19,10 +19,18 @@ from posttrain.project import Project
 from posttrain.server.auth import KeyCache
 from posttrain.server.limits import ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
-from posttrain.server.routes import capture, interactions, keys, sql
+from posttrain.server.routes import capture, datasets, interactions, jobs, keys, models, sql
 from posttrain.server.schemas import extra_schemas
 
-_ROUTERS = (capture.router, interactions.router, keys.router, sql.router)
+_ROUTERS = (
+    capture.router,
+    interactions.router,
+    datasets.router,
+    models.router,
+    jobs.router,
+    keys.router,
+    sql.router,
+)
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
