@@ -25,6 +25,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "datasets.read": frozenset({"admin", "annotator", "viewer"}),
     "datasets.build": frozenset({"admin"}),
     "jobs.read": frozenset({"admin", "viewer"}),
+    "train": frozenset({"admin"}),
 }
 
 _COLUMNS = "id, name, role, prefix, created_at, revoked_at"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -96,3 +98,50 @@ def test_stage_routes_check_roles(project: Project, role: str, method: str, path
         body = {"kind": "sft", "name": "x"} if method == "POST" else None
         response = c.request(method, path, json=body, headers={"Authorization": f"Bearer {key}"})
     assert (response.status_code != 403) is allowed, response.text
+
+
+def _sft_rows(n: int) -> Any:
+    import pyarrow as pa
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"add {i} 1"}],
+            "completion": [{"role": "assistant", "content": str(i + 1)}],
+        }
+        for i in range(n)
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+def test_training_runs_in_the_server_and_answers_202(project: Project, client: TestClient, tiny_model: Path) -> None:
+    from posttrain.datasets import write_version
+
+    register_model(project, "base", tiny_model)
+    write_version(project, "toy", "sft", _sft_rows(32), recipe={}, sources={})
+    body = {"model": "base", "dataset": "toy", "output": "sft-http", "max_steps": 3, "batch_size": 8}
+    started = client.post("/api/train/sft", json=body)
+    assert started.status_code == 202, started.text
+    job_url = started.json()["status_url"]
+    deadline = time.monotonic() + 120
+    while (job := client.get(job_url).json())["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["output"].endswith("models/sft-http")
+    assert client.get("/api/models/sft-http").json()["run_id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "field"),
+    [
+        ("ppo", {}, 400, "method"),
+        ("sft", {"model": "base", "dataset": "toy", "output": "x", "learning_rate": 5}, 400, "learning_rate"),
+        ("sft", {"model": "nope", "dataset": "toy", "output": "x"}, 404, "model"),
+    ],
+)
+def test_training_route_refuses_bad_requests_before_any_job(
+    project: Project, client: TestClient, method: str, body: dict[str, Any], status: int, field: str
+) -> None:
+    response = client.post(f"/api/train/{method}", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["field"] == field
+    assert client.get("/api/jobs").json() == []

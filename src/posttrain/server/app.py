@@ -19,7 +19,7 @@ from posttrain.project import Project
 from posttrain.server.auth import KeyCache
 from posttrain.server.limits import ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
-from posttrain.server.routes import capture, datasets, interactions, jobs, keys, models, sql
+from posttrain.server.routes import capture, datasets, interactions, jobs, keys, models, sql, train
 from posttrain.server.schemas import extra_schemas
 
 _ROUTERS = (
@@ -28,6 +28,7 @@ _ROUTERS = (
     datasets.router,
     models.router,
     jobs.router,
+    train.router,
     keys.router,
     sql.router,
 )

@@ -27,7 +27,7 @@ from posttrain.ids import new_id
 from posttrain.models.registry import check_name_free, get_model
 from posttrain.project import Project
 from posttrain.records import DatasetVersion, ModelRecord
-from posttrain.train.runner import ProgressFn, run_training
+from posttrain.train.runner import JobFn, ProgressFn, run_training
 from posttrain.train.sft import SFTConfig, build_sft_trainer
 
 __all__ = ["DistillConfig", "train_distill"]
@@ -86,7 +86,9 @@ class DistillConfig(SFTConfig):
         return self
 
 
-def train_distill(project: Project, config: DistillConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_distill(
+    project: Project, config: DistillConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Sample the teacher, keep the samples the filter accepts as an sft dataset, train the student on it."""
     teacher = _check_inputs(project, config)
     version = distill_dataset(project, config, teacher)
@@ -99,6 +101,7 @@ def train_distill(project: Project, config: DistillConfig, *, on_progress: Progr
         on_progress,
         dataset_kind="sft",
         columns=("prompt", "completion"),
+        on_job=on_job,
     )
 
 

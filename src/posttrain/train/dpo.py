@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from posttrain.project import Project
 from posttrain.records import ModelRecord
-from posttrain.train.runner import ProgressFn, TrainConfig, TrainingRun, run_training
+from posttrain.train.runner import JobFn, ProgressFn, TrainConfig, TrainingRun, run_training
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback
@@ -56,7 +56,9 @@ class DPOConfig(TrainConfig):
         return value
 
 
-def train_dpo(project: Project, config: DPOConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_dpo(
+    project: Project, config: DPOConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Align ``config.model`` on a preference dataset version with DPO; register it as ``config.output``.
 
     With ``guard`` on, a collapsing run is stopped and the best weights are registered; the
@@ -70,6 +72,7 @@ def train_dpo(project: Project, config: DPOConfig, *, on_progress: ProgressFn | 
         on_progress,
         dataset_kind="preference",
         columns=("prompt", "chosen", "rejected"),
+        on_job=on_job,
     )
 
 

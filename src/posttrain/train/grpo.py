@@ -17,7 +17,7 @@ from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.records import ModelRecord
 from posttrain.train.rewards import Rewards, build_rewards, parse_reward_spec
-from posttrain.train.runner import ProgressFn, TrainConfig, TrainingRun, run_training
+from posttrain.train.runner import JobFn, ProgressFn, TrainConfig, TrainingRun, run_training
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -128,15 +128,19 @@ def _build_rloo(run: TrainingRun, rewards: Rewards) -> Trainer:
     )
 
 
-def train_grpo(project: Project, config: GRPOConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_grpo(
+    project: Project, config: GRPOConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Train ``config.model`` with GRPO on a prompts dataset; register and return the result."""
     rewards = build_rewards(project, config.reward)  # a bad reward fails here, before a job exists
     build = partial(_build_grpo, rewards=rewards)
-    return run_training(project, "grpo", config, build, on_progress, dataset_kind="prompts")
+    return run_training(project, "grpo", config, build, on_progress, dataset_kind="prompts", on_job=on_job)
 
 
-def train_rloo(project: Project, config: RLOOConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_rloo(
+    project: Project, config: RLOOConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Train ``config.model`` with RLOO on a prompts dataset; register and return the result."""
     rewards = build_rewards(project, config.reward)
     build = partial(_build_rloo, rewards=rewards)
-    return run_training(project, "rloo", config, build, on_progress, dataset_kind="prompts")
+    return run_training(project, "rloo", config, build, on_progress, dataset_kind="prompts", on_job=on_job)

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from posttrain.project import Project
 from posttrain.records import ModelRecord
-from posttrain.train.runner import ProgressFn, TrainConfig, TrainingRun, run_training
+from posttrain.train.runner import JobFn, ProgressFn, TrainConfig, TrainingRun, run_training
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, Trainer
@@ -31,7 +31,9 @@ class RewardConfig(TrainConfig):
         return value
 
 
-def train_reward(project: Project, config: RewardConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_reward(
+    project: Project, config: RewardConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Train a reward model on a preference dataset version; register it as kind ``reward-model``.
 
     The registered metrics hold ``eval_accuracy``: how often the held-out chosen answer scores higher.
@@ -46,6 +48,7 @@ def train_reward(project: Project, config: RewardConfig, *, on_progress: Progres
         columns=("prompt", "chosen", "rejected"),
         model_kind="reward-model",
         load_model=_load_scorer,
+        on_job=on_job,
     )
 
 

@@ -51,6 +51,7 @@ __all__ = [
 
 Device = Literal["auto", "cpu", "cuda"]
 ProgressFn = Callable[[int, int], None]
+JobFn = Callable[[str], None]  # told the job id as soon as the job row exists
 C = TypeVar("C", bound="TrainConfig")
 
 
@@ -236,6 +237,7 @@ def run_training(
     columns: Sequence[str] = (),
     model_kind: ModelKind = "causal-lm",
     load_model: LoadModel | None = None,
+    on_job: JobFn | None = None,
 ) -> ModelRecord:
     """Run one training job end to end and return the registered model.
 
@@ -246,6 +248,8 @@ def run_training(
     base, version = _check_inputs(project, config, dataset_kind, columns)
     resume_from = _checkpoint_to_resume(project, method, config) if config.resume else None
     job = start_job(project, f"train.{method}", _job_config(method, config, base, version, resume_from))
+    if on_job is not None:  # the server answers 202 with this id while the run goes on
+        on_job(job.id)
     run = TrainingRun(project, config, job, base, version, project.artifacts / "runs" / job.id)
     output = project.artifacts / "models" / config.output
     try:

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from posttrain.project import Project
 from posttrain.records import ModelRecord
-from posttrain.train.runner import ProgressFn, TrainConfig, TrainingRun, run_training
+from posttrain.train.runner import JobFn, ProgressFn, TrainConfig, TrainingRun, run_training
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -22,10 +22,19 @@ class SFTConfig(TrainConfig):
     packing: bool = Field(False, description="Pack several rows into one sequence of max_length tokens.")
 
 
-def train_sft(project: Project, config: SFTConfig, *, on_progress: ProgressFn | None = None) -> ModelRecord:
+def train_sft(
+    project: Project, config: SFTConfig, *, on_progress: ProgressFn | None = None, on_job: JobFn | None = None
+) -> ModelRecord:
     """Fine-tune ``config.model`` on an sft dataset version and register the result as ``config.output``."""
     return run_training(
-        project, "sft", config, build_sft_trainer, on_progress, dataset_kind="sft", columns=("prompt", "completion")
+        project,
+        "sft",
+        config,
+        build_sft_trainer,
+        on_progress,
+        dataset_kind="sft",
+        columns=("prompt", "completion"),
+        on_job=on_job,
     )
 
 
