@@ -142,3 +142,40 @@ def test_serve_cleans_up_on_sigterm_and_sigint(proj: tuple[Path, str], sig: sign
     assert not (root / ".posttrain" / "server.json").exists()
     after = run("sql", "SELECT count(*) AS n FROM api_keys", "--project", str(root), "--json")
     assert after.returncode == 0 and json.loads(after.stdout) == [{"n": 1}]
+
+
+@pytest.mark.slow
+def test_stage_commands_go_through_a_running_server(proj: tuple[Path, str], tmp_path: Path) -> None:
+    from conftest import LiveServer
+
+    root, admin = proj
+    p = ["--project", str(root)]
+    assert run("models", "init-tiny", "base", "--hidden", "32", "--layers", "2", *p).returncode == 0
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text(
+        "".join(
+            json.dumps({"id": f"i{i}", "messages": [{"role": "user", "content": f"add {i} 1"}], "response": str(i + 1)})
+            + "\n"
+            for i in range(20)
+        )
+    )
+    thumbs = tmp_path / "thumbs.jsonl"
+    thumbs.write_text(
+        "".join(json.dumps({"interaction_id": f"i{i}", "kind": "thumb", "value": True}) + "\n" for i in range(20))
+    )
+    run("capture", "import", str(logs), *p)
+    run("capture", "import", str(thumbs), "--kind", "feedback", *p)
+    server = LiveServer(root=root, admin_key=admin).start()
+    try:
+        built = run("datasets", "build", "sft", "acc", "--json", *p)
+        assert built.returncode == 0, built.stderr
+        assert json.loads(built.stdout)["row_count"] == 20
+        trained = run("train", "sft", "--model", "base", "--dataset", "acc", "--output", "s1", "--max-steps", "2", *p)
+        assert trained.returncode == 0, trained.stderr
+        assert "registered causal-lm s1" in trained.stdout
+        lineage = json.loads(run("models", "lineage", "s1", "--json", *p).stdout)
+        assert [step["model"]["name"] for step in lineage["chain"]] == ["s1", "base"]
+        taken = run("train", "sft", "--model", "base", "--dataset", "acc", "--output", "s1", *p)
+        assert taken.returncode == 2 and "exists" in taken.stderr
+    finally:
+        server.stop()

@@ -10,8 +10,9 @@ import typer
 
 from posttrain import datasets as library
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.cli.options import JsonOption, ProjectOption, load, through_server
 from posttrain.errors import InvalidInput
+from posttrain.records import DatasetVersion
 
 app = typer.Typer(
     help="Dataset versions: build them from the warehouse (sft, preference, prompts, eval), list, show, export.",
@@ -62,8 +63,12 @@ def build(
         min_rating=min_rating, include_edits=include_edits, include=include, max_pairs_per_prompt=max_pairs_per_prompt,
         verifier=verifier, answer_from=answer_from, fraction=fraction, split_by=split_by, seed=seed, exclude=exclude,
     )  # fmt: skip
-    with load(project) as proj:
-        version = library.build(proj, _kind(kind), name, config)
+    body = {"kind": _kind(kind), "name": name, "config": config.model_dump(mode="json", exclude_unset=True)}
+    version = through_server(
+        project,
+        lambda proj: library.build(proj, _kind(kind), name, config),
+        lambda api: DatasetVersion(**api.call("POST", "/api/datasets/build", json=body)),
+    )
     if json:
         render.as_json(version)
     else:
@@ -73,8 +78,11 @@ def build(
 @app.command("list")
 def list_(project: ProjectOption = None, json: JsonOption = False) -> None:
     """List dataset versions, newest first."""
-    with load(project) as proj:
-        found = library.list_versions(proj)
+    found = through_server(
+        project,
+        library.list_versions,
+        lambda api: [DatasetVersion(**v) for v in api.call("GET", "/api/datasets")],
+    )
     if json:
         render.as_json(found)
     else:
@@ -93,8 +101,11 @@ def show(
     json: JsonOption = False,
 ) -> None:
     """Show a version's manifest, stats and first rows."""
-    with load(project) as proj:
-        found = library.preview(proj, ref, rows=rows)
+    found = through_server(
+        project,
+        lambda proj: library.preview(proj, ref, rows=rows),
+        lambda api: library.DatasetPreview(**api.call("GET", f"/api/datasets/{ref}", params={"rows": rows})),
+    )
     if json:
         render.as_json(found)
         return

@@ -9,7 +9,7 @@ import typer
 from rich.tree import Tree
 
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.cli.options import JsonOption, ProjectOption, load, through_server
 from posttrain.models import registry
 from posttrain.models.lineage import Lineage, ModelLineage
 from posttrain.models.lineage import lineage as build_lineage
@@ -61,8 +61,9 @@ def register(
 @app.command("list")
 def list_(project: ProjectOption = None, json: JsonOption = False) -> None:
     """List registered models, newest first."""
-    with load(project) as proj:
-        found = registry.list_models(proj)
+    found = through_server(
+        project, registry.list_models, lambda api: [ModelRecord(**m) for m in api.call("GET", "/api/models")]
+    )
     if json:
         render.as_json(found)
     else:
@@ -74,8 +75,11 @@ def list_(project: ProjectOption = None, json: JsonOption = False) -> None:
 @app.command()
 def show(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Show one model's record: path, recipe, data, metrics."""
-    with load(project) as proj:
-        record = registry.get_model(proj, name)
+    record = through_server(
+        project,
+        lambda proj: registry.get_model(proj, name),
+        lambda api: ModelRecord(**api.call("GET", f"/api/models/{name}")),
+    )
     if json:
         render.as_json(record)
     else:
@@ -85,8 +89,11 @@ def show(name: NameArg, project: ProjectOption = None, json: JsonOption = False)
 @app.command()
 def lineage(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Trace a model back: parents, the runs that made them, their datasets and source records."""
-    with load(project) as proj:
-        found = build_lineage(proj, name)
+    found = through_server(
+        project,
+        lambda proj: build_lineage(proj, name),
+        lambda api: Lineage(**api.call("GET", f"/api/models/{name}/lineage")),
+    )
     if json:
         render.as_json(found)
     else:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from posttrain.cli.remote import Remote
 from posttrain.project import Project, open_project, resolve_root
+
+T = TypeVar("T")
 
 ProjectOption = Annotated[
     Path | None,
@@ -32,3 +35,17 @@ def remote_for(project: Project) -> Remote | None:
     """Return a client for the ``posttrain serve`` that owns this project, if one runs."""
     server = project.running_server()
     return Remote(server["url"], server["token"]) if server else None
+
+
+def through_server(
+    project: Path | None,
+    local: Callable[[Project], T],
+    remote: Callable[[Remote], T],
+) -> T:
+    """Run ``local`` on the warehouse, or ``remote`` on the API when ``posttrain serve`` owns it."""
+    proj = load(project)
+    client = remote_for(proj)
+    if client is not None:
+        return remote(client)
+    with proj:
+        return local(proj)

@@ -9,6 +9,7 @@ A field whose type is not a flag type (a dict, say) takes ``json_schema_extra={"
 from __future__ import annotations
 
 import inspect
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from pydantic.fields import FieldInfo
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
-from posttrain.records import ModelRecord
+from posttrain.cli.options import JsonOption, ProjectOption, load, remote_for
+from posttrain.cli.remote import Remote
+from posttrain.errors import JobFailed
+from posttrain.records import Job, ModelRecord
 from posttrain.train.distill import DistillConfig, train_distill
 from posttrain.train.dpo import DPOConfig, train_dpo
 from posttrain.train.grpo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -49,12 +52,22 @@ def _progress() -> Progress:
     )
 
 
-def _run(config_cls: type[TrainConfig], train: TrainFn, options: dict[str, Any]) -> None:
+def _run(method: str, config_cls: type[TrainConfig], train: TrainFn, options: dict[str, Any]) -> None:
     project, json = options.pop("project"), options.pop("json")
     config = load_config(config_cls, options.pop("config"), options)
-    with load(project) as proj, _progress() as progress:
+    proj = load(project)
+    remote = remote_for(proj)
+    with _progress() as progress:
         task = progress.add_task("training", total=None)
-        record = train(proj, config, on_progress=lambda step, total: progress.update(task, completed=step, total=total))
+        if remote is not None:  # the server owns the warehouse: the run happens there
+            record = _train_remote(
+                remote, method, config, lambda done: progress.update(task, completed=done, total=100)
+            )
+        else:
+            with proj:
+                record = train(
+                    proj, config, on_progress=lambda step, total: progress.update(task, completed=step, total=total)
+                )
     if json:
         render.as_json(record)
         return
@@ -62,6 +75,17 @@ def _run(config_cls: type[TrainConfig], train: TrainFn, options: dict[str, Any])
     guard = record.metrics.get("guard")
     if isinstance(guard, dict) and guard.get("tripped"):
         typer.echo(f"guard tripped: {guard['reason']}; kept the weights of step {guard['restored_step']}")
+
+
+def _train_remote(remote: Remote, method: str, config: TrainConfig, advance: Callable[[float], None]) -> ModelRecord:
+    """Start the run on the server that owns the warehouse and follow its job until it ends."""
+    started = remote.call("POST", f"/api/train/{method}", json=config.model_dump(mode="json"))
+    while (job := Job(**remote.call("GET", started["status_url"]))).state == "running":
+        advance(job.progress * 100)
+        time.sleep(0.5)
+    if job.state != "succeeded":
+        raise JobFailed(f"training job {job.id} {job.state}: {job.error} (the job keeps its log)")
+    return ModelRecord(**remote.call("GET", f"/api/models/{config.output}"))
 
 
 def _option(name: str, field: FieldInfo) -> inspect.Parameter:
@@ -95,7 +119,7 @@ def _add(name: str, config_cls: type[TrainConfig], train: TrainFn, help_text: st
     """Add ``posttrain train NAME`` with one flag per field of ``config_cls``."""
 
     def command(**options: Any) -> None:
-        _run(config_cls, train, options)
+        _run(name, config_cls, train, options)
 
     shared = [
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOption),
