@@ -145,3 +145,12 @@ def test_training_route_refuses_bad_requests_before_any_job(
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
     assert client.get("/api/jobs").json() == []
+
+
+def test_training_route_names_every_method() -> None:
+    from typing import get_args
+
+    from posttrain.server.routes.train import Method
+    from posttrain.train.methods import METHODS
+
+    assert set(get_args(Method)) == set(METHODS)

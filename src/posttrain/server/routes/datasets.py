@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import datasets
@@ -30,7 +30,11 @@ def list_datasets(request: Request, name: str | None = None) -> list[DatasetVers
 
 
 @router.get("/{ref}", response_model=datasets.DatasetPreview, dependencies=[Depends(require("datasets.read"))])
-def show_dataset(request: Request, ref: str, rows: int = Query(5, ge=0, le=100)) -> datasets.DatasetPreview:
+def show_dataset(
+    request: Request,
+    ref: str = Path(pattern=r"^[^@/]+(@[0-9]+)?$", description="NAME (the latest version) or NAME@VERSION"),
+    rows: int = Query(5, ge=0, le=100),
+) -> datasets.DatasetPreview:
     """Return a version (``NAME`` for the latest, or ``NAME@V``) with its first rows."""
     return datasets.preview(request.app.state.project, ref, rows=rows)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from posttrain.errors import Conflict, InvalidInput, PosttrainError
+from posttrain.errors import Conflict, PosttrainError
 from posttrain.server.auth import require
 from posttrain.server.schemas import ERRORS
 from posttrain.train.methods import METHODS
@@ -21,6 +21,7 @@ from posttrain.train.runner import parse_config
 
 router = APIRouter(prefix="/api/train", tags=["train"], responses=ERRORS, dependencies=[Depends(require("train"))])
 _RUNNING = threading.Lock()
+Method = Literal["sft", "reward", "dpo", "grpo", "rloo", "distill"]
 
 
 class JobStarted(BaseModel):
@@ -29,10 +30,8 @@ class JobStarted(BaseModel):
 
 
 @router.post("/{method}", response_model=JobStarted, status_code=202)
-async def start_training(request: Request, method: str, body: dict[str, Any]) -> JobStarted:
-    """Validate the config, start the run in a worker thread, answer with its job id."""
-    if method not in METHODS:
-        raise InvalidInput(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}", field="method")
+async def start_training(request: Request, method: Method, body: dict[str, Any]) -> JobStarted:
+    """Validate the config (the method's fields), start the run in a worker thread, answer with its job id."""
     config_cls, train = METHODS[method]
     config = parse_config(config_cls, body)
     if not _RUNNING.acquire(blocking=False):
