@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/import_bulk.py
 	$(PY) benchmarks/build_datasets.py
 	$(PY) benchmarks/train_sft.py
+	$(PY) benchmarks/ab_sequential.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
