@@ -26,6 +26,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "datasets.build": frozenset({"admin"}),
     "jobs.read": frozenset({"admin", "viewer"}),
     "train": frozenset({"admin"}),
+    "gateway": frozenset({"admin", "ingest"}),
 }
 
 _COLUMNS = "id, name, role, prefix, created_at, revoked_at"

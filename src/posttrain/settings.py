@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput
 
@@ -45,6 +45,31 @@ class CaptureSettings(BaseModel):
     retry_after_seconds: float = Field(1.0, gt=0, description="Retry-After the server sends with a 429.")
 
 
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upstream_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible upstream (e.g. `http://vllm:8000/v1`); none by default."
+    )
+    upstream_models: list[str] = Field(  # pydantic copies the default, so one list is never shared
+        [], description="Model names the gateway forwards to the upstream (comma-separated in env)."
+    )
+    upstream_api_key_env: str | None = Field(
+        None, description="Environment variable holding the upstream's API key, sent as a Bearer token."
+    )
+    upstream_timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one upstream call, in seconds.")
+    batch_window_ms: float = Field(
+        5.0, ge=0, description="How long a local model waits for more requests to generate together, in ms."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Most requests a local model generates in one batch.")
+    default_max_tokens: int = Field(256, ge=1, description="Completion tokens when a request sets no max_tokens.")
+
+    @field_validator("upstream_models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -52,6 +77,7 @@ class Settings(BaseModel):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:

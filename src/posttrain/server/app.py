@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from posttrain import __version__
+from posttrain import __version__, gateway
 from posttrain.capture import Ingestor
 from posttrain.errors import InvalidInput, PosttrainError
 from posttrain.project import Project
@@ -20,6 +21,7 @@ from posttrain.server.auth import KeyCache
 from posttrain.server.limits import ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import capture, datasets, interactions, jobs, keys, models, sql, train
+from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
 
 _ROUTERS = (
@@ -40,31 +42,41 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+def _error(
+    request: Request, status: int, kind: str, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    """Return posttrain's error shape, or OpenAI's under /v1 so OpenAI's SDKs read it."""
+    if request.url.path.startswith("/v1/"):
+        body = gateway.openai_error(status, message, field)
+        return JSONResponse(body, status_code=status, headers=headers or None)
+    return error_response(status, kind, message, field, **headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PosttrainError)
-    async def _posttrain(_: Request, exc: PosttrainError) -> JSONResponse:
+    async def _posttrain(request: Request, exc: PosttrainError) -> JSONResponse:
         headers = {}
         if (retry := getattr(exc, "retry_after", None)) is not None:
             headers["Retry-After"] = str(max(1, round(retry)))
-        return error_response(exc.status, type(exc).__name__, exc.message, exc.field, **headers)
+        return _error(request, exc.status, type(exc).__name__, exc.message, exc.field, **headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
         if err["type"] == "json_invalid":  # its loc is a character offset, not a field
             reason = err.get("ctx", {}).get("error", err["msg"])
-            return error_response(400, "InvalidInput", f"body is not valid JSON: {reason}", "body")
+            return _error(request, 400, "InvalidInput", f"body is not valid JSON: {reason}", "body")
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
-        return error_response(400, "InvalidInput", f"{field}: {err['msg']}", field)
+        return _error(request, 400, "InvalidInput", f"{field}: {err['msg']}", field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "HTTPError", str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, "HTTPError", str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, "InternalError", f"unexpected error: {type(exc).__name__}: {exc}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(request, 500, "InternalError", f"unexpected error: {type(exc).__name__}: {exc}")
 
 
 def _query_names(route: APIRoute) -> frozenset[str]:
@@ -98,9 +110,13 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ingestor = Ingestor(project, project.settings.capture)
+        key_env = project.settings.gateway.upstream_api_key_env
+        upstream_key = os.environ.get(key_env) if key_env else None
+        app.state.gateway = gateway.Gateway(project, app.state.ingestor, upstream_api_key=upstream_key)
         try:
             yield
         finally:
+            await app.state.gateway.close()  # before the ingestor, so the last interactions are drained
             app.state.ingestor.close()
 
     app = FastAPI(
@@ -130,6 +146,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
 
     for router in _ROUTERS:
         app.include_router(router)
+    app.include_router(gateway_routes.router)  # OpenAI's wire format: not in posttrain's OpenAPI document
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,0 +1,298 @@
+"""gateway: the official OpenAI SDK against a real ``posttrain serve`` (local model and a stub upstream)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from openai.types.chat import ChatCompletionMessageParam
+
+from conftest import LiveServer
+from posttrain import keys
+from posttrain.models.registry import register_model
+from posttrain.project import init_project
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500."""
+
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Upstream.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if body["model"] == "broken":
+            self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        text = "echo: " + body["messages"][-1]["content"]
+        if body.get("stream"):
+            self._stream(body["model"], ["echo: ", body["messages"][-1]["content"]])
+            return
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        reply = {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"]}
+        self._send(200, reply | {"choices": [choice], "usage": usage})
+
+    def _stream(self, model: str, pieces: list[str]) -> None:
+        base = {"id": "up-2", "object": "chat.completion.chunk", "created": 1, "model": model}
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces] + [{}]
+        chunks = [
+            base | {"choices": [{"index": 0, "delta": d, "finish_reason": "stop" if not d else None}]} for d in deltas
+        ]
+        chunks.append(base | {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        for chunk in chunks:
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, upstream: str) -> Iterator[LiveServer]:
+    """A served project with the tiny model registered as 'tiny' and the stub upstream's models."""
+    proj = init_project(tmp_path_factory.mktemp("gateway") / "proj")
+    admin = keys.create_key(proj, "admin").key
+    register_model(proj, "tiny", tiny_model)
+    proj.close()
+    env = {
+        "POSTTRAIN_GATEWAY_UPSTREAM_URL": upstream,
+        "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": "stub-echo,broken",
+        "POSTTRAIN_GATEWAY_UPSTREAM_API_KEY_ENV": "STUB_UPSTREAM_KEY",
+        "STUB_UPSTREAM_KEY": "sk-stub",
+        "POSTTRAIN_GATEWAY_BATCH_WINDOW_MS": "150",  # wide, so concurrent test requests surely meet
+    }
+    live = LiveServer(root=proj.root, admin_key=admin, env=env).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def ingest_key(server: LiveServer) -> str:
+    with server.http() as http:
+        return str(http.post("/api/keys", json={"role": "ingest"}).json()["key"])
+
+
+@pytest.fixture(scope="module")
+def sdk(server: LiveServer, ingest_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=ingest_key, max_retries=0, timeout=60)
+
+
+def _stored(server: LiveServer, interaction_id: str) -> dict[str, Any]:
+    """Return a logged interaction once the background commit has made it readable."""
+    with server.http() as http:
+        for _ in range(100):
+            reply = http.get(f"/api/interactions/{interaction_id}")
+            if reply.status_code == 200:
+                return reply.json()  # type: ignore[no-any-return]
+            time.sleep(0.05)
+    raise AssertionError(f"interaction {interaction_id} was not logged: {reply.text}")
+
+
+def test_chat_completions_serves_a_registered_model(server: LiveServer, sdk: openai.OpenAI) -> None:
+    raw = sdk.chat.completions.with_raw_response.create(model="tiny", messages=HELLO, max_tokens=4)
+    completion = raw.parse()
+    interaction_id = raw.headers["X-Posttrain-Interaction-Id"]
+    assert completion.model == "tiny" and completion.object == "chat.completion"
+    assert isinstance(completion.choices[0].message.content, str)
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and 1 <= completion.usage.completion_tokens <= 4
+    assert getattr(completion, "posttrain_interaction_id") == interaction_id  # noqa: B009 (an extra field)
+
+
+def test_chat_completions_streams_sse_chunks(server: LiveServer, sdk: openai.OpenAI) -> None:
+    with sdk.chat.completions.with_streaming_response.create(
+        model="tiny",
+        messages=HELLO,
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        header_id = response.headers["X-Posttrain-Interaction-Id"]
+        chunks = list(response.parse())
+    assert getattr(chunks[0], "posttrain_interaction_id") == header_id  # noqa: B009
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 6
+    assert _stored(server, header_id)["response"] == text
+
+
+def test_chat_completions_honours_seed_and_greedy(sdk: openai.OpenAI) -> None:
+    def ask(**options: Any) -> str | None:
+        reply = sdk.chat.completions.create(model="tiny", messages=HELLO, max_tokens=8, **options)
+        return reply.choices[0].message.content
+
+    assert ask(temperature=1.0, top_p=0.9, seed=7) == ask(temperature=1.0, top_p=0.9, seed=7)
+    assert ask(temperature=0) == ask(temperature=0)
+
+
+def test_chat_completions_batches_concurrent_requests(server: LiveServer, sdk: openai.OpenAI) -> None:
+    def ask(i: int) -> str:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "word " * i}],
+            max_tokens=3 + i,
+            temperature=0,
+        )
+        assert raw.parse().usage.completion_tokens <= 3 + i  # type: ignore[union-attr]
+        return raw.headers["X-Posttrain-Interaction-Id"]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(ask, range(4)))
+    sizes = [_stored(server, i)["metadata"]["batch_size"] for i in ids]
+    assert max(sizes) >= 2, sizes
+
+
+def test_models_list_names_registered_and_upstream_models(sdk: openai.OpenAI) -> None:
+    names = [m.id for m in sdk.models.list()]
+    assert names == ["tiny", "stub-echo", "broken"]
+
+
+def test_chat_completions_logs_the_interaction(server: LiveServer, sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        max_tokens=3,
+        user="u-17",
+        extra_headers={"X-Posttrain-Cohort": "minor"},
+    )
+    stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
+    assert stored["messages"] == HELLO and stored["response"] == completion.choices[0].message.content
+    assert (stored["model"], stored["user_id"], stored["cohort"]) == ("tiny", "u-17", "minor")
+    assert (stored["tags"], stored["source"]) == (["gateway"], "gateway")
+    assert stored["latency_ms"] > 0 and stored["prompt_tokens"] > 0
+    assert stored["completion_tokens"] == completion.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_chat_completions_takes_user_header_and_metadata_cohort(server: LiveServer, sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        max_tokens=2,
+        metadata={"cohort": "adult"},
+        extra_headers={"X-Posttrain-User": "u-9"},
+    )
+    stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
+    assert (stored["user_id"], stored["cohort"], stored["metadata"]["cohort"]) == ("u-9", "adult", "adult")
+
+
+def test_unknown_model_is_not_found(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.chat.completions.create(model="nope", messages=HELLO)
+    assert caught.value.param == "model" and caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [({"temperature": 5}, "temperature"), ({"messages": []}, "messages"), ({"max_tokens": 0}, "max_tokens")],
+)
+def test_bad_request_names_the_field(sdk: openai.OpenAI, options: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(**{"model": "tiny", "messages": HELLO, **options})  # type: ignore[call-overload]
+    assert caught.value.param == param
+
+
+def test_role_without_gateway_is_refused(server: LiveServer) -> None:
+    with server.http() as http:
+        viewer = http.post("/api/keys", json={"role": "viewer"}).json()["key"]
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=viewer, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.models.list()
+
+
+def test_upstream_model_is_proxied_and_logged(server: LiveServer, sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(model="stub-echo", messages=HELLO, temperature=0.5)
+    assert completion.choices[0].message.content == "echo: hello"
+    sent = _Upstream.seen[-1]
+    assert (sent["path"], sent["auth"], sent["body"]["temperature"]) == ("/v1/chat/completions", "Bearer sk-stub", 0.5)
+    stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
+    assert (stored["response"], stored["model"], stored["completion_tokens"]) == ("echo: hello", "stub-echo", 2)
+    assert stored["metadata"]["backend"] == "openai"
+
+
+def test_upstream_model_streams_its_chunks_through(server: LiveServer, sdk: openai.OpenAI) -> None:
+    with sdk.chat.completions.with_streaming_response.create(model="stub-echo", messages=HELLO, stream=True) as reply:
+        header_id = reply.headers["X-Posttrain-Interaction-Id"]
+        chunks = list(reply.parse())
+    assert _Upstream.seen[-1]["body"]["stream"] is True
+    assert getattr(chunks[0], "posttrain_interaction_id") == header_id  # noqa: B009
+    assert {c.id for c in chunks} == {f"chatcmpl-{header_id}"} and all(c.choices for c in chunks)  # usage not asked
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: hello"
+    stored = _stored(server, header_id)
+    assert (stored["response"], stored["completion_tokens"], stored["metadata"]["finish_reason"]) == (
+        "echo: hello",
+        2,
+        "stop",
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_failure_is_502_with_its_message(sdk: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="broken", messages=HELLO, stream=stream)
+    assert caught.value.status_code == 502 and "upstream exploded" in caught.value.message
+
+
+# --- in-process: the error formats ------------------------------------------------------------
+
+
+def test_v1_errors_use_openai_format_and_api_errors_keep_posttrain_format(client: TestClient) -> None:
+    bad_json = client.post("/v1/chat/completions", content=b"{", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 400 and set(bad_json.json()["error"]) == {"message", "type", "param", "code"}
+    assert bad_json.json()["error"]["param"] == "body"
+    assert client.get("/v1/nowhere").json()["error"]["type"] == "invalid_request_error"
+    assert set(client.get("/api/nowhere").json()["error"]) == {"type", "message", "field"}
+
+
+def test_unreachable_upstream_is_502(project: Any, admin_key: str) -> None:
+    from posttrain.server import create_app
+
+    project.settings.gateway.upstream_url = "http://127.0.0.1:9/v1"  # the discard port: refused
+    project.settings.gateway.upstream_models = ["far"]
+    with TestClient(create_app(project), headers={"Authorization": f"Bearer {admin_key}"}) as c:
+        reply = c.post("/v1/chat/completions", json={"model": "far", "messages": HELLO})
+    assert reply.status_code == 502 and "ConnectError" in reply.json()["error"]["message"]
+
+
+def test_gateway_needs_a_key(client: TestClient) -> None:
+    reply = client.get("/v1/models", headers={"Authorization": ""})
+    assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
+
+
+def test_overlong_user_header_is_refused_before_serving(client: TestClient) -> None:
+    body = {"model": "nope", "messages": HELLO}
+    reply = client.post("/v1/chat/completions", json=body, headers={"X-Posttrain-User": "u" * 600})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "X-Posttrain-User"
