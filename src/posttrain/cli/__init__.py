@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from posttrain.cli import capture, datasets, generate, keys, models, project, server, train
+from posttrain.cli import capture, datasets, experiments, generate, keys, models, project, server, train
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(capture.app, name="capture")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
+app.add_typer(experiments.app, name="experiments")
 generate.register(app)
 
 

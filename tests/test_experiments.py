@@ -1,0 +1,254 @@
+"""Experiments on real warehouse rows: assignment, analysis, decisions, state, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from posttrain import experiments as ex
+from posttrain.capture import capture
+from posttrain.cli import app
+from posttrain.errors import Conflict, NotFound
+from posttrain.models.registry import get_model, register_model
+from posttrain.project import Project, init_project
+
+
+def _config(name: str = "exp", **kwargs: Any) -> ex.ExperimentConfig:
+    variants = [ex.Variant(name="control", model="base", share=0.5), ex.Variant(name="new", model="cand", share=0.5)]
+    return ex.ExperimentConfig(name=name, variants=kwargs.pop("variants", variants), **kwargs)
+
+
+def _running(project: Project, **kwargs: Any) -> ex.Experiment:
+    ex.create_experiment(project, _config(**kwargs))
+    return ex.start(project, "exp")
+
+
+def _register(project: Project, tmp_path: Path, *names: str) -> None:
+    for name in names:
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        register_model(project, name, folder)
+
+
+def _traffic(
+    project: Project,
+    variant: str,
+    *,
+    up: int,
+    down: int,
+    cohort: str | None = None,
+    none: int = 0,
+    latency: float = 100.0,
+    exp: str = "exp",
+) -> list[str]:
+    """Capture up + down + none interactions; thumbs up/down on the first up + down of them."""
+    n = up + down + none
+    events = [
+        {"messages": [{"role": "user", "content": "hi"}], "experiment": exp, "variant": variant, "cohort": cohort,
+         "user_id": f"{variant}-{cohort}-{i}", "latency_ms": latency + (i % 7), "cost": 0.01}
+        for i in range(n)
+    ]  # fmt: skip
+    ids = [r.id for r in capture(project, "interactions", events) if r.id]
+    thumbs = [
+        {"interaction_id": ids[i], "kind": "thumb", "value": "up" if i < up else "down"} for i in range(up + down)
+    ]
+    if thumbs:
+        capture(project, "feedback", thumbs)
+    return ids
+
+
+# --- assignment ---------------------------------------------------------------------------
+
+
+def test_assign_is_sticky_and_deterministic() -> None:
+    config = _config()
+    assert all(ex.assign(config, f"u{i}") == ex.assign(config, f"u{i}") for i in range(200))
+    other = _config(name="other")
+    assert [ex.assign(config, f"u{i}")[0] for i in range(200)] != [ex.assign(other, f"u{i}")[0] for i in range(200)]
+
+
+def test_assign_matches_shares_over_10000_users() -> None:
+    variants = [ex.Variant(name=n, model=n, share=s) for n, s in [("a", 0.2), ("b", 0.3), ("c", 0.5)]]
+    config = _config(variants=variants)
+    picks = [ex.assign(config, f"user-{i}") for i in range(10_000)]
+    for v in variants:
+        count = sum(1 for name, _ in picks if name == v.name)
+        sd = (10_000 * v.share * (1 - v.share)) ** 0.5
+        assert abs(count - 10_000 * v.share) < 4 * sd
+    assert {name: p for name, p in picks} == {"a": 0.2, "b": 0.3, "c": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"variants": [ex.Variant(name="a", model="m", share=1.0)]}, "at least 2"),
+        ({"variants": [ex.Variant(name="a", model="m", share=0.5), ex.Variant(name="b", model="m", share=0.4)]},
+         "sum to 1"),
+        ({"metric": "clicks"}, "thumbs_up_rate"),
+    ],
+)  # fmt: skip
+def test_config_rejects_bad_input_with_the_fix(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        _config(**kwargs)
+
+
+def test_config_direction_defaults_from_metric() -> None:
+    assert _config(metric="latency_ms").direction == "lower"
+    assert _config().direction == "higher"
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def test_create_get_list_round_trip(project: Project) -> None:
+    created = ex.create_experiment(project, _config(cohorts=["free"], guardrails=[ex.Guardrail(metric="cost")]))
+    got = ex.get_experiment(project, "exp")
+    assert got.config == created.config and got.state == "draft"
+    assert [e.name for e in ex.list_experiments(project)] == ["exp"]
+    with pytest.raises(Conflict, match="exists"):
+        ex.create_experiment(project, _config())
+    with pytest.raises(NotFound, match="posttrain experiments list"):
+        ex.get_experiment(project, "nope")
+
+
+def test_state_transitions_are_checked(project: Project) -> None:
+    ex.create_experiment(project, _config())
+    with pytest.raises(Conflict, match="it is draft.*posttrain experiments start exp"):
+        ex.stop(project, "exp")
+    with pytest.raises(Conflict, match="cannot promote"):
+        ex.promote(project, "exp")
+    assert ex.start(project, "exp").state == "running"
+    with pytest.raises(Conflict, match="it is running"):
+        ex.start(project, "exp")
+    stopped = ex.stop(project, "exp")
+    assert stopped.state == "stopped" and stopped.stopped_at is not None
+    assert ex.rollback(project, "exp").state == "rolled_back"
+    with pytest.raises(Conflict, match="create a new experiment"):
+        ex.promote(project, "exp", "new")
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+
+def test_analyse_matches_hand_counts(project: Project) -> None:
+    _running(project)
+    ids = _traffic(project, "control", up=3, down=1, none=2, cohort="free", latency=100)
+    _traffic(project, "new", up=4, down=0, none=1, cohort="pro", latency=200)
+    # a later thumb overrides an earlier one; an edit and a rating count too
+    capture(project, "feedback", [{"interaction_id": ids[0], "kind": "thumb", "value": "down",
+                                   "timestamp": "2099-01-01T00:00:00Z"}])  # fmt: skip
+    capture(project, "feedback", [{"interaction_id": ids[4], "kind": "edit", "text": "better"}])
+    capture(project, "feedback", [{"interaction_id": ids[5], "kind": "rating", "value": 4}])
+    analysis = ex.analyse(project, "exp")
+    control, new = analysis.variants
+    assert (control.variant, control.interactions, new.interactions) == ("control", 6, 5)
+    assert control.metrics["thumbs_up_rate"].n == 4 and control.metrics["thumbs_up_rate"].mean == 0.5
+    assert new.metrics["thumbs_up_rate"].mean == 1.0
+    assert control.metrics["edit_rate"].mean == pytest.approx(1 / 6)
+    assert control.metrics["mean_rating"].n == 1 and control.metrics["mean_rating"].mean == 4
+    assert control.metrics["latency_ms"].mean == pytest.approx(sum(100 + i % 7 for i in range(6)) / 6)
+    assert new.comparisons["thumbs_up_rate"].test is not None
+    assert [(r.variant, r.cohort) for r in analysis.cohorts] == [("control", "free"), ("new", "pro")]
+    assert ex.get_experiment(project, "exp").analyses == [analysis]
+
+
+def test_analyse_flags_sample_ratio_mismatch_at_large_n(project: Project) -> None:
+    _running(project)
+    _traffic(project, "control", up=0, down=0, none=4800)
+    _traffic(project, "new", up=0, down=0, none=5200)
+    srm = ex.analyse(project, "exp").srm
+    assert srm is not None and srm.mismatch and srm.p_value < 0.001
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+def test_clear_winner_is_promoted(project: Project, tmp_path: Path) -> None:
+    _register(project, tmp_path, "base", "cand")
+    _running(project, min_samples=200, guardrails=[ex.Guardrail(metric="latency_ms", margin=50)])
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=190, down=110)
+    decision = ex.decide(project, "exp", apply=True)
+    assert (decision.action, decision.variant, decision.applied) == ("promote", "new", True)
+    stored = ex.get_experiment(project, "exp")
+    assert stored.state == "promoted" and stored.decision is not None
+    assert stored.decision.analysis.variants[1].comparisons["thumbs_up_rate"].better
+    assert get_model(project, "cand").status == "serving"
+
+
+def test_too_few_samples_continues(project: Project) -> None:
+    _running(project, min_samples=1000)
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=190, down=110)
+    decision = ex.decide(project, "exp")
+    assert decision.action == "continue" and "min_samples" in decision.reasons[0]
+    assert ex.get_experiment(project, "exp").decision == decision
+
+
+def test_guardrail_breach_in_one_cohort_rolls_back(project: Project, tmp_path: Path) -> None:
+    _register(project, tmp_path, "base", "cand")
+    _running(project, min_samples=100, guardrails=[ex.Guardrail(metric="latency_ms", margin=20)])
+    for cohort in ("free", "pro"):
+        _traffic(project, "control", up=60, down=90, cohort=cohort, latency=100)
+    _traffic(project, "new", up=95, down=55, cohort="free", latency=100)
+    _traffic(project, "new", up=95, down=55, cohort="pro", latency=300)  # slow only for pro users
+    decision = ex.decide(project, "exp", apply=True)
+    assert decision.action == "rollback"
+    assert any("cohort pro" in r for r in decision.reasons)
+    assert not any("cohort free" in r for r in decision.reasons)
+    assert ex.get_experiment(project, "exp").state == "rolled_back"
+    assert get_model(project, "base").status == "serving"
+    assert get_model(project, "cand").status == "candidate"
+
+
+def test_unproven_guardrail_blocks_promotion(project: Project) -> None:
+    # latency is noisy and close: neither a breach nor shown within a margin of 0
+    _running(project, min_samples=100, guardrails=[ex.Guardrail(metric="latency_ms", margin=0)])
+    _traffic(project, "control", up=120, down=180, latency=100)
+    _traffic(project, "new", up=190, down=110, latency=100)
+    decision = ex.decide(project, "exp")
+    assert decision.action == "continue"
+    assert any("latency_ms not shown within margin" in r for r in decision.reasons)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_create_start_status_promote(tmp_path: Path) -> None:
+    proj = init_project(tmp_path / "proj")
+    _register(proj, tmp_path, "base", "cand")
+    _traffic(proj, "control", up=12, down=18)
+    _traffic(proj, "new", up=19, down=11)
+    proj.close()
+    runner, p = CliRunner(), ["--project", str(proj.root)]
+    create = ["experiments", "create", "exp", "--variant", "control=base:0.5", "--variant", "new=cand:0.5",
+              "--guardrail", "latency_ms:50", "--min-samples", "10", *p]  # fmt: skip
+    for args in (create, ["experiments", "start", "exp", *p]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["experiments", "status", "exp", *p])
+    assert result.exit_code == 0, result.output
+    assert "0.6333" in result.output and "sample ratio: ok" in result.output
+    page = proj.root / "artifacts" / "experiments" / "exp" / "status.html"
+    assert "<svg" in page.read_text()
+    result = runner.invoke(app, ["experiments", "status", "exp", "--json", *p])
+    assert json.loads(result.output)["variants"][0]["interactions"] == 30
+    result = runner.invoke(app, ["experiments", "promote", "exp", *p])
+    assert result.exit_code == 0 and "promoted" in result.output
+    result = runner.invoke(app, ["experiments", "list", *p])
+    assert "promoted" in result.output
+
+
+def test_cli_bad_variant_says_the_format(tmp_path: Path) -> None:
+    proj = init_project(tmp_path / "proj")
+    proj.close()
+    result = CliRunner().invoke(
+        app, ["experiments", "create", "e", "--variant", "oops", "--variant", "b=m:0.5", "--project", str(proj.root)]
+    )
+    assert result.exit_code != 0 and "NAME=MODEL:SHARE" in str(result.exception)
