@@ -252,3 +252,35 @@ def test_cli_bad_variant_says_the_format(tmp_path: Path) -> None:
         app, ["experiments", "create", "e", "--variant", "oops", "--variant", "b=m:0.5", "--project", str(proj.root)]
     )
     assert result.exit_code != 0 and "NAME=MODEL:SHARE" in str(result.exception)
+
+
+def test_http_routes_list_analyse_and_decide(project: Project, tmp_path: Path, client: Any) -> None:
+    _register(project, tmp_path, "base", "cand")
+    _running(project, min_samples=200)
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=190, down=110)
+    assert [e["config"]["name"] for e in client.get("/api/experiments").json()] == ["exp"]
+    assert client.get("/api/experiments/exp").json()["state"] == "running"
+    analysis = client.get("/api/experiments/exp/analysis").json()
+    assert {v["variant"] for v in analysis["variants"]} >= {"control", "new"}
+    decided = client.post("/api/experiments/exp/decide", params={"apply": True})
+    assert decided.status_code == 200, decided.text
+    assert (decided.json()["action"], decided.json()["variant"]) == ("promote", "new")
+    assert client.get("/api/experiments/exp").json()["state"] == "promoted"
+    assert client.get("/api/experiments/nope").status_code == 404
+
+
+def test_cli_decide_prints_the_action_and_reasons(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from posttrain.cli import app
+    from posttrain.project import init_project
+
+    proj = init_project(tmp_path / "p")
+    _running(proj, min_samples=200)
+    _traffic(proj, "control", up=10, down=10)
+    _traffic(proj, "new", up=12, down=8)
+    proj.close()
+    out = CliRunner().invoke(app, ["experiments", "decide", "exp", "--project", str(proj.root)])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("exp: continue")

@@ -26,6 +26,7 @@ from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.ids import new_id
 from posttrain.models.registry import find_model, get_model
 from posttrain.project import Project
+from posttrain.records import UtcTime
 
 __all__ = [
     "Analysis",
@@ -166,7 +167,7 @@ class Analysis(BaseModel):
     """A snapshot of an experiment's outcome so far."""
 
     experiment: str
-    at: datetime
+    at: UtcTime
     metric: Metric
     direction: Direction
     variants: list[VariantStats]
@@ -180,7 +181,7 @@ class Decision(BaseModel):
     action: Action
     variant: str | None
     reasons: list[str]
-    at: datetime
+    at: UtcTime
     applied: bool = False
     analysis: Analysis
 
@@ -193,9 +194,9 @@ class Experiment(BaseModel):
     state: State
     analyses: list[Analysis] = Field(default_factory=list)
     decision: Decision | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    stopped_at: datetime | None = None
+    created_at: UtcTime
+    started_at: UtcTime | None = None
+    stopped_at: UtcTime | None = None
 
     @property
     def name(self) -> str:

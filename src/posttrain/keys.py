@@ -26,6 +26,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "datasets.build": frozenset({"admin"}),
     "jobs.read": frozenset({"admin", "viewer"}),
     "train": frozenset({"admin"}),
+    "experiments.read": frozenset({"admin", "viewer"}),
+    "experiments.decide": frozenset({"admin"}),
     "gateway": frozenset({"admin", "ingest"}),
 }
 

@@ -107,6 +107,25 @@ def promote(
 
 
 @app.command()
+def decide(
+    name: NameArg,
+    apply: Annotated[bool, typer.Option("--apply", help="Carry out a promote or rollback decision.")] = False,
+    project: ProjectOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Analyse and decide: promote (wins, no guardrail worse in any cohort), roll back, or continue."""
+    with load(project) as proj:
+        decision = lib.decide(proj, name, apply=apply)
+    if json:
+        render.as_json(decision)
+        return
+    winner = f" {decision.variant}" if decision.variant else ""
+    typer.echo(f"{name}: {decision.action}{winner}{' (applied)' if apply else ''}")
+    for reason in decision.reasons:
+        typer.echo(f"  {reason}")
+
+
+@app.command()
 def rollback(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """End an experiment without shipping; the control keeps serving."""
     with load(project) as proj:

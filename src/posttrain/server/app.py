@@ -20,7 +20,7 @@ from posttrain.project import Project
 from posttrain.server.auth import KeyCache
 from posttrain.server.limits import ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
-from posttrain.server.routes import capture, datasets, interactions, jobs, keys, models, sql, train
+from posttrain.server.routes import capture, datasets, experiments, interactions, jobs, keys, models, sql, train
 from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
 
@@ -31,6 +31,7 @@ _ROUTERS = (
     models.router,
     jobs.router,
     train.router,
+    experiments.router,
     keys.router,
     sql.router,
 )
