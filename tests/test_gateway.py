@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from conftest import LiveServer
 from posttrain import keys
 from posttrain.models.registry import register_model
-from posttrain.project import init_project
+from posttrain.project import Project, init_project
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -296,3 +296,40 @@ def test_overlong_user_header_is_refused_before_serving(client: TestClient) -> N
     body = {"model": "nope", "messages": HELLO}
     reply = client.post("/v1/chat/completions", json=body, headers={"X-Posttrain-User": "u" * 600})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "X-Posttrain-User"
+
+
+def test_running_experiment_assigns_sticky_variants_and_logs_the_decision(
+    project: Project, admin_key: str, tiny_model: Path
+) -> None:
+    from posttrain import experiments as ex
+    from posttrain.server import create_app
+
+    register_model(project, "base", tiny_model)
+    register_model(project, "cand", tiny_model)
+    variants = [ex.Variant(name="control", model="base", share=0.5), ex.Variant(name="new", model="cand", share=0.5)]
+    ex.create_experiment(project, ex.ExperimentConfig(name="exp", variants=variants, cohorts=["adult"]))
+    experiment = ex.start(project, "exp")
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    sent: dict[str, tuple[str, str | None]] = {}
+    with TestClient(create_app(project), headers={"Authorization": f"Bearer {admin_key}"}) as c:
+        for i in range(12):
+            for cohort in ("adult", "minor"):
+                user = f"u{i}-{cohort}"
+                r = c.post(
+                    "/v1/chat/completions", json=body, headers={"X-Posttrain-User": user, "X-Posttrain-Cohort": cohort}
+                )
+                assert r.status_code == 200, r.text
+                sent[r.headers["X-Posttrain-Interaction-Id"]] = (user, cohort)
+    rows = (
+        project.cursor().execute("SELECT id, model, experiment, variant, assignment_prob FROM interactions").fetchall()
+    )
+    assert len(rows) == len(sent)
+    for interaction_id, model, experiment_name, variant, prob in rows:
+        user, cohort = sent[interaction_id]
+        if cohort == "minor":  # not targeted: served as asked, no experiment
+            assert (model, experiment_name, variant) == ("base", None, None)
+            continue
+        expected, probability = ex.assign(experiment, user)
+        assert (experiment_name, variant, prob) == ("exp", expected, probability)
+        assert model == ("base" if expected == "control" else "cand")
+    assert {r[3] for r in rows if r[2]} == {"control", "new"}

@@ -24,7 +24,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from posttrain import capture
+from posttrain import capture, experiments
 from posttrain.errors import InvalidInput, NotFound, PosttrainError
 from posttrain.ids import new_id
 from posttrain.models.registry import find_model, list_models
@@ -79,6 +79,14 @@ class Route(BaseModel):
     model: str
     backend: Backend
     path: str | None = None
+
+
+class Assignment(BaseModel):
+    """The serving decision of a running experiment: which variant, with what probability."""
+
+    experiment: str
+    variant: str
+    probability: float
 
 
 class Completion(BaseModel):
@@ -402,6 +410,32 @@ class Gateway:
         self._upstream = (
             UpstreamBackend(self._settings, api_key=upstream_api_key) if self._settings.upstream_url else None
         )
+        self._running: tuple[float, list[experiments.Experiment]] = (0.0, [])
+
+    def _running_experiments(self) -> list[experiments.Experiment]:
+        # read at most once a second: a start or stop takes effect within a second, not per request
+        checked, found = self._running
+        if time.monotonic() - checked > 1.0:
+            found = experiments.list_experiments(self._project, state="running")
+            self._running = (time.monotonic(), found)
+        return found
+
+    def assign(self, requested: str, unit: str, cohort: str | None) -> tuple[str, Assignment | None]:
+        """Return the model to serve and the experiment decision, if a running experiment covers the request.
+
+        An experiment covers a request that names the experiment or its control's model, from a targeted
+        cohort (no targeting: everyone); the variant is a sticky hash of (experiment, ``unit``).
+        """
+        for experiment in self._running_experiments():
+            config = experiment.config
+            if requested not in (config.name, config.variants[0].model):
+                continue
+            if config.cohorts and cohort not in config.cohorts:
+                continue
+            variant, probability = experiments.assign(experiment, unit)
+            model = next(v.model for v in config.variants if v.name == variant)
+            return model, Assignment(experiment=config.name, variant=variant, probability=probability)
+        return requested, None
 
     def resolve(self, model: str) -> Route:
         """Return where ``model`` is served: a registered causal-lm, else a configured upstream name."""
@@ -433,7 +467,12 @@ class Gateway:
         for field, value in [("X-Posttrain-User", user), ("X-Posttrain-Cohort", cohort)]:
             if value is not None and len(value) > 512:
                 raise InvalidInput(f"{field} is {len(value)} characters; the limit is 512", field=field)
-        return _Call(self.resolve(request.model), request, user=user or request.user, cohort=cohort)
+        user = user or request.user
+        interaction_id = new_id()
+        model, assignment = self.assign(request.model, user or interaction_id, cohort)
+        call = _Call(self.resolve(model), request, user=user, cohort=cohort, interaction_id=interaction_id)
+        call.assignment = assignment
+        return call
 
     async def complete(self, request: ChatRequest, *, user: str | None = None, cohort: str | None = None) -> Served:
         """Serve one request and log it as an interaction (its commit is not awaited)."""
@@ -509,6 +548,12 @@ class Gateway:
             "tags": ["gateway"],
             "metadata": metadata | _serving(route, completion),
         }
+        if call.assignment is not None:
+            event |= {
+                "experiment": call.assignment.experiment,
+                "variant": call.assignment.variant,
+                "assignment_prob": call.assignment.probability,
+            }
         results, rows = capture.validate_events("interactions", [event], self._project.settings.capture)
         if results[0] is not None:
             log.warning("interaction %s not logged: %s", interaction_id, results[0].error)
@@ -530,9 +575,12 @@ class Gateway:
 class _Call:
     """One request on its way through the gateway: its interaction id, route and clock."""
 
-    def __init__(self, route: Route, request: ChatRequest, *, user: str | None, cohort: str | None) -> None:
-        self.interaction_id, self.started = new_id(), time.perf_counter()
+    def __init__(
+        self, route: Route, request: ChatRequest, *, user: str | None, cohort: str | None, interaction_id: str
+    ) -> None:
+        self.interaction_id, self.started = interaction_id, time.perf_counter()
         self.route, self.request, self.user, self.cohort = route, request, user, cohort
+        self.assignment: Assignment | None = None
 
     def served(self, completion: Completion) -> Served:
         """Return the completion as served under this call's interaction id."""
