@@ -29,8 +29,3 @@ def new_id() -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
-
-
-def new_ids(n: int) -> list[str]:
-    """Return ``n`` new ULIDs in increasing order."""
-    return [new_id() for _ in range(n)]
