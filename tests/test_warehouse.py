@@ -8,6 +8,9 @@ import pytest
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.warehouse import applied_migrations, migrate, queries
+from posttrain.warehouse.schema import _migrations
+
+ALL = [number for number, _, _ in _migrations()]
 
 TABLES = {
     "interactions",
@@ -20,6 +23,8 @@ TABLES = {
     "jobs",
     "experiments",
     "api_keys",
+    "cohort_rules",
+    "routes",
     "schema_migrations",
 }
 
@@ -27,7 +32,8 @@ TABLES = {
 def test_migrations_create_every_table(project: Project) -> None:
     names = {r[0] for r in project.cursor().execute("SHOW TABLES").fetchall()}
     assert names >= TABLES
-    assert applied_migrations(project.cursor()) == [1, 2]
+    assert applied_migrations(project.cursor()) == ALL
+    assert ALL[:3] == [1, 2, 3]
 
 
 def test_migrate_is_idempotent(project: Project) -> None:
@@ -36,7 +42,7 @@ def test_migrate_is_idempotent(project: Project) -> None:
 
 def test_migrate_on_a_blank_database_applies_all() -> None:
     con = duckdb.connect()
-    assert migrate(con) == [1, 2]
+    assert migrate(con) == ALL
     assert migrate(con) == []
 
 

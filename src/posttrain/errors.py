@@ -89,6 +89,12 @@ class JobFailed(PosttrainError):
     pass
 
 
+class UpstreamFailed(PosttrainError):
+    """An OpenAI-compatible upstream failed or could not be reached (502)."""
+
+    status = 502
+
+
 _BY_STATUS: dict[int, type[PosttrainError]] = {
     400: InvalidInput,
     401: Unauthorized,

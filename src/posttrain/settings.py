@@ -8,6 +8,8 @@ Settings are resolved at the edge (the CLI, ``create_app``) and passed in explic
 from __future__ import annotations
 
 import tomllib
+
+import orjson
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput
+from posttrain.routing import CohortRule, RouteRule
 
 
 class ServerSettings(BaseModel):
@@ -63,11 +66,30 @@ class GatewaySettings(BaseModel):
     )
     max_batch_size: int = Field(8, ge=1, description="Most requests a local model generates in one batch.")
     default_max_tokens: int = Field(256, ge=1, description="Completion tokens when a request sets no max_tokens.")
+    cohort_rules: list[CohortRule] = Field(
+        [], description="Cohort rules after the warehouse's (`[[gateway.cohort_rules]]`; JSON list in env)."
+    )
+    routes: list[RouteRule] = Field(
+        [], description="Routes after the warehouse's (`[[gateway.routes]]`; JSON list in env)."
+    )
+    experiment_check_seconds: float = Field(
+        30.0, ge=0, description="How often the server checks running experiments' guardrails (0: never)."
+    )
 
     @field_validator("upstream_models", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("cohort_rules", "routes", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValueError("must be a JSON list of objects") from None
+        return value
 
 
 class Settings(BaseModel):

@@ -21,6 +21,7 @@ from posttrain.server.responses import JSONResponse
 router = APIRouter(prefix="/v1", tags=["gateway"], dependencies=[Depends(require("gateway"))])
 
 INTERACTION_HEADER = "X-Posttrain-Interaction-Id"
+SIDE_BY_SIDE = gateway.SIDE_BY_SIDE_HEADER
 
 
 async def _body(request: Request) -> Any:
@@ -35,6 +36,15 @@ async def chat_completions(request: Request) -> Any:
     """Answer a chat completion (OpenAI format, streaming too) and log it as an interaction."""
     chat = gateway.parse_request(await _body(request))
     who = {"user": request.headers.get("x-posttrain-user"), "cohort": request.headers.get("x-posttrain-cohort")}
+    side_by_side = request.headers.get("x-posttrain-side-by-side", "").strip().lower()
+    if side_by_side not in ("", "false", "0", "true", "1"):
+        raise InvalidInput(f"{SIDE_BY_SIDE}: {side_by_side!r} is not true or false", field=SIDE_BY_SIDE)
+    if side_by_side in ("true", "1"):
+        if chat.stream:
+            raise InvalidInput(f"{SIDE_BY_SIDE}: side-by-side answers cannot stream; drop stream", field="stream")
+        pair_id, answers = await request.app.state.gateway.side_by_side(chat, **who)
+        ids = ",".join(a.interaction_id for a in answers)
+        return JSONResponse(gateway.pair_body(pair_id, answers), headers={INTERACTION_HEADER: ids})
     if not chat.stream:
         served = await request.app.state.gateway.complete(chat, **who)
         headers = {INTERACTION_HEADER: served.interaction_id}

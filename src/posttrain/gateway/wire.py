@@ -1,0 +1,164 @@
+"""OpenAI's chat completion wire format: the request, what a backend returns, and the reply bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from posttrain.errors import InvalidInput
+from posttrain.records import Message
+
+FinishReason = str  # "stop" or "length" locally; an upstream may say "tool_calls" or "content_filter"
+
+
+class ChatRequest(BaseModel):
+    """A chat completion request in OpenAI's format; unknown keys are kept and forwarded upstream."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = Field(None, max_length=512)
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def limit(self) -> int | None:
+        """Return the completion token limit the request asks for, if any."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class Completion(BaseModel):
+    """What a backend produced for one request; ``pieces`` are the text in streamable deltas."""
+
+    text: str
+    pieces: list[str]
+    finish_reason: FinishReason
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    batch_size: int | None = Field(None, description="Requests generated together with this one (local backend).")
+
+
+class Served(BaseModel):
+    """A completion with the logged interaction's id and when it was made."""
+
+    interaction_id: str
+    model: str
+    created: int
+    completion: Completion
+    variant: str | None = None
+
+
+def parse_request(body: Any) -> ChatRequest:
+    """Validate a request body; raise InvalidInput naming the offending field."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
+
+
+# --- OpenAI's wire format -------------------------------------------------------------------
+
+
+def completion_body(served: Served) -> dict[str, Any]:
+    """Return a ``chat.completion`` object."""
+    c = served.completion
+    return {
+        "id": f"chatcmpl-{served.interaction_id}",
+        "object": "chat.completion",
+        "created": served.created,
+        "model": served.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(c),
+        "posttrain_interaction_id": served.interaction_id,
+    }
+
+
+def pair_body(pair_id: str, answers: list[Served]) -> dict[str, Any]:
+    """Return a side-by-side ``chat.completion``: one choice per variant, each with its interaction id."""
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": s.completion.text},
+            "finish_reason": s.completion.finish_reason,
+            "logprobs": None,
+            "posttrain_interaction_id": s.interaction_id,
+            "posttrain_variant": s.variant,
+            "posttrain_model": s.model,
+        }
+        for i, s in enumerate(answers)
+    ]
+    usage = [_usage(s.completion) for s in answers]
+    return {
+        "id": f"chatcmpl-{pair_id}",
+        "object": "chat.completion",
+        "created": answers[0].created,
+        "model": answers[0].model,
+        "choices": choices,
+        "usage": {key: sum(u[key] for u in usage) for key in usage[0]},
+        "posttrain_pair_id": pair_id,
+        "posttrain_interaction_ids": [s.interaction_id for s in answers],
+    }
+
+
+def _usage(c: Completion) -> dict[str, int]:
+    prompt, completion = c.prompt_tokens or 0, c.completion_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion_chunks(served: Served, *, include_usage: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the ``chat.completion.chunk`` objects of a stream; the first carries the interaction id."""
+    base = {
+        "id": f"chatcmpl-{served.interaction_id}",
+        "object": "chat.completion.chunk",
+        "created": served.created,
+        "model": served.model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    yield chunk({"role": "assistant", "content": ""}) | {"posttrain_interaction_id": served.interaction_id}
+    for piece in served.completion.pieces:
+        yield chunk({"content": piece})
+    yield chunk({}, served.completion.finish_reason)
+    if include_usage:
+        yield base | {"choices": [], "usage": _usage(served.completion)}
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """Return an error body in OpenAI's format, ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _ERROR_TYPES.get(status, "api_error")
+    if code is None and status == 404 and param == "model":
+        code = "model_not_found"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
