@@ -284,3 +284,71 @@ def test_cli_decide_prints_the_action_and_reasons(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["experiments", "decide", "exp", "--project", str(proj.root)])
     assert out.exit_code == 0, out.output
     assert out.output.startswith("exp: continue")
+
+
+# --- side by side, over time, automatic rollback ------------------------------------------
+
+
+def _pairs(project: Project, battles: list[tuple[str, str, str]], exp: str = "exp") -> None:
+    """Capture one side-by-side pair per battle (a, b, winner) with a choice on its first member."""
+    for i, (a, b, winner) in enumerate(battles):
+        events = [
+            {"messages": [{"role": "user", "content": "hi"}], "experiment": exp, "variant": v, "cohort": "adult",
+             "metadata": {"pair_id": f"pair-{i}", "position": p, "side_by_side": True}}
+            for p, v in enumerate((a, b))
+        ]  # fmt: skip
+        ids = [r.id for r in capture(project, "interactions", events)]
+        chosen = ids[0] if winner == a else ids[1]
+        capture(project, "feedback", [{"interaction_id": ids[0], "kind": "choice", "value": chosen}])
+
+
+def test_side_by_side_win_rates_and_bradley_terry(project: Project) -> None:
+    variants = [ex.Variant(name=n, model=n, share=s) for n, s in [("x", 0.4), ("y", 0.3), ("z", 0.3)]]
+    _running(project, variants=variants, metric="win_rate")
+    battles = [("x", "y", "y")] * 30 + [("x", "y", "x")] * 10 + [("y", "z", "y")] * 30 + [("y", "z", "z")] * 10
+    battles += [("z", "x", "z")] * 20 + [("z", "x", "x")] * 20
+    _pairs(project, battles)
+    analysis = ex.analyse(project, "exp")
+    assert analysis.pairwise is not None
+    overall = {(p.a, p.b): p.win_rate for p in analysis.pairwise.pairs if p.cohort is None}
+    assert overall[("x", "y")].rate == pytest.approx(10 / 40) and overall[("x", "y")].n == 40
+    assert overall[("x", "z")].rate == pytest.approx(0.5)  # oriented by variant order: x before z
+    assert {p.cohort for p in analysis.pairwise.pairs} == {None, "adult"}
+    ratings = analysis.pairwise.ratings
+    assert list(ratings)[0] == "y" and abs(ratings["x"].rating - ratings["z"].rating) < 40  # y wins 3:1; x, z even
+    assert ratings["y"].rating > 1000 and ratings["y"].ci_low < ratings["y"].rating < ratings["y"].ci_high
+    assert all(v.interactions == 0 for v in analysis.variants)  # pairs are not assignment units
+
+
+def test_timeline_accumulates_and_the_sequence_covers_the_effect(project: Project) -> None:
+    _running(project)
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=180, down=120)
+    timeline = ex.timeline(project, "exp", buckets=5)
+    control, new = timeline.variants["control"], timeline.variants["new"]
+    assert [p.n for p in control][-1] == 300 and [p.n for p in new][-1] == 300
+    assert all(a.n <= b.n for a, b in zip(new, new[1:], strict=False))  # cumulative
+    assert new[-1].mean == pytest.approx(0.6) and control[-1].mean == pytest.approx(0.4)
+    last = timeline.differences["new"][-1]
+    assert last.effect == pytest.approx(0.2) and last.cs_low < 0.2 < last.cs_high
+    assert last.cs_low > 0  # 0.2 on 600 units is clear even for an always-valid sequence
+    page = ex.write_status_page(project, ex.analyse(project, "exp"), timeline)
+    text = page.read_text()
+    assert text.count("<polyline") == 3 and "confidence sequence" in text  # two variants + one difference
+
+
+def test_check_guardrails_rolls_back_only_on_a_proven_breach(project: Project, tmp_path: Path) -> None:
+    _register(project, tmp_path, "base", "cand")
+    guard = [ex.Guardrail(metric="thumbs_up_rate", margin=0.02)]
+    _running(project, metric="mean_rating", guardrails=guard)
+    _traffic(project, "control", up=50, down=50)
+    _traffic(project, "new", up=45, down=55)  # a little worse, not proven
+    assert ex.check_guardrails(project, "exp") is None
+    assert ex.get_experiment(project, "exp").state == "running"
+    _traffic(project, "new", up=20, down=380)  # now clearly worse
+    decision = ex.check_guardrails(project, "exp")
+    assert decision is not None and decision.action == "rollback" and decision.applied
+    assert decision.reasons[0].startswith("automatic: thumbs_up_rate worse beyond margin 0.02")
+    stored = ex.get_experiment(project, "exp")
+    assert stored.state == "rolled_back" and get_model(project, "base").status == "serving"
+    assert ex.check_guardrails(project, "exp") is None  # no longer running

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +17,15 @@ from conftest import LiveServer
 from posttrain import keys
 from posttrain.models.registry import register_model
 from posttrain.project import Project, init_project
+from upstream_stub import Upstream, running_upstream
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
-class _Upstream(BaseHTTPRequestHandler):
-    """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500."""
-
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Upstream.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if body["model"] == "broken":
-            self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
-            return
-        text = "echo: " + body["messages"][-1]["content"]
-        if body.get("stream"):
-            self._stream(body["model"], ["echo: ", body["messages"][-1]["content"]])
-            return
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        reply = {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"]}
-        self._send(200, reply | {"choices": [choice], "usage": usage})
-
-    def _stream(self, model: str, pieces: list[str]) -> None:
-        base = {"id": "up-2", "object": "chat.completion.chunk", "created": 1, "model": model}
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces] + [{}]
-        chunks = [
-            base | {"choices": [{"index": 0, "delta": d, "finish_reason": "stop" if not d else None}]} for d in deltas
-        ]
-        chunks.append(base | {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
-        for chunk in chunks:
-            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with running_upstream() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +183,7 @@ def test_role_without_gateway_is_refused(server: LiveServer) -> None:
 def test_upstream_model_is_proxied_and_logged(server: LiveServer, sdk: openai.OpenAI) -> None:
     completion = sdk.chat.completions.create(model="stub-echo", messages=HELLO, temperature=0.5)
     assert completion.choices[0].message.content == "echo: hello"
-    sent = _Upstream.seen[-1]
+    sent = Upstream.seen[-1]
     assert (sent["path"], sent["auth"], sent["body"]["temperature"]) == ("/v1/chat/completions", "Bearer sk-stub", 0.5)
     stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
     assert (stored["response"], stored["model"], stored["completion_tokens"]) == ("echo: hello", "stub-echo", 2)
@@ -247,7 +194,7 @@ def test_upstream_model_streams_its_chunks_through(server: LiveServer, sdk: open
     with sdk.chat.completions.with_streaming_response.create(model="stub-echo", messages=HELLO, stream=True) as reply:
         header_id = reply.headers["X-Posttrain-Interaction-Id"]
         chunks = list(reply.parse())
-    assert _Upstream.seen[-1]["body"]["stream"] is True
+    assert Upstream.seen[-1]["body"]["stream"] is True
     assert getattr(chunks[0], "posttrain_interaction_id") == header_id  # noqa: B009
     assert {c.id for c in chunks} == {f"chatcmpl-{header_id}"} and all(c.choices for c in chunks)  # usage not asked
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: hello"

@@ -28,6 +28,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "train": frozenset({"admin"}),
     "experiments.read": frozenset({"admin", "viewer"}),
     "experiments.decide": frozenset({"admin"}),
+    "experiments.write": frozenset({"admin"}),
+    "routes.read": frozenset({"admin", "viewer"}),
+    "routes.write": frozenset({"admin"}),
     "gateway": frozenset({"admin", "ingest"}),
 }
 

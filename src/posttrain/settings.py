@@ -8,12 +8,11 @@ Settings are resolved at the edge (the CLI, ``create_app``) and passed in explic
 from __future__ import annotations
 
 import tomllib
-
-import orjson
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput

@@ -5,8 +5,21 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
-from posttrain.cli import capture, datasets, experiments, generate, keys, models, project, server, train
+from posttrain.cli import (
+    capture,
+    datasets,
+    evals,
+    experiments,
+    generate,
+    keys,
+    models,
+    project,
+    routing,
+    server,
+    train,
+)
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(
@@ -24,6 +37,8 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(routing.app, name="routes")
+app.add_typer(evals.app, name="evals")
 generate.register(app)
 
 
@@ -34,6 +49,12 @@ def main() -> None:
     except PosttrainError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
+    except ValidationError as exc:  # options that build a record the record rejects
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        typer.echo(f"error: {field + ': ' if field else ''}{message}", err=True)
+        sys.exit(2)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)

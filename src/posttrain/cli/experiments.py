@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from posttrain import experiments as lib
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.cli.options import JsonOption, ProjectOption, load, through_server
+from posttrain.cli.remote import Remote
 from posttrain.errors import InvalidInput
+from posttrain.project import Project
 
 app = typer.Typer(
     help="Experiments: A/B test models on live traffic, analyse, promote or roll back.", no_args_is_help=True
@@ -58,30 +62,40 @@ def create(
         min_samples=min_samples,
         alpha=alpha,
     )
-    with load(project) as proj:
-        _echo(lib.create_experiment(proj, config), json, "created")
+    found = through_server(
+        project,
+        lambda proj: lib.create_experiment(proj, config),
+        lambda api: lib.Experiment(**api.call("POST", "/api/experiments", json=config.model_dump(mode="json"))),
+    )
+    _echo(found, json, "created")
 
 
 @app.command()
 def start(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Start a draft experiment: users may now be assigned to it."""
-    with load(project) as proj:
-        _echo(lib.start(proj, name), json, "started")
+    _echo(_act(project, name, "start", lib.start), json, "started")
 
 
 @app.command()
 def stop(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Stop assigning users to a running experiment."""
-    with load(project) as proj:
-        _echo(lib.stop(proj, name), json, "stopped")
+    _echo(_act(project, name, "stop", lib.stop), json, "stopped")
 
 
 @app.command()
 def status(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Analyse an experiment per variant and cohort; also write artifacts/experiments/NAME/status.html."""
-    with load(project) as proj:
+
+    def local(proj: Project) -> tuple[lib.Analysis, Path]:
         analysis = lib.analyse(proj, name)
-        page = lib.write_status_page(proj, analysis)
+        return analysis, lib.write_status_page(proj, analysis, lib.timeline(proj, name))
+
+    def remote(api: Remote) -> tuple[lib.Analysis, Path]:
+        analysis = lib.Analysis(**api.call("GET", f"/api/experiments/{name}/analysis"))
+        timeline = lib.Timeline(**api.call("GET", f"/api/experiments/{name}/timeline"))
+        return analysis, lib.write_status_page(load(project), analysis, timeline)
+
+    analysis, page = through_server(project, local, remote)
     if json:
         render.as_json(analysis)
         return
@@ -102,8 +116,12 @@ def promote(
     json: JsonOption = False,
 ) -> None:
     """Ship a variant: mark its model serving and the experiment promoted."""
-    with load(project) as proj:
-        _echo(lib.promote(proj, name, variant), json, "promoted")
+    found = through_server(
+        project,
+        lambda proj: lib.promote(proj, name, variant),
+        lambda api: lib.Experiment(**api.call("POST", f"/api/experiments/{name}/promote", json={"variant": variant})),
+    )
+    _echo(found, json, "promoted")
 
 
 @app.command()
@@ -114,8 +132,11 @@ def decide(
     json: JsonOption = False,
 ) -> None:
     """Analyse and decide: promote (wins, no guardrail worse in any cohort), roll back, or continue."""
-    with load(project) as proj:
-        decision = lib.decide(proj, name, apply=apply)
+    decision = through_server(
+        project,
+        lambda proj: lib.decide(proj, name, apply=apply),
+        lambda api: lib.Decision(**api.call("POST", f"/api/experiments/{name}/decide", params={"apply": apply})),
+    )
     if json:
         render.as_json(decision)
         return
@@ -128,15 +149,17 @@ def decide(
 @app.command()
 def rollback(name: NameArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """End an experiment without shipping; the control keeps serving."""
-    with load(project) as proj:
-        _echo(lib.rollback(proj, name), json, "rolled back")
+    _echo(_act(project, name, "rollback", lib.rollback), json, "rolled back")
 
 
 @app.command("list")
 def list_(project: ProjectOption = None, json: JsonOption = False) -> None:
     """List experiments, newest first."""
-    with load(project) as proj:
-        found = lib.list_experiments(proj)
+    found = through_server(
+        project,
+        lib.list_experiments,
+        lambda api: [lib.Experiment(**e) for e in api.call("GET", "/api/experiments")],
+    )
     if json:
         render.as_json(found)
         return
@@ -161,6 +184,16 @@ def _row(analysis: lib.Analysis, row: lib.VariantStats) -> list[object]:
         "" if c is None or c.chance_to_win is None else f"{c.chance_to_win:.2f}",
         "" if c is None or c.always_valid_p is None else f"{c.always_valid_p:.3g}",
     ]
+
+
+def _act(
+    project: Path | None, name: str, action: str, local: Callable[[Project, str], lib.Experiment]
+) -> lib.Experiment:
+    return through_server(
+        project,
+        lambda proj: local(proj, name),
+        lambda api: lib.Experiment(**api.call("POST", f"/api/experiments/{name}/{action}")),
+    )
 
 
 def _echo(experiment: lib.Experiment, json: bool, verb: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +22,22 @@ from posttrain.project import Project
 from posttrain.server.auth import KeyCache
 from posttrain.server.limits import ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
-from posttrain.server.routes import capture, datasets, experiments, interactions, jobs, keys, models, sql, train
+from posttrain.server.routes import (
+    capture,
+    datasets,
+    experiments,
+    interactions,
+    jobs,
+    keys,
+    models,
+    routing,
+    sql,
+    train,
+)
 from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
+
+log = logging.getLogger("posttrain.server")
 
 _ROUTERS = (
     capture.router,
@@ -32,6 +47,7 @@ _ROUTERS = (
     jobs.router,
     train.router,
     experiments.router,
+    routing.router,
     keys.router,
     sql.router,
 )
@@ -102,6 +118,23 @@ async def _reject_unknown_query(request: Request) -> None:
             raise InvalidInput(f"{name}: unknown query parameter; this route takes: {takes}", field=name)
 
 
+async def _watch_experiments(app: FastAPI, seconds: float) -> None:
+    """Every ``seconds``, roll back running experiments whose guardrail is breached (always-valid test)."""
+    from posttrain.experiments import check_running
+
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            made = await asyncio.to_thread(check_running, app.state.project)
+        except Exception:  # a failed check must not stop the next one
+            log.exception("checking running experiments failed")
+            continue
+        for decision in made:
+            log.warning("experiment %s rolled back: %s", decision.analysis.experiment, "; ".join(decision.reasons))
+        if made:
+            app.state.gateway.refresh()
+
+
 def create_app(project: Project, *, control_token: str | None = None, sandbox_sql: bool = True) -> FastAPI:
     """Build the app. ``control_token`` is an extra admin key for local CLI calls to this server.
 
@@ -114,9 +147,13 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         key_env = project.settings.gateway.upstream_api_key_env
         upstream_key = os.environ.get(key_env) if key_env else None
         app.state.gateway = gateway.Gateway(project, app.state.ingestor, upstream_api_key=upstream_key)
+        interval = project.settings.gateway.experiment_check_seconds
+        watcher = asyncio.create_task(_watch_experiments(app, interval)) if interval > 0 else None
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await app.state.gateway.close()  # before the ingestor, so the last interactions are drained
             app.state.ingestor.close()
 

@@ -1,0 +1,67 @@
+"""A stub OpenAI-compatible upstream on loopback for gateway tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Upstream(BaseHTTPRequestHandler):
+    """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500."""
+
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Upstream.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if body["model"] == "broken":
+            self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        text = "echo: " + body["messages"][-1]["content"]
+        if body.get("stream"):
+            self._stream(body["model"], ["echo: ", body["messages"][-1]["content"]])
+            return
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        reply = {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"]}
+        self._send(200, reply | {"choices": [choice], "usage": usage})
+
+    def _stream(self, model: str, pieces: list[str]) -> None:
+        base = {"id": "up-2", "object": "chat.completion.chunk", "created": 1, "model": model}
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces] + [{}]
+        chunks = [
+            base | {"choices": [{"index": 0, "delta": d, "finish_reason": "stop" if not d else None}]} for d in deltas
+        ]
+        chunks.append(base | {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        for chunk in chunks:
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def running_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
