@@ -105,9 +105,7 @@ def _compare(op: str, value: Any, literal: Any) -> bool:
     if op == "!=":
         return bool(value != literal)
     try:
-        return bool(
-            {"<": value < literal, "<=": value <= literal, ">": value > literal, ">=": value >= literal}[op]
-        )
+        return bool({"<": value < literal, "<=": value <= literal, ">": value > literal, ">=": value >= literal}[op])
     except TypeError:  # e.g. a string against a number: no match
         return False
 

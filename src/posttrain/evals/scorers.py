@@ -1,0 +1,99 @@
+"""Scorers: what a suite measures each response with — verifiers and reward models.
+
+A scorer takes a batch (dataset rows, their completions) and returns one float per completion.
+Names, as a suite and ``posttrain evals run`` take them:
+
+- a verifier name (``exact_match``, ``numeric:0.01``, ``regex``, ``python:MODULE:FUNCTION`` ...,
+  see ``posttrain.evals.verifiers``), or ``row`` for each row's own ``verifier`` column;
+- ``model:NAME`` for a registered ``reward-model`` (its raw score, not bounded to [0, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from posttrain.errors import InvalidInput
+from posttrain.evals.verifiers import Verifier, get_verifier
+from posttrain.project import Project
+
+_NOT_VERIFIER_COLUMNS = ("prompt", "answer", "completion", "verifier")
+
+
+class Scorer(Protocol):
+    """Scores completions of dataset rows; ``name`` is how results name it."""
+
+    name: str
+
+    def score(self, rows: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[float]:
+        """Return one score per completion."""
+        ...
+
+
+class VerifierScorer:
+    """A verifier against each row's ``answer``; ``row`` uses each row's ``verifier`` column."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._verifier: Verifier | None = None if name == "row" else get_verifier(name)
+
+    def score(self, rows: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[float]:
+        """Return each completion's verifier score."""
+        return [self._one(row, completion) for row, completion in zip(rows, completions, strict=True)]
+
+    def _one(self, row: dict[str, Any], completion: str) -> float:
+        verifier = self._verifier
+        if verifier is None:
+            if not row.get("verifier"):
+                raise InvalidInput("scorer 'row' needs a 'verifier' on every row; name a verifier instead")
+            verifier = get_verifier(row["verifier"])
+        extra = {k: v for k, v in row.items() if k not in _NOT_VERIFIER_COLUMNS}
+        return float(verifier(completion, row.get("answer"), **extra))
+
+
+class RewardModelScorer:
+    """A registered reward model's score of the conversation with the completion as the answer."""
+
+    def __init__(self, project: Project, model: str, *, batch_size: int = 16) -> None:
+        from posttrain.train.rewards import load_reward_model
+
+        self.name = f"model:{model}"
+        self._model, self._tokenizer = load_reward_model(project, model)
+        self._batch_size = batch_size
+
+    def score(self, rows: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[float]:
+        """Return the reward of each (prompt, completion), in batches."""
+        texts = [
+            self._tokenizer.apply_chat_template([*row["prompt"], {"role": "assistant", "content": c}], tokenize=False)
+            for row, c in zip(rows, completions, strict=True)
+        ]
+        out: list[float] = []
+        for start in range(0, len(texts), self._batch_size):
+            out += self._forward(texts[start : start + self._batch_size])
+        return out
+
+    def _forward(self, texts: list[str]) -> list[float]:
+        import torch
+
+        enc = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            logits = self._model(**enc).logits
+        return [float(v) for v in logits[:, 0].tolist()]
+
+
+def check_scorer_name(name: str) -> None:
+    """Raise InvalidInput for a scorer name that is neither a verifier, ``row`` nor ``model:NAME``."""
+    if name.startswith("model:"):
+        if not name[len("model:") :]:
+            raise InvalidInput("scorer 'model:' needs a reward model's name, as in model:rm1", field="scorers")
+        return
+    if name != "row":
+        get_verifier(name)
+
+
+def build_scorer(project: Project, name: str) -> Scorer:
+    """Return the scorer called ``name`` (loading a reward model's weights for ``model:NAME``)."""
+    check_scorer_name(name)
+    if name.startswith("model:"):
+        return RewardModelScorer(project, name[len("model:") :])
+    return VerifierScorer(name)
