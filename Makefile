@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/build_datasets.py
 	$(PY) benchmarks/train_sft.py
 	$(PY) benchmarks/ab_sequential.py
+	$(PY) benchmarks/gateway.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
@@ -116,15 +117,29 @@ class Gateway:
             UpstreamBackend(self._settings, api_key=upstream_api_key) if self._settings.upstream_url else None
         )
         self._cached: _State | None = None
+        self._rebuilding = threading.Event()
 
     def _state(self) -> _State:
-        if self._cached is None or time.monotonic() - self._cached.at > 1.0:
+        """Return the routing state; past a second old it is rebuilt on a thread, never on the event loop."""
+        state = self._cached
+        if state is None:  # the first request, or right after refresh()
+            state = self._cached = _State(self._project)
+        elif time.monotonic() - state.at > 1.0 and not self._rebuilding.is_set():
+            self._rebuilding.set()
+            threading.Thread(target=self._rebuild, name="posttrain-gateway-state", daemon=True).start()
+        return state
+
+    def _rebuild(self) -> None:
+        try:
             self._cached = _State(self._project)
-        return self._cached
+        except Exception:  # keep serving from the last state; the next request tries again
+            log.exception("re-reading the routing state failed")
+        finally:
+            self._rebuilding.clear()
 
     def refresh(self) -> None:
-        """Re-read routes, experiments and models now (the CLI and API call this after changing them)."""
-        self._cached = None
+        """Re-read routes, experiments and models now (the API calls this after changing them)."""
+        self._cached = _State(self._project)
 
     # --- routing ------------------------------------------------------------------------------
 
@@ -177,12 +192,13 @@ class Gateway:
         """Return where ``model`` is served: a registered causal-lm, else a configured upstream name."""
         state = self._state()
         record = state.models.get(model)
-        if record is None and model not in state.models:  # registered in the last second?
+        upstream = self._upstream is not None and model in self._settings.upstream_models
+        if record is None and not upstream and time.monotonic() - state.at > 0.1:  # registered just now?
             self.refresh()
             record = self._state().models.get(model)
         if record is not None and record.kind == "causal-lm":
             return Route(model=record.name, backend="local", path=record.path)
-        if self._upstream is not None and model in self._settings.upstream_models:
+        if upstream:
             return Route(model=model, backend="openai")
         raise NotFound(
             f"no model {model!r}; GET /v1/models lists what this gateway serves "
