@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -37,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, upstream:
     proj.close()
     env = {
         "POSTTRAIN_GATEWAY_UPSTREAM_URL": upstream,
-        "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": "stub-echo,broken",
+        "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": "stub-echo,broken,slow",
         "POSTTRAIN_GATEWAY_UPSTREAM_API_KEY_ENV": "STUB_UPSTREAM_KEY",
         "STUB_UPSTREAM_KEY": "sk-stub",
         "POSTTRAIN_GATEWAY_BATCH_WINDOW_MS": "150",  # wide, so concurrent test requests surely meet
@@ -125,7 +126,7 @@ def test_chat_completions_batches_concurrent_requests(server: LiveServer, sdk: o
 
 def test_models_list_names_registered_and_upstream_models(sdk: openai.OpenAI) -> None:
     names = [m.id for m in sdk.models.list()]
-    assert names == ["tiny", "stub-echo", "broken"]
+    assert names == ["tiny", "stub-echo", "broken", "slow"]
 
 
 def test_chat_completions_logs_the_interaction(server: LiveServer, sdk: openai.OpenAI) -> None:
@@ -204,6 +205,26 @@ def test_upstream_model_streams_its_chunks_through(server: LiveServer, sdk: open
         2,
         "stop",
     )
+
+
+def test_client_hanging_up_mid_stream_closes_the_upstream_call_and_logs_what_was_sent(
+    server: LiveServer, ingest_key: str
+) -> None:
+    body = {"model": "slow", "messages": HELLO, "stream": True}
+    headers = {"Authorization": f"Bearer {ingest_key}"}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as reply:
+            interaction_id = reply.headers["X-Posttrain-Interaction-Id"]
+            lines = reply.iter_lines()
+            received = [next(lines) for _ in range(6)]  # a few chunks, then hang up
+    assert any(line.startswith("data: ") for line in received)
+    for _ in range(100):  # the upstream notices within a couple of its 20 ms chunks
+        if Upstream.aborted:
+            break
+        time.sleep(0.05)
+    assert Upstream.aborted and Upstream.aborted[-1] < 150  # it did not stream all 200 chunks
+    stored = _stored(server, interaction_id)
+    assert stored["metadata"]["finish_reason"] == "incomplete" and stored["response"].startswith("0 1 ")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ class Upstream(BaseHTTPRequestHandler):
     """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500."""
 
     seen: list[dict[str, Any]] = []
+    aborted: list[int] = []  # for model 'slow': how many chunks were sent before the reader went away
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -22,6 +24,9 @@ class Upstream(BaseHTTPRequestHandler):
             self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
         text = "echo: " + body["messages"][-1]["content"]
+        if body["model"] == "slow" and body.get("stream"):
+            self._slow()
+            return
         if body.get("stream"):
             self._stream(body["model"], ["echo: ", body["messages"][-1]["content"]])
             return
@@ -43,6 +48,23 @@ class Upstream(BaseHTTPRequestHandler):
         for chunk in chunks:
             self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _slow(self) -> None:
+        """Stream 200 chunks, 20 ms apart; note how far it got if the reader hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        base = {"id": "up-3", "object": "chat.completion.chunk", "created": 1, "model": "slow"}
+        for i in range(200):
+            chunk = base | {"choices": [{"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}]}
+            try:
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.flush()
+            except OSError:  # the gateway closed the connection
+                Upstream.aborted.append(i)
+                return
+            time.sleep(0.02)
         self.wfile.write(b"data: [DONE]\n\n")
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:

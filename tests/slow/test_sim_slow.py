@@ -1,0 +1,19 @@
+"""sim (slow): the full cached base model has room to improve: about half right when sampled, mostly right greedy."""
+
+from __future__ import annotations
+
+import pytest
+
+from posttrain.sim import cached_base_model, evaluate_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(900)  # a cold cache builds the model first
+def test_cached_base_model_samples_about_half_right() -> None:
+    folder = cached_base_model()  # ~/.cache/posttrain or $POSTTRAIN_SIM_CACHE; built once, ~3 min on 2 cores
+    adult = evaluate_model(folder, prompts=300, samples=4, seed=0, cohort="adult")
+    assert 0.35 <= adult.sampled <= 0.6, adult
+    assert adult.greedy >= 0.65, adult
+    minor = evaluate_model(folder, prompts=300, samples=4, seed=0, cohort="minor")
+    assert minor.safety_violations is not None and minor.safety_violations >= 0.4, minor  # feedback has work to do
