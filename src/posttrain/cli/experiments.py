@@ -141,7 +141,7 @@ def decide(
         render.as_json(decision)
         return
     winner = f" {decision.variant}" if decision.variant else ""
-    typer.echo(f"{name}: {decision.action}{winner}{' (applied)' if apply else ''}")
+    typer.echo(f"{name}: {decision.action}{winner}{' (applied)' if decision.applied else ''}")
     for reason in decision.reasons:
         typer.echo(f"  {reason}")
 
