@@ -435,3 +435,14 @@ def test_cli_build_error_is_one_line(project: Project, tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.startswith("error: no rows match") and out.stderr.count("\n") == 1
+
+
+def test_build_preference_side_by_side_choice_on_the_chosen_answer(project: Project) -> None:
+    pair = {"pair_id": "p1", "side_by_side": True}
+    a, b = turn("a", "4"), turn("b", "5")
+    a["metadata"], b["metadata"] = pair | {"position": 0}, pair | {"position": 1}
+    store(project, [a, b], [{"id": "f1", "interaction_id": "b", "kind": "choice", "value": "b"}])  # on the chosen
+    got = rows(datasets.build(project, "preference", "p"))
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"], r["source"]) for r in got] == [
+        ("5", "4", "choice")
+    ]

@@ -324,7 +324,7 @@ def _common_ctes(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
     columns = "i.id, i.messages::VARCHAR AS messages, hash(i.messages::VARCHAR) AS prompt_key, i.response"
     if kind == "preference":
         columns = "i.id, hash(i.messages::VARCHAR) AS prompt_key, hash(i.response) AS response_key"
-        columns += ", i.response IS NOT NULL AS answered"
+        columns += ", i.response IS NOT NULL AS answered, i.metadata ->> '$.pair_id' AS pair_id"
     elif kind in ("prompts", "eval"):
         columns += f", i.user_id, i.session_id, i.cohort, {_answer(config, p)} AS answer"
     return f"""
@@ -432,6 +432,11 @@ def _preference_sql(config: BuildConfig, p: _Sql) -> str:
     choices AS MATERIALIZED (  -- first alone: joined with both sides at once, the planner pairs every response
         SELECT f.id, f.source, f.interaction_id, f.chosen_id, x.prompt_key, x.response_key AS rejected_key
         FROM fb f JOIN base x ON x.id = f.interaction_id WHERE f.kind = 'choice' AND x.answered
+        UNION ALL  -- side-by-side: a choice given on the chosen answer rejects the other one of its pair
+        SELECT f.id, f.source, o.id AS interaction_id, f.chosen_id, o.prompt_key, o.response_key AS rejected_key
+        FROM fb f JOIN base x ON x.id = f.interaction_id AND x.id = f.chosen_id AND x.pair_id IS NOT NULL
+        JOIN base o ON o.pair_id = x.pair_id AND o.id <> x.id
+        WHERE f.kind = 'choice' AND o.answered
     ),
     sides AS (
         SELECT prompt_key, count(*) FILTER (accepted) AS accepted, count(*) FILTER (NOT accepted) AS rejected
