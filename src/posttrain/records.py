@@ -255,7 +255,7 @@ class SqlResult(BaseModel):
 
 
 ModelKind = Literal["causal-lm", "reward-model"]
-ModelStatus = Literal["candidate", "serving", "retired"]
+ModelStatus = Literal["candidate", "serving", "retired", "rejected"]
 DatasetKind = Literal["sft", "preference", "prompts", "eval"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -14,6 +14,7 @@ from posttrain.cli import (
     experiments,
     generate,
     keys,
+    loop,
     models,
     project,
     routing,
@@ -39,6 +40,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(routing.app, name="routes")
 app.add_typer(evals.app, name="evals")
+app.add_typer(loop.app, name="loop")
 generate.register(app)
 
 

@@ -29,6 +29,7 @@ from posttrain.server.routes import (
     interactions,
     jobs,
     keys,
+    loop,
     models,
     routing,
     sql,
@@ -48,6 +49,7 @@ _ROUTERS = (
     train.router,
     experiments.router,
     routing.router,
+    loop.router,
     keys.router,
     sql.router,
 )

@@ -1,0 +1,151 @@
+"""Loop recipes: which stages a turn runs, their settings, the gate and the experiment (YAML).
+
+A recipe names the cohorts the product serves and the model name the product asks for
+(``requested_model``; the loop keeps one route per cohort from that name to the cohort's serving
+model). Every stage has a default that works on the tiny models of the demo; a YAML file overrides
+any of them, e.g.::
+
+    name: sft-dpo
+    grpo: {enabled: false}
+    dpo: {learning_rate: 1.0e-5}
+    eval: {dataset: suite, margin: 0.03}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from posttrain.errors import InvalidInput
+from posttrain.experiments.records import Guardrail, Metric
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+
+
+class SFTStage(_Stage):
+    """Fine-tune on accepted and edited answers of the turn's window."""
+
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    min_rows: int = Field(20, ge=1, description="Skip the stage with fewer rows than this.")
+
+
+class RewardStage(_Stage):
+    """Retrain the reward model when enough new preference pairs came in."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    min_pairs: int = Field(50, ge=2, description="New pairs needed to retrain it.")
+
+
+class DPOStage(_Stage):
+    """Preference-tune on the turn's pairs (collapse guard on)."""
+
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    beta: float = Field(0.1, gt=0)
+    batch_size: int = Field(32, ge=1)
+    min_pairs: int = Field(20, ge=1)
+
+
+class GRPOStage(_Stage):
+    """Reinforce with verifiers (or the reward model) on the turn's prompts."""
+
+    reward: list[str] = Field(
+        default_factory=lambda: ["verifier:row"],
+        description="Reward specs as for 'posttrain train grpo'; 'reward-model' means the latest one.",
+    )
+    verifier: str | None = Field(None, description="Verifier stored on each prompt row (for verifier:row).")
+    learning_rate: float = Field(5e-5, gt=0)
+    max_steps: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts per step.")
+    num_generations: int = Field(8, ge=2)
+    max_completion_length: int = Field(32, ge=1)
+    min_prompts: int = Field(16, ge=1)
+
+
+class SpecialiseStage(_Stage):
+    """A cohort's own model: the candidate fine-tuned further on that cohort's accepted answers."""
+
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    min_rows: int = Field(10, ge=1)
+
+
+class EvalStage(_Stage):
+    """The suite the gate runs: an eval dataset and scorers; the gate's margin and rule."""
+
+    dataset: str | None = Field(None, description="An eval dataset version (NAME or NAME@V); none skips the gate.")
+    scorers: list[str] = Field(default_factory=lambda: ["exact_match"])
+    samples: int = Field(2, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    max_new_tokens: int = Field(32, ge=1)
+    margin: float = Field(0.03, ge=0, description="How much worse than serving, overall or in a cohort, still passes.")
+    rule: Literal["ci", "mean"] = Field("mean", description="Judge the mean difference or its lower CI bound.")
+
+
+class ExperimentStage(_Stage):
+    """The live A/B test of the candidate against each cohort's serving model."""
+
+    metric: Metric = "thumbs_up_rate"
+    guardrails: list[Guardrail] = Field(default_factory=list)
+    treatment_share: float = Field(0.5, gt=0, lt=1)
+    min_samples: int = Field(100, ge=2)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    max_wait_seconds: float = Field(900, gt=0, description="How long to wait for traffic before deciding anyway.")
+    promote_if_not_worse: bool = Field(
+        False, description="Promote a gated candidate the test cannot tell apart from serving (no significant loss)."
+    )
+
+
+class Recipe(BaseModel):
+    """A whole turn: cohorts, stages, the gate and the experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    requested_model: str = Field("assistant", description="The model name the product asks the gateway for.")
+    cohorts: list[str] = Field(default_factory=lambda: ["adult", "minor"], min_length=1)
+    min_feedback: int = Field(20, ge=0, description="Feedback events a turn needs in its window.")
+    seed: int = 0
+    sft: SFTStage = Field(default_factory=SFTStage)
+    reward: RewardStage = Field(default_factory=RewardStage)
+    dpo: DPOStage = Field(default_factory=DPOStage)
+    grpo: GRPOStage = Field(default_factory=GRPOStage)
+    specialise: dict[str, SpecialiseStage] = Field(
+        default_factory=dict, description="Per-cohort extra SFT, e.g. {minor: {epochs: 2}}."
+    )
+    eval: EvalStage = Field(default_factory=EvalStage)
+    experiment: ExperimentStage = Field(default_factory=ExperimentStage)
+
+
+def load_recipe(path: Path | None = None, **overrides: Any) -> Recipe:
+    """Read a recipe from YAML (or the default) and apply overrides; raise InvalidInput naming the field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InvalidInput(f"recipe {path} does not exist", field="recipe") from None
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"recipe {path} is not valid YAML: {exc}", field="recipe") from None
+        if not isinstance(loaded, dict):
+            raise InvalidInput(f"recipe {path} must be a mapping of stage names to settings", field="recipe")
+        data = loaded
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(f"recipe {field}: {str(err['msg']).removeprefix('Value error, ')}", field=field) from None

@@ -1,0 +1,384 @@
+"""The steps of a turn. Each takes the ``Turn`` and returns what it did (stored with the step).
+
+A result with ``skipped`` says why the step did nothing; ``rejected`` ends the turn with the
+candidate rejected; ``summary`` is the one line shown while the loop runs.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from posttrain import datasets, experiments, routing
+from posttrain.errors import InvalidInput
+from posttrain.loop.runner import Turn, _now, _update_turn, route_name
+from posttrain.models.registry import find_model
+from posttrain.records import DatasetKind
+
+
+def _model_done(turn: Turn, name: str) -> bool:
+    """A training step killed after registering its model has finished: do not train it again."""
+    return find_model(turn.project, name) is not None
+
+
+# --- collect and build ------------------------------------------------------------------------
+
+
+def collect(turn: Turn) -> dict[str, Any]:
+    """Fix the turn's window: the interactions and feedback since the previous turn's."""
+    end = _now()  # a retried collect (the last one found too little) takes the window up to now
+    _update_turn(turn.project, turn.record, window_end=end)
+    start = turn.record.window_start
+    where, params = ("timestamp <= ?", [end]) if start is None else ("timestamp > ? AND timestamp <= ?", [start, end])
+    cur = turn.project.cursor()
+    interactions = cur.execute(f"SELECT count(*) FROM interactions WHERE {where}", params).fetchone()[0]  # type: ignore[index]
+    rows = cur.execute(
+        f"SELECT kind, count(*) FROM feedback WHERE interaction_id IN (SELECT id FROM interactions WHERE {where}) "
+        "GROUP BY kind ORDER BY kind",
+        params,
+    ).fetchall()
+    feedback = {kind: int(n) for kind, n in rows}
+    total = sum(feedback.values())
+    if total < turn.recipe.min_feedback:
+        since = "the start" if start is None else f"{start:%Y-%m-%d %H:%M:%S} UTC"
+        raise InvalidInput(
+            f"{total} feedback events since {since}, the recipe needs {turn.recipe.min_feedback} (min_feedback); "
+            "let the product collect more"
+        )
+    return {"interactions": int(interactions), "feedback": feedback,
+            "summary": f"{interactions} interactions, {total} feedback events"}  # fmt: skip
+
+
+def _until(turn: Turn) -> datetime:
+    """BuildConfig's ``until`` is exclusive, the window's end inclusive: a microsecond later."""
+    assert turn.record.window_end is not None
+    return turn.record.window_end + timedelta(microseconds=1)
+
+
+def datasets_(turn: Turn) -> dict[str, Any]:
+    """Build the turn's dataset versions from its window (PII scrubbed, lineage kept)."""
+    recipe = turn.recipe
+    window = {"since": turn.record.window_start, "until": _until(turn)}
+
+    def build(kind: DatasetKind, name: str, **config: Any) -> dict[str, Any]:
+        try:
+            version = datasets.build(turn.project, kind, name, datasets.BuildConfig.parse(**window, **config))
+        except InvalidInput as exc:
+            if "no rows match" not in exc.message:
+                raise
+            return {"ref": None, "rows": 0}
+        return {"ref": version.ref, "rows": version.row_count}
+
+    built = {
+        "sft": build("sft", f"{recipe.name}-sft"),
+        "preference": build("preference", f"{recipe.name}-pairs"),
+        "prompts": build("prompts", f"{recipe.name}-prompts", verifier=recipe.grpo.verifier, answer_from=None),
+    }
+    for cohort in recipe.specialise:
+        built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort])
+    summary = ", ".join(f"{k} {v['rows']}" for k, v in built.items())
+    return {"datasets": built, "summary": summary}
+
+
+def _dataset(turn: Turn, key: str) -> dict[str, Any]:
+    return dict(turn.result("datasets").get("datasets", {}).get(key) or {"ref": None, "rows": 0})
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _train(turn: Turn, method: str, output: str, **config: Any) -> dict[str, Any]:
+    from posttrain.train.methods import METHODS
+    from posttrain.train.runner import parse_config
+
+    if _model_done(turn, output):
+        return {"model": output, "summary": f"{output} (already trained)"}
+    config_cls, train = METHODS[method]
+    started = time.perf_counter()
+    record = train(turn.project, parse_config(config_cls, {"output": output, "seed": turn.recipe.seed, **config}))
+    loss = {k: v for k, v in record.metrics.items() if isinstance(v, int | float)}
+    return {"model": record.name, "metrics": loss, "summary": f"{record.name} in {time.perf_counter() - started:.1f}s"}
+
+
+def sft(turn: Turn) -> dict[str, Any]:
+    stage, data = turn.recipe.sft, _dataset(turn, "sft")
+    if not stage.enabled:
+        return {"skipped": "sft is off in the recipe"}
+    if data["rows"] < stage.min_rows:
+        return {"skipped": f"{data['rows']} sft rows, fewer than min_rows {stage.min_rows}"}
+    return _train(turn, "sft", turn.name("sft"), model=turn.parent, dataset=data["ref"],
+                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+
+
+def reward(turn: Turn) -> dict[str, Any]:
+    stage, data = turn.recipe.reward, _dataset(turn, "preference")
+    if not stage.enabled:
+        return {"skipped": "the reward model is off in the recipe"}
+    if data["rows"] < stage.min_pairs:
+        return {"skipped": f"{data['rows']} new pairs, fewer than min_pairs {stage.min_pairs}"}
+    return _train(turn, "reward", turn.name("rm"), model=turn.candidate(), dataset=data["ref"],
+                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+
+
+def dpo(turn: Turn) -> dict[str, Any]:
+    stage, data = turn.recipe.dpo, _dataset(turn, "preference")
+    if not stage.enabled:
+        return {"skipped": "dpo is off in the recipe"}
+    if data["rows"] < stage.min_pairs:
+        return {"skipped": f"{data['rows']} pairs, fewer than min_pairs {stage.min_pairs}"}
+    return _train(turn, "dpo", turn.name("dpo"), model=turn.candidate(), dataset=data["ref"],
+                  learning_rate=stage.learning_rate, epochs=stage.epochs, beta=stage.beta,
+                  batch_size=stage.batch_size)  # fmt: skip
+
+
+def _latest_reward_model(turn: Turn) -> str | None:
+    row = (
+        turn.project.cursor()
+        .execute(
+            "SELECT name FROM models WHERE kind = 'reward-model' AND name LIKE ? ORDER BY created_at DESC LIMIT 1",
+            [f"{turn.recipe.name}-t%-rm"],
+        )
+        .fetchone()
+    )
+    return None if row is None else str(row[0])
+
+
+def grpo(turn: Turn) -> dict[str, Any]:
+    stage, data = turn.recipe.grpo, _dataset(turn, "prompts")
+    if not stage.enabled:
+        return {"skipped": "grpo is off in the recipe"}
+    if data["rows"] < stage.min_prompts:
+        return {"skipped": f"{data['rows']} prompts, fewer than min_prompts {stage.min_prompts}"}
+    rewards = []
+    for spec in stage.reward:
+        if spec == "reward-model":
+            rm = _latest_reward_model(turn)
+            if rm is not None:
+                rewards.append(f"model:{rm}")
+        else:
+            rewards.append(spec)
+    if not rewards:
+        return {"skipped": "no reward: the recipe asks for the reward model and none is trained yet"}
+    return _train(turn, "grpo", turn.name("grpo"), model=turn.candidate(), dataset=data["ref"], reward=rewards,
+                  learning_rate=stage.learning_rate, max_steps=stage.max_steps, batch_size=stage.batch_size,
+                  num_generations=stage.num_generations,
+                  max_completion_length=stage.max_completion_length)  # fmt: skip
+
+
+def specialise(turn: Turn) -> dict[str, Any]:
+    """Give each cohort its candidate: the turn's model, or that model tuned on the cohort's own answers."""
+    candidate = turn.candidate()
+    candidates = {cohort: candidate for cohort in turn.recipe.cohorts}
+    trained = []
+    for cohort, stage in turn.recipe.specialise.items():
+        data = _dataset(turn, f"sft:{cohort}")
+        if cohort not in candidates or not stage.enabled or data["rows"] < stage.min_rows:
+            continue
+        done = _train(turn, "sft", turn.name(cohort), model=candidate, dataset=data["ref"],
+                      learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+        candidates[cohort] = done["model"]
+        trained.append(done["model"])
+    fresh = {c: m for c, m in candidates.items() if m != turn.record.serving.get(c)}
+    if not fresh:
+        return {"candidates": candidates, "rejected": True, "reasons": ["nothing was trained this turn"],
+                "summary": "nothing to train on"}  # fmt: skip
+    summary = ", ".join(f"{c}: {m}" for c, m in candidates.items())
+    return {"candidates": candidates, "trained": trained, "summary": summary}
+
+
+def _candidates(turn: Turn) -> dict[str, str]:
+    return dict(turn.result("specialise").get("candidates") or {})
+
+
+# --- gate -------------------------------------------------------------------------------------
+
+
+def _suite(turn: Turn) -> Any:
+    from posttrain.evals import SuiteConfig
+
+    stage = turn.recipe.eval
+    return SuiteConfig(dataset=stage.dataset, scorers=stage.scorers, samples=stage.samples,  # type: ignore[arg-type]
+                       temperature=stage.temperature, max_new_tokens=stage.max_new_tokens,
+                       seed=turn.recipe.seed)  # fmt: skip
+
+
+def evaluate(turn: Turn) -> dict[str, Any]:
+    """Compare each cohort's candidate with its serving model on the eval suite (the gate's evidence)."""
+    from posttrain.evals import gate as run_gate
+
+    stage = turn.recipe.eval
+    if not stage.enabled or stage.dataset is None:
+        return {"skipped": "no eval suite in the recipe (eval.dataset): the gate lets every candidate through"}
+    pairs = {(m, turn.record.serving[c]) for c, m in _candidates(turn).items() if m != turn.record.serving[c]}
+    gates: dict[str, dict[str, Any]] = {}
+    for candidate, baseline in sorted(pairs):
+        result = run_gate(turn.project, candidate, baseline, _suite(turn), margin=stage.margin, rule=stage.rule)
+        gates[f"{candidate} vs {baseline}"] = {
+            "checks": [c.model_dump(mode="json") for c in result.checks],
+            "reasons": result.reasons,
+            "metric": result.metric,
+        }
+    lines = []
+    for key, found in gates.items():
+        overall = next(c for c in found["checks"] if c["slice"] == "overall")
+        lines.append(f"{key}: {overall['candidate']:.3f} vs {overall['baseline']:.3f}")
+    return {"gates": gates, "summary": "; ".join(lines)}
+
+
+def gate(turn: Turn) -> dict[str, Any]:
+    """Pass a cohort's candidate only if it is no worse than serving overall and in that cohort."""
+    evaluated = turn.result("evaluate")
+    candidates = _candidates(turn)
+    passed: dict[str, bool] = {}
+    reasons: list[str] = []
+    for cohort, candidate in candidates.items():
+        serving = turn.record.serving[cohort]
+        if candidate == serving:
+            continue
+        if evaluated.get("skipped"):
+            passed[cohort] = True
+            continue
+        found = evaluated["gates"][f"{candidate} vs {serving}"]
+        checks = [c for c in found["checks"] if c["slice"] in ("overall", f"cohort '{cohort}'")]
+        passed[cohort] = all(c["passed"] for c in checks)
+        if not passed[cohort]:
+            reasons += [f"{cohort}: {r}" for r in found["reasons"] if r.startswith(("overall", f"cohort '{cohort}'"))]
+            reasons += [] if reasons else [f"{cohort}: {candidate} is worse than {serving} on the eval suite"]
+    rejected = [candidates[c] for c, ok in passed.items() if not ok]
+    for name in rejected:
+        if name not in {candidates[c] for c, ok in passed.items() if ok}:
+            turn.project.cursor().execute("UPDATE models SET status = 'rejected' WHERE name = ?", [name])
+    summary = ", ".join(f"{c}: {'pass' if ok else 'fail'}" for c, ok in passed.items())
+    if not any(passed.values()):
+        return {"passed": passed, "reasons": reasons, "rejected": True, "summary": f"rejected ({summary})"}
+    return {"passed": passed, "reasons": reasons, "summary": summary}
+
+
+# --- experiment and decision -------------------------------------------------------------------
+
+
+def experiment(turn: Turn) -> dict[str, Any]:
+    """Start an A/B test per cohort whose candidate passed, and route the cohort to it."""
+    stage, passed = turn.recipe.experiment, turn.result("gate").get("passed") or {}
+    candidates = _candidates(turn)
+    started: dict[str, str | None] = {}
+    for cohort, ok in passed.items():
+        if not ok:
+            continue
+        name = turn.name(f"ab-{cohort}")
+        if not stage.enabled:
+            started[cohort] = None
+            continue
+        existing = experiments.list_experiments(turn.project, with_analyses=False)
+        if name not in {e.name for e in existing}:
+            config = experiments.ExperimentConfig(
+                name=name,
+                variants=[
+                    experiments.Variant(name="serving", model=turn.record.serving[cohort],
+                                        share=round(1 - stage.treatment_share, 6)),
+                    experiments.Variant(name="candidate", model=candidates[cohort],
+                                        share=round(stage.treatment_share, 6)),
+                ],
+                cohorts=[cohort], metric=stage.metric, guardrails=stage.guardrails,
+                min_samples=stage.min_samples, alpha=stage.alpha,
+            )  # fmt: skip
+            experiments.create_experiment(turn.project, config)
+        if experiments.get_experiment(turn.project, name).state == "draft":
+            experiments.start(turn.project, name)
+        _point(turn, cohort, experiment=name)
+        started[cohort] = name
+    return {"experiments": started, "summary": ", ".join(f"{c}: {e}" for c, e in started.items())}
+
+
+def _point(turn: Turn, cohort: str, *, model: str | None = None, experiment: str | None = None) -> None:
+    recipe = turn.recipe
+    routing.add_route(
+        turn.project,
+        routing.RouteRule(name=route_name(recipe, cohort), cohort=cohort, requested=recipe.requested_model,
+                          model=model, experiment=experiment),
+        replace=True,
+    )  # fmt: skip
+
+
+def _measured(turn: Turn, name: str) -> int:
+    analysis = experiments.analyse(turn.project, name, keep=False)
+    ns = [v.metrics[analysis.metric].n for v in analysis.variants]
+    return min(ns) if len(ns) == len(experiments.get_experiment(turn.project, name).config.variants) else 0
+
+
+def traffic(turn: Turn) -> dict[str, Any]:
+    """Let the experiments collect traffic: the caller's (simulated) traffic, or wait for real users."""
+    running = {c: e for c, e in turn.experiments().items() if e}
+    if not running:
+        return {"skipped": "no experiment to collect traffic for"}
+    if turn.traffic is not None:
+        turn.traffic(turn)
+    else:
+        stage = turn.recipe.experiment
+        deadline = time.monotonic() + stage.max_wait_seconds
+        while time.monotonic() < deadline:
+            if all(_measured(turn, e) >= stage.min_samples for e in running.values()):
+                break
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    measured = {c: _measured(turn, e) for c, e in running.items()}
+    return {"measured": measured, "summary": ", ".join(f"{c}: {n} per arm" for c, n in measured.items())}
+
+
+def decide(turn: Turn) -> dict[str, Any]:
+    """Promote a cohort's candidate that wins its experiment; otherwise the serving model stays."""
+    stage = turn.recipe.experiment
+    candidates = _candidates(turn)
+    passed = turn.result("gate").get("passed") or {}
+    decisions: dict[str, Any] = {}
+    for cohort, name in turn.experiments().items():
+        if name is None:  # experiments off: a gated candidate is promoted on the eval suite alone
+            if passed.get(cohort):
+                _point(turn, cohort, model=candidates[cohort])
+                decisions[cohort] = {"action": "promote", "model": candidates[cohort], "reasons": ["passed the gate"]}
+            continue
+        found = experiments.get_experiment(turn.project, name)
+        if found.state == "running":
+            decision = experiments.decide(turn.project, name, apply=True)
+            found = experiments.get_experiment(turn.project, name)
+            if decision.action == "continue":
+                comparison = next((r.comparisons.get(found.config.metric) for r in decision.analysis.variants
+                                   if r.variant == "candidate"), None)  # fmt: skip
+                not_worse = comparison is not None and comparison.test is not None and not comparison.worse
+                if stage.promote_if_not_worse and not_worse:
+                    found = experiments.promote(turn.project, name, "candidate")
+                else:
+                    found = experiments.rollback(turn.project, name)
+        decision_record = found.decision
+        winner = decision_record.variant if found.state == "promoted" and decision_record else None
+        model = candidates[cohort] if winner == "candidate" else turn.record.serving[cohort]
+        _point(turn, cohort, model=model)
+        analysis = decision_record.analysis if decision_record else None
+        metric = analysis.metric if analysis else stage.metric
+        arms = {v.variant: v.metrics[metric].mean for v in analysis.variants} if analysis else {}
+        decisions[cohort] = {
+            "experiment": name,
+            "action": "promote" if winner == "candidate" else "keep",
+            "model": model,
+            "metric": metric,
+            "arms": arms,
+            "reasons": decision_record.reasons if decision_record else [],
+        }
+    summary = ", ".join(f"{c}: {d['action']} {d['model']}" for c, d in decisions.items())
+    return {"decisions": decisions, "summary": summary}
+
+
+FUNCTIONS = {
+    "collect": collect,
+    "datasets": datasets_,
+    "sft": sft,
+    "reward": reward,
+    "dpo": dpo,
+    "grpo": grpo,
+    "specialise": specialise,
+    "evaluate": evaluate,
+    "gate": gate,
+    "experiment": experiment,
+    "traffic": traffic,
+    "decide": decide,
+}
