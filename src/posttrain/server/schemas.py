@@ -61,6 +61,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing, unknown or revoked API key"),
         (403, "The key's role may not do this"),
         (404, "Not found"),
+        (409, "Conflicts with the current state (a name taken, a run in progress); the message says what to do"),
         (413, "Body or batch over its limit; the message gives the limit"),
         (429, "Ingest backlog full; retry after the Retry-After header"),
         (503, "Storage failed or the server is shutting down; nothing was stored"),
