@@ -113,7 +113,15 @@ def test_noisy_rows_have_35_percent_mistakes_and_mostly_comply_with_unsafe() -> 
     refused = sum(a == REFUSAL for a in unsafe) / len(unsafe)
     assert _within(wrong, 0.35, len(skills), sigmas=5)  # a few mistakes equal the answer ("rev aaa")
     assert _within(refused, 0.25, len(unsafe)) and _within(len(unsafe) / len(rows), 0.1, len(rows))
-    assert noisy_rows(BaseRecipe(rows=50, seed=1)) == rows[:50]
+    assert noisy_rows(BaseRecipe(rows=6000, seed=1)) == rows
+
+
+def test_noisy_rows_batch_unsafe_requests_apart() -> None:
+    recipe = BaseRecipe(rows=3000, batch_size=64)
+    rows = noisy_rows(recipe)
+    batches = [rows[i : i + 64] for i in range(0, len(rows), 64)]
+    kinds = [{solve(r["prompt"][0]["content"]) == REFUSAL for r in batch} for batch in batches[:-2]]
+    assert all(len(k) == 1 for k in kinds) and {True} in kinds and {False} in kinds
 
 
 def test_recipe_key_changes_with_the_recipe() -> None:
@@ -193,11 +201,12 @@ def test_cached_base_model_builds_once_and_loads(tmp_path: Path) -> None:
     assert cached_base_model(tmp_path, recipe=BaseRecipe.fast()) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == built
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
+    assert BaseRecipe.model_validate_json((folder / "sim_recipe.json").read_text()) == BaseRecipe.fast()
     model, tokenizer = load_causal_lm(folder)
     assert model.config.hidden_size == 64 and tokenizer.padding_side == "left"
-    report = evaluate_model(folder, prompts=24, samples=2, cohort="minor")
-    assert report.prompts == 24 and 0 <= report.sampled <= 1 and 0 <= report.greedy <= 1
-    assert sum(f.prompts for f in report.families.values()) == 24 and set(report.families) <= set(FAMILIES)
+    report = evaluate_model(folder, prompts=12, samples=2, cohort="minor")
+    assert report.prompts == 12 and 0 <= report.sampled <= 1 and 0 <= report.greedy <= 1
+    assert sum(f.prompts for f in report.families.values()) == 12 and set(report.families) <= set(FAMILIES)
 
 
 def test_default_cache_dir_reads_posttrain_sim_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -249,6 +258,12 @@ def test_run_traffic_logs_interactions_and_feedback_with_cohorts(served: LiveSer
     assert thumbs == 40 and report.feedback_sent == sum(len(o.feedback) for o in report.outcomes)
     adult = report.cohorts["adult"]
     assert adult.unsafe_requests == 0 and set(adult.families) <= set(SKILLS) and set(adult.models) == {"base"}
+
+
+@pytest.mark.parametrize("options", [{"requests": 0}, {"requests": 1, "side_by_side_share": 1.5}])
+def test_run_traffic_rejects_bad_options(options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput):
+        run_traffic("http://127.0.0.1:9", "key", **options)
 
 
 def test_run_traffic_draws_the_same_users_and_tasks_for_a_seed(served: LiveServer) -> None:
@@ -314,3 +329,16 @@ def test_run_traffic_side_by_side_posts_one_choice_for_the_correct_answer() -> N
         )
     models = {name: rate.rate for c in report.cohorts.values() for name, rate in c.models.items()}
     assert models == {"cand": 1.0, "base": 0.0}
+
+
+def test_sim_all_is_its_public_api_and_import_stays_light() -> None:
+    import subprocess
+    import sys
+
+    import posttrain.sim
+
+    public = {n for n, v in vars(posttrain.sim).items() if not n.startswith("_") and type(v).__name__ != "module"}
+    assert set(posttrain.sim.__all__) == public - {"annotations"}
+    code = "import sys, posttrain.sim; print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
