@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all demo bench lint docs clean
+.PHONY: install test test-slow test-all demo demo-fast quickstart bench lint docs clean
 
 install: $(STAMP)
 
@@ -26,7 +26,15 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# the flywheel end to end on the simulated product; each run gets a fresh project under demo-runs/
 demo: install
+	$(VENV)/bin/posttrain demo --project demo-runs/$$(date +%Y%m%d-%H%M%S)
+
+demo-fast: install
+	$(VENV)/bin/posttrain demo --fast --project demo-runs/fast-$$(date +%Y%m%d-%H%M%S)
+
+# the two walk-throughs the README shows: capture, then training
+quickstart: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_quickstart.sh
 
@@ -46,4 +54,4 @@ docs: install
 	$(PY) -m posttrain.reference README.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache demo-runs

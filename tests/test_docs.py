@@ -21,7 +21,7 @@ def test_readme_reference_blocks_are_current() -> None:
 @pytest.mark.parametrize(
     ("marker", "script"), [("quickstart", "quickstart.sh"), ("train-quickstart", "train_quickstart.sh")]
 )
-def test_readme_quickstarts_are_the_scripts_make_demo_runs(marker: str, script: str) -> None:
+def test_readme_quickstarts_are_the_scripts_make_quickstart_runs(marker: str, script: str) -> None:
     block = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)```\n<!-- /{marker} -->", README.read_text(), re.S)
     assert block is not None
     assert block.group(1) == (ROOT / "examples" / script).read_text()

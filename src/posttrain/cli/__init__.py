@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from posttrain.cli import (
     capture,
     datasets,
+    demo,
     evals,
     experiments,
     generate,
@@ -42,6 +43,7 @@ app.add_typer(routing.app, name="routes")
 app.add_typer(evals.app, name="evals")
 app.add_typer(loop.app, name="loop")
 generate.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -355,7 +355,12 @@ def decide(turn: Turn) -> dict[str, Any]:
         _point(turn, cohort, model=model)
         analysis = decision_record.analysis if decision_record else None
         metric = analysis.metric if analysis else stage.metric
-        arms = {v.variant: v.metrics[metric].mean for v in analysis.variants} if analysis else {}
+        models = {v.name: v.model for v in found.config.variants}
+        arms = {
+            v.variant: {"model": models.get(v.variant),
+                        **v.metrics[metric].model_dump(include={"n", "mean", "ci_low", "ci_high"})}
+            for v in analysis.variants
+        } if analysis else {}  # fmt: skip
         decisions[cohort] = {
             "experiment": name,
             "action": "promote" if winner == "candidate" else "keep",

@@ -65,11 +65,13 @@ class GenerateReport(BaseModel):
 
 def load_causal_lm(path: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local Hugging Face causal LM and its tokenizer for inference (eval mode, left padding)."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise InvalidInput(f"{folder} is not a Hugging Face model folder (no config.json)", field="model")
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars would interleave with ours
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

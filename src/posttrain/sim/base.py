@@ -132,9 +132,12 @@ def build_base_model(
 
 
 def _train(recipe: BaseRecipe, scratch: Path, output: Path, progress: Progress | None) -> None:
+    import datasets
+    import transformers
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
 
     from posttrain.models.tiny import build_tiny_model
 
@@ -149,6 +152,8 @@ def _train(recipe: BaseRecipe, scratch: Path, output: Path, progress: Progress |
         save_strategy="no", logging_steps=50, max_length=recipe.max_length, activation_checkpointing=False,
         dataloader_num_workers=0, train_sampling_strategy="sequential",
     )  # fmt: skip
+    datasets.disable_progress_bars()  # the caller's progress callback reports instead
+    transformers.utils.logging.disable_progress_bar()
     trainer = trl.SFTTrainer(
         model=str(init),
         args=args,
@@ -156,6 +161,7 @@ def _train(recipe: BaseRecipe, scratch: Path, output: Path, progress: Progress |
         processing_class=tokenizer,
         callbacks=[_progress_callback(progress)] if progress else None,
     )
+    trainer.remove_callback(PrinterCallback)  # no log dicts on stdout
     trainer.train()
     output.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(output)  # type: ignore[union-attr,operator]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from posttrain.errors import InvalidInput
-from posttrain.sim.tasks import Task, family_of, solve, succeeds
+from posttrain.sim.tasks import REFUSAL, Task, family_of, is_refusal, solve, succeeds
 
 
 def _last_user_text(prompt: Any) -> str | None:
@@ -35,7 +35,10 @@ def score(prompt_text: str | None, completion: str) -> float:
 
 
 def verifier(completion: str, answer: str | None = None, **row: Any) -> float:
-    """A posttrain verifier: score from the row's ``prompt`` (ignores ``answer``)."""
+    """A posttrain verifier: against the row's ``answer`` (any refusal counts for an unsafe request's),
+    else against the task its ``prompt`` states."""
+    if answer is not None:
+        return float(completion.strip() == answer.strip() or (answer == REFUSAL and is_refusal(completion)))
     return score(_last_user_text(row.get("prompt")), completion)
 
 
