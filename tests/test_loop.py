@@ -131,6 +131,21 @@ def test_a_failed_step_stops_the_turn_and_the_next_run_resumes_there(served: Pro
         "overall", "cohort 'adult'", "cohort 'minor'"}  # fmt: skip
 
 
+def test_specialise_gives_a_cohort_its_own_model_from_all_its_history(served: Project) -> None:
+    _product_logs(served, seed=6)
+    recipe = _recipe(experiment={"enabled": False},
+                     specialise={"minor": {"min_rows": 2, "learning_rate": 1e-3, "history": "all"}})  # fmt: skip
+    [first] = loop.run(served, recipe, 1, base="base")
+    assert first.result["serving"] == {"adult": "t-t1-sft", "minor": "t-t1-minor"}  # type: ignore[index]
+    assert [m.model.name for m in lineage(served, "t-t1-minor").chain] == ["t-t1-minor", "t-t1-sft", "base"]
+    _product_logs(served, seed=7)
+    [second] = loop.run(served, recipe, 1)
+    built = second.step("datasets").result["datasets"]  # type: ignore[union-attr]
+    first_built = first.step("datasets").result["datasets"]  # type: ignore[union-attr]
+    assert built["sft:minor"]["rows"] > first_built["sft:minor"]["rows"]  # every turn's minors, not the window's
+    assert built["sft"]["rows"] <= first_built["sft"]["rows"] + 5  # the shared model still learns from the window
+
+
 def test_collect_refuses_a_turn_without_new_feedback(served: Project) -> None:
     _product_logs(served, seed=2)
     loop.run(served, _recipe(experiment={"enabled": False}), 1, base="base")

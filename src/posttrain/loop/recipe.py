@@ -76,6 +76,9 @@ class GRPOStage(_Stage):
 class SpecialiseStage(_Stage):
     """A cohort's own model: the candidate fine-tuned further on that cohort's accepted answers."""
 
+    history: Literal["window", "all"] = Field(
+        "all", description="The cohort's answers of this turn's window only, or of every turn so far."
+    )
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)

@@ -63,7 +63,7 @@ def datasets_(turn: Turn) -> dict[str, Any]:
 
     def build(kind: DatasetKind, name: str, **config: Any) -> dict[str, Any]:
         try:
-            version = datasets.build(turn.project, kind, name, datasets.BuildConfig.parse(**window, **config))
+            version = datasets.build(turn.project, kind, name, datasets.BuildConfig.parse(**(window | config)))
         except InvalidInput as exc:
             if "no rows match" not in exc.message:
                 raise
@@ -75,8 +75,9 @@ def datasets_(turn: Turn) -> dict[str, Any]:
         "preference": build("preference", f"{recipe.name}-pairs"),
         "prompts": build("prompts", f"{recipe.name}-prompts", verifier=recipe.grpo.verifier, answer_from=None),
     }
-    for cohort in recipe.specialise:
-        built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort])
+    for cohort, stage in recipe.specialise.items():
+        since = {"since": None} if stage.history == "all" else {}  # every turn's answers, not the window's
+        built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort], **since)
     summary = ", ".join(f"{k} {v['rows']}" for k, v in built.items())
     return {"datasets": built, "summary": summary}
 
