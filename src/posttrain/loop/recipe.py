@@ -83,6 +83,10 @@ class SpecialiseStage(_Stage):
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)
     min_rows: int = Field(10, ge=1)
+    dpo_learning_rate: float | None = Field(
+        None, gt=0, description="Then DPO on the cohort's preference pairs at this rate (none: no DPO)."
+    )
+    min_pairs: int = Field(10, ge=1, description="Pairs the cohort's DPO needs.")
 
 
 class EvalStage(_Stage):

@@ -78,6 +78,9 @@ def datasets_(turn: Turn) -> dict[str, Any]:
     for cohort, stage in recipe.specialise.items():
         since = {"since": None} if stage.history == "all" else {}  # every turn's answers, not the window's
         built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort], **since)
+        if stage.dpo_learning_rate is not None:
+            built[f"preference:{cohort}"] = build("preference", f"{recipe.name}-pairs-{cohort}", cohort=[cohort],
+                                                  **since)  # fmt: skip
     summary = ", ".join(f"{k} {v['rows']}" for k, v in built.items())
     return {"datasets": built, "summary": summary}
 
@@ -178,6 +181,10 @@ def specialise(turn: Turn) -> dict[str, Any]:
             continue
         done = _train(turn, "sft", turn.name(cohort), model=candidate, dataset=data["ref"],
                       learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+        pairs = _dataset(turn, f"preference:{cohort}")
+        if stage.dpo_learning_rate is not None and pairs["rows"] >= stage.min_pairs:
+            done = _train(turn, "dpo", turn.name(f"{cohort}-dpo"), model=done["model"], dataset=pairs["ref"],
+                          learning_rate=stage.dpo_learning_rate, epochs=2, batch_size=stage.batch_size)  # fmt: skip
         candidates[cohort] = done["model"]
         trained.append(done["model"])
     fresh = {c: m for c, m in candidates.items() if m != turn.record.serving.get(c)}
