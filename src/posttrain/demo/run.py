@@ -54,8 +54,9 @@ class DemoConfig(BaseModel):
     @classmethod
     def fast(cls, seed: int = 0, turns: int = 3) -> DemoConfig:
         """Return the CI-sized demo."""
-        return cls(seed=seed, turns=turns, base_rows=20_000, measure_requests=500,
-                   experiment_requests={"adult": 400, "minor": 300}, eval_prompts=60)  # fmt: skip
+        return cls(seed=seed, turns=turns, base_rows=16_000, measure_requests=400,
+                   experiment_requests={"adult": 300, "minor": 200}, eval_prompts=50,
+                   stages={"grpo": {"max_steps": 10}})  # fmt: skip
 
 
 def recipe(config: DemoConfig) -> loop.Recipe:
