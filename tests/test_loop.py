@@ -201,3 +201,29 @@ def test_cli_loop_run_and_status(served: Project) -> None:
     result = runner.invoke(app, ["loop", "status", "--json", "-p", str(served.root)])
     [turn] = json.loads(result.output)
     assert turn["state"] == "done" and turn["result"]["serving"] == {"adult": "cli-t1-sft", "minor": "cli-t1-sft"}
+
+
+def test_loop_runs_in_the_server_when_one_owns_the_warehouse(served: Project) -> None:
+    from conftest import LiveServer
+    from posttrain import keys
+
+    _product_logs(served, seed=8)
+    admin = keys.create_key(served, "admin").key
+    recipe = served.root / "recipe.yaml"
+    recipe.write_text("name: srv\nreward: {enabled: false}\ndpo: {enabled: false}\ngrpo: {enabled: false}\n"
+                      "experiment: {enabled: false}\nsft: {learning_rate: 0.001, min_rows: 5}\n")  # fmt: skip
+    served.close()
+    live = LiveServer(root=served.root, admin_key=admin).start()
+    try:
+        runner = CliRunner()
+        args = ["--recipe", str(recipe), "--base", "base", "-p", str(served.root)]
+        result = runner.invoke(app, ["loop", "run", *args])
+        assert result.exit_code == 0, result.output
+        assert "srv-t1-sft" in result.output and "turn 1: done" in result.output
+        with live.http() as http:
+            [turn] = http.get("/api/loop/turns").json()
+            jobs = http.get("/api/jobs").json()
+        assert turn["state"] == "done" and turn["result"]["serving"]["adult"] == "srv-t1-sft"
+        assert any(j["kind"] == "loop.run" and j["state"] == "succeeded" for j in jobs)
+    finally:
+        live.stop()

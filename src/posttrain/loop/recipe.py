@@ -87,6 +87,8 @@ class SpecialiseStage(_Stage):
         None, gt=0, description="Then DPO on the cohort's preference pairs at this rate (none: no DPO)."
     )
     min_pairs: int = Field(10, ge=1, description="Pairs the cohort's DPO needs.")
+    grpo_steps: int = Field(0, ge=0, description="Then GRPO on the cohort's prompts for this many steps (0: none).")
+    grpo_learning_rate: float = Field(5e-5, gt=0)
 
 
 class EvalStage(_Stage):

@@ -81,6 +81,9 @@ def datasets_(turn: Turn) -> dict[str, Any]:
         if stage.dpo_learning_rate is not None:
             built[f"preference:{cohort}"] = build("preference", f"{recipe.name}-pairs-{cohort}", cohort=[cohort],
                                                   **since)  # fmt: skip
+        if stage.grpo_steps:
+            built[f"prompts:{cohort}"] = build("prompts", f"{recipe.name}-prompts-{cohort}", cohort=[cohort],
+                                               verifier=recipe.grpo.verifier, answer_from=None, **since)  # fmt: skip
     summary = ", ".join(f"{k} {v['rows']}" for k, v in built.items())
     return {"datasets": built, "summary": summary}
 
@@ -185,6 +188,14 @@ def specialise(turn: Turn) -> dict[str, Any]:
         if stage.dpo_learning_rate is not None and pairs["rows"] >= stage.min_pairs:
             done = _train(turn, "dpo", turn.name(f"{cohort}-dpo"), model=done["model"], dataset=pairs["ref"],
                           learning_rate=stage.dpo_learning_rate, epochs=2, batch_size=stage.batch_size)  # fmt: skip
+        prompts = _dataset(turn, f"prompts:{cohort}")
+        if stage.grpo_steps and prompts["rows"] >= turn.recipe.grpo.min_prompts:
+            g = turn.recipe.grpo
+            done = _train(turn, "grpo", turn.name(f"{cohort}-grpo"), model=done["model"], dataset=prompts["ref"],
+                          reward=[r for r in g.reward if r != "reward-model"] or ["verifier:row"],
+                          learning_rate=stage.grpo_learning_rate, max_steps=stage.grpo_steps,
+                          batch_size=g.batch_size, num_generations=g.num_generations,
+                          max_completion_length=g.max_completion_length)  # fmt: skip
         candidates[cohort] = done["model"]
         trained.append(done["model"])
     fresh = {c: m for c, m in candidates.items() if m != turn.record.serving.get(c)}
