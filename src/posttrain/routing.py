@@ -19,10 +19,11 @@ holds a number compares as that number (OpenAI's ``metadata`` values are strings
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -191,6 +192,7 @@ class _Parser:
         return compare
 
 
+@functools.lru_cache(maxsize=1024)  # the gateway tries the rules on every request: compile each once
 def parse_condition(text: str) -> Predicate:
     """Compile a condition on user attributes; raise InvalidInput naming what is wrong."""
     return _Parser(text).parse()
@@ -247,6 +249,9 @@ class RouteRule(BaseModel):
         return f"{who}, {asked} → {target}"
 
 
+Rule = TypeVar("Rule", CohortRule, RouteRule)
+
+
 class RoutingTable(BaseModel):
     """Cohort rules and routes, in the order they are tried."""
 
@@ -293,20 +298,25 @@ def list_routes(project: Project) -> list[RouteRule]:
     return [RouteRule(**r) for r in _rows(project, "SELECT * FROM routes ORDER BY position, name")]
 
 
+def _store(project: Project, table: str, record: Rule, existing: list[Rule], values: list[Any], *,
+           replace: bool, what: str) -> Rule:  # fmt: skip
+    """Insert ``record`` last in order, or in place of the one of the same name when ``replace``."""
+    by_name = {r.name: r for r in existing}
+    if record.name in by_name and not replace:
+        raise Conflict(f"a {what} named {record.name!r} exists; pass --replace or choose another name")
+    position = by_name[record.name].position if record.name in by_name else _next_position(project, table)
+    stored = record.model_copy(update={"position": position, "created_at": _now()})
+    cur = project.cursor()
+    cur.execute(f"DELETE FROM {table} WHERE name = ?", [record.name])
+    marks = ", ".join("?" * (len(values) + 3))
+    cur.execute(f"INSERT INTO {table} VALUES ({marks})", [record.name, *values, position, stored.created_at])
+    return stored
+
+
 def add_cohort_rule(project: Project, rule: CohortRule, *, replace: bool = False) -> CohortRule:
     """Store a cohort rule (last in order unless it replaces one of the same name)."""
-    existing = {r.name: r for r in list_cohort_rules(project)}
-    if rule.name in existing and not replace:
-        raise Conflict(f"a cohort rule named {rule.name!r} exists; pass --replace or choose another name")
-    position = existing[rule.name].position if rule.name in existing else _next_position(project, "cohort_rules")
-    stored = rule.model_copy(update={"position": position, "created_at": _now()})
-    cur = project.cursor()
-    cur.execute("DELETE FROM cohort_rules WHERE name = ?", [rule.name])
-    cur.execute(
-        "INSERT INTO cohort_rules VALUES (?, ?, ?, ?, ?)",
-        [stored.name, stored.cohort, stored.condition, stored.position, stored.created_at],
-    )
-    return stored
+    return _store(project, "cohort_rules", rule, list_cohort_rules(project), [rule.cohort, rule.condition],
+                  replace=replace, what="cohort rule")  # fmt: skip
 
 
 def add_route(project: Project, route: RouteRule, *, replace: bool = False) -> RouteRule:
@@ -324,19 +334,8 @@ def add_route(project: Project, route: RouteRule, *, replace: bool = False) -> R
             )
     if route.experiment is not None:
         get_experiment(project, route.experiment)
-    existing = {r.name: r for r in list_routes(project)}
-    if route.name in existing and not replace:
-        raise Conflict(f"a route named {route.name!r} exists; pass --replace or choose another name")
-    position = existing[route.name].position if route.name in existing else _next_position(project, "routes")
-    stored = route.model_copy(update={"position": position, "created_at": _now()})
-    cur = project.cursor()
-    cur.execute("DELETE FROM routes WHERE name = ?", [route.name])
-    cur.execute(
-        "INSERT INTO routes VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [stored.name, stored.cohort, stored.requested, stored.model, stored.experiment, stored.position,
-         stored.created_at],
-    )  # fmt: skip
-    return stored
+    values = [route.cohort, route.requested, route.model, route.experiment]
+    return _store(project, "routes", route, list_routes(project), values, replace=replace, what="route")
 
 
 def remove(project: Project, name: str) -> str:
@@ -347,14 +346,6 @@ def remove(project: Project, name: str) -> str:
             cur.execute(f"DELETE FROM {table} WHERE name = ?", [name])
             return kind
     raise NotFound(f"no route or cohort rule {name!r}; see 'posttrain routes list'", field="name")
-
-
-def set_route_target(project: Project, name: str, *, model: str) -> RouteRule:
-    """Point an existing route at ``model`` (what promoting a per-cohort winner does)."""
-    found = {r.name: r for r in list_routes(project)}.get(name)
-    if found is None:
-        raise NotFound(f"no route {name!r}; see 'posttrain routes list'", field="name")
-    return add_route(project, found.model_copy(update={"model": model, "experiment": None}), replace=True)
 
 
 def table(project: Project) -> RoutingTable:

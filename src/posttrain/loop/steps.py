@@ -108,32 +108,35 @@ def _train(turn: Turn, method: str, output: str, **config: Any) -> dict[str, Any
     return {"model": record.name, "metrics": loss, "summary": f"{record.name} in {time.perf_counter() - started:.1f}s"}
 
 
+def _skip(enabled: bool, what: str, rows: int, minimum: int, unit: str, setting: str) -> dict[str, Any] | None:
+    """Return why a training stage does nothing (off, or too little data), or None when it runs."""
+    if not enabled:
+        return {"skipped": f"{what} is off in the recipe"}
+    if rows < minimum:
+        return {"skipped": f"{rows} {unit}, fewer than {setting} {minimum}"}
+    return None
+
+
 def sft(turn: Turn) -> dict[str, Any]:
     stage, data = turn.recipe.sft, _dataset(turn, "sft")
-    if not stage.enabled:
-        return {"skipped": "sft is off in the recipe"}
-    if data["rows"] < stage.min_rows:
-        return {"skipped": f"{data['rows']} sft rows, fewer than min_rows {stage.min_rows}"}
+    if skipped := _skip(stage.enabled, "sft", data["rows"], stage.min_rows, "sft rows", "min_rows"):
+        return skipped
     return _train(turn, "sft", turn.name("sft"), model=turn.parent, dataset=data["ref"],
                   learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
 
 
 def reward(turn: Turn) -> dict[str, Any]:
     stage, data = turn.recipe.reward, _dataset(turn, "preference")
-    if not stage.enabled:
-        return {"skipped": "the reward model is off in the recipe"}
-    if data["rows"] < stage.min_pairs:
-        return {"skipped": f"{data['rows']} new pairs, fewer than min_pairs {stage.min_pairs}"}
+    if skipped := _skip(stage.enabled, "the reward model", data["rows"], stage.min_pairs, "new pairs", "min_pairs"):
+        return skipped
     return _train(turn, "reward", turn.name("rm"), model=turn.candidate(), dataset=data["ref"],
                   learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
 
 
 def dpo(turn: Turn) -> dict[str, Any]:
     stage, data = turn.recipe.dpo, _dataset(turn, "preference")
-    if not stage.enabled:
-        return {"skipped": "dpo is off in the recipe"}
-    if data["rows"] < stage.min_pairs:
-        return {"skipped": f"{data['rows']} pairs, fewer than min_pairs {stage.min_pairs}"}
+    if skipped := _skip(stage.enabled, "dpo", data["rows"], stage.min_pairs, "pairs", "min_pairs"):
+        return skipped
     return _train(turn, "dpo", turn.name("dpo"), model=turn.candidate(), dataset=data["ref"],
                   learning_rate=stage.learning_rate, epochs=stage.epochs, beta=stage.beta,
                   batch_size=stage.batch_size)  # fmt: skip
@@ -153,10 +156,8 @@ def _latest_reward_model(turn: Turn) -> str | None:
 
 def grpo(turn: Turn) -> dict[str, Any]:
     stage, data = turn.recipe.grpo, _dataset(turn, "prompts")
-    if not stage.enabled:
-        return {"skipped": "grpo is off in the recipe"}
-    if data["rows"] < stage.min_prompts:
-        return {"skipped": f"{data['rows']} prompts, fewer than min_prompts {stage.min_prompts}"}
+    if skipped := _skip(stage.enabled, "grpo", data["rows"], stage.min_prompts, "prompts", "min_prompts"):
+        return skipped
     rewards = []
     for spec in stage.reward:
         if spec == "reward-model":
