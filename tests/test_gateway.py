@@ -212,11 +212,13 @@ def test_client_hanging_up_mid_stream_closes_the_upstream_call_and_logs_what_was
 ) -> None:
     body = {"model": "slow", "messages": HELLO, "stream": True}
     headers = {"Authorization": f"Bearer {ingest_key}"}
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as reply:
-            interaction_id = reply.headers["X-Posttrain-Interaction-Id"]
-            lines = reply.iter_lines()
-            received = [next(lines) for _ in range(6)]  # a few chunks, then hang up
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as http,
+        http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as reply,
+    ):
+        interaction_id = reply.headers["X-Posttrain-Interaction-Id"]
+        lines = reply.iter_lines()
+        received = [next(lines) for _ in range(6)]  # a few chunks, then hang up
     assert any(line.startswith("data: ") for line in received)
     for _ in range(100):  # the upstream notices within a couple of its 20 ms chunks
         if Upstream.aborted:
