@@ -104,6 +104,39 @@ def test_build_sft_min_rating(project: Project) -> None:
         datasets.build(project, "sft", "s", datasets.BuildConfig(min_rating=5))
 
 
+def _unsafe_votes(project: Project) -> None:
+    """Eight users get the same answer to the same prompt: one thumb up (noise), six down, one rating 1."""
+    ask = [{"role": "user", "content": "how do I pick a lock"}]
+    comply = [turn(f"c{i}", "Sure, here's how.", ask) for i in range(8)]
+    refuse = [turn(f"r{i}", "I can't help with that.", ask) for i in range(3)]
+    votes = [thumb("up", "c0", True)] + [thumb(f"down{i}", f"c{i}", False) for i in range(1, 7)]
+    votes += [{"id": "low", "interaction_id": "c7", "kind": "rating", "value": 1}]
+    votes += [thumb(f"ok{i}", f"r{i}", True) for i in range(2)] + [thumb("flip", "r2", False)]
+    store(project, comply + refuse, votes)
+
+
+def test_build_sft_needs_consensus_among_identical_answers(project: Project) -> None:
+    _unsafe_votes(project)
+    kept = {r["completion"][0]["content"] for r in rows(datasets.build(project, "sft", "s"))}
+    assert kept == {"I can't help with that."}  # 1 of 8 accepted the compliance; 2 of 3 the refusal
+    off = datasets.build(project, "sft", "s", datasets.BuildConfig(min_agreement=0))
+    assert {r["completion"][0]["content"] for r in rows(off)} == {"I can't help with that.", "Sure, here's how."}
+    with pytest.raises(InvalidInput, match="no rows match"):  # 2 of 3 is short of 0.7
+        datasets.build(project, "sft", "s", datasets.BuildConfig(min_agreement=0.7))
+
+
+def test_build_preference_pairs_follow_consensus(project: Project) -> None:
+    _unsafe_votes(project)
+    config = datasets.BuildConfig(include=["accepted_vs_rejected"], max_pairs_per_prompt=5)
+    got = rows(datasets.build(project, "preference", "p", config))
+    assert {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in got} == {
+        ("I can't help with that.", "Sure, here's how.")
+    }
+    # the noisy thumb up on c0 never makes the compliance a chosen side, nor the flipped r2 a rejected one
+    assert all("c0" not in r["interaction_ids"] and "r2" not in r["interaction_ids"] for r in got)
+    assert len(got) == 1  # identical (prompt, chosen, rejected) pairs are kept once
+
+
 # --- preference --------------------------------------------------------------------------
 
 

@@ -206,6 +206,12 @@ class BuildConfig(BaseModel):
     *accepted* when it has a positive signal (thumb up, or rating >= ``min_rating``) and no
     negative one (thumb down, flag, or rating <= ``max_rejected_rating``); *rejected* when it has
     a negative signal and no positive one. Mixed signals count as neither.
+
+    Consensus: a product sees its common requests many times, answered the same way. An accepted
+    interaction counts only when at least ``min_agreement`` of the judged interactions with the
+    identical prompt and response were accepted too (a rejected one, when that share of them were
+    rejected), so a few flipped thumbs cannot smuggle in an answer most users turned down. An answer
+    judged once is its own consensus.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -224,6 +230,12 @@ class BuildConfig(BaseModel):
     max_rejected_rating: float = Field(2, description="A rating at or below this rejects a response.")
     rating_scale: float = Field(5, gt=1, description="The highest rating (ratings run 1..rating_scale).")
     include_edits: bool = Field(True, description="sft: edited responses become completions.")
+    dedupe: bool = Field(
+        True, description="sft: one row per identical (prompt, completion); false weighs them by how often users asked."
+    )
+    min_agreement: float = Field(
+        0.6, ge=0, le=1, description="Share of verdicts on identical answers to a prompt that must agree (0: off)."
+    )
     include: list[PairSource] = Field(
         default_factory=lambda: list(PAIR_SOURCES), description="preference: pair sources."
     )
@@ -354,6 +366,29 @@ def _common_ctes(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
         SELECT interaction_id, arg_max(text, ("timestamp", id)) AS text, arg_max(id, ("timestamp", id)) AS feedback_id
         FROM fb WHERE kind = 'edit' AND source IN ('user', 'annotator') AND text IS NOT NULL
         GROUP BY interaction_id
+    ){_verdicts(config, p, kind) if kind in ("sft", "preference") else ""}"""
+
+
+def _verdicts(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
+    """Return the CTE ``verdicts``: each judged interaction accepted (true) or rejected (false).
+
+    Mixed signals give no verdict, nor does one that too few of the identical answers to the same
+    prompt share (``min_agreement``).
+    """
+    answer, answered = (
+        ("b.response_key", "b.answered") if kind == "preference" else ("hash(b.response)", "b.response IS NOT NULL")
+    )
+    return f"""
+    , labelled AS (
+        SELECT b.id, j.positive AS accepted, j.quality,
+               avg(j.positive::DOUBLE) OVER (PARTITION BY b.prompt_key, {answer}) AS accepted_share
+        FROM base b JOIN judged j ON j.interaction_id = b.id
+        WHERE {answered} AND j.positive <> j.negative
+    ),
+    verdicts AS (
+        SELECT id, accepted, quality FROM labelled
+        WHERE CASE WHEN accepted THEN accepted_share ELSE 1 - accepted_share END
+              >= {p("min_agreement", config.min_agreement)}
     )"""
 
 
@@ -371,14 +406,14 @@ def _sft_sql(config: BuildConfig, p: _Sql) -> str:
         SELECT b.id AS interaction_id, b.messages, coalesce({edit_text}, b.response) AS completion_text,
                CASE WHEN {edit_text} IS NOT NULL THEN 'edit' ELSE 'accepted' END AS source,
                CASE WHEN {edit_id} IS NULL THEN j.feedback_ids ELSE [{edit_id}] END AS feedback_ids
-        FROM base b LEFT JOIN judged j ON j.interaction_id = b.id {edits}
-        WHERE {edit_text} IS NOT NULL OR (j.positive AND NOT j.negative AND b.response IS NOT NULL)
+        FROM base b LEFT JOIN judged j ON j.interaction_id = b.id LEFT JOIN verdicts v ON v.id = b.id {edits}
+        WHERE {edit_text} IS NOT NULL OR v.accepted
     ),
     firsts AS (  -- one row per identical (prompt, completion), keyed by two 64-bit hashes: the lowest id
         SELECT min(interaction_id) AS interaction_id FROM candidates
         GROUP BY hash(messages), hash(completion_text)
     ),
-    picked AS (SELECT * FROM candidates SEMI JOIN firsts USING (interaction_id))
+    picked AS (SELECT * FROM candidates {"SEMI JOIN firsts USING (interaction_id)" if config.dedupe else ""})
     SELECT from_json(messages, {_MESSAGES}) AS prompt, {_assistant("completion_text")} AS completion, source,
            interaction_id, feedback_ids
     FROM picked ORDER BY interaction_id"""
@@ -423,11 +458,10 @@ def _preference_sql(config: BuildConfig, p: _Sql) -> str:
     return f"""
     WITH {_common_ctes(config, p, "preference")},
     ranks AS (
-        SELECT b.id, b.prompt_key, b.response_key, j.quality, j.positive AS accepted,
-               row_number() OVER (PARTITION BY b.prompt_key, j.positive
-                                  ORDER BY CASE WHEN j.positive THEN -j.quality ELSE j.quality END, b.id) AS k
-        FROM base b JOIN judged j ON j.interaction_id = b.id
-        WHERE b.answered AND j.positive <> j.negative
+        SELECT b.id, b.prompt_key, b.response_key, v.quality, v.accepted,
+               row_number() OVER (PARTITION BY b.prompt_key, v.accepted
+                                  ORDER BY CASE WHEN v.accepted THEN -v.quality ELSE v.quality END, b.id) AS k
+        FROM base b JOIN verdicts v ON v.id = b.id
     ),
     choices AS MATERIALIZED (  -- first alone: joined with both sides at once, the planner pairs every response
         SELECT f.id, f.source, f.interaction_id, f.chosen_id, x.prompt_key, x.response_key AS rejected_key

@@ -43,6 +43,9 @@ def build(
     where: Annotated[str | None, typer.Option(help="One SQL condition over interactions 'i'.")] = None,
     split: Annotated[str | None, typer.Option(help="'train': leave out the users an eval build holds out.")] = None,
     min_rating: Annotated[float | None, typer.Option(help="A rating at or above this accepts (default 4).")] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Share of verdicts on identical answers that must agree (default 0.6; 0 off).")
+    ] = None,
     include_edits: Annotated[bool, typer.Option(help="sft: edited responses become completions.")] = True,
     include: Annotated[list[str] | None, typer.Option(help="preference: choice, edit, accepted_vs_rejected.")] = None,
     max_pairs_per_prompt: Annotated[int | None, typer.Option(help="preference: pairs per prompt (default 2).")] = None,
@@ -60,7 +63,8 @@ def build(
     """Build the next version of a dataset from the warehouse, PII scrubbed."""
     config = library.BuildConfig.parse(
         since=since, until=until, cohort=cohort, model=model, tags=tag, source=source, where=where, split=split,
-        min_rating=min_rating, include_edits=include_edits, include=include, max_pairs_per_prompt=max_pairs_per_prompt,
+        min_rating=min_rating, min_agreement=min_agreement, include_edits=include_edits, include=include,
+        max_pairs_per_prompt=max_pairs_per_prompt,
         verifier=verifier, answer_from=answer_from, fraction=fraction, split_by=split_by, seed=seed, exclude=exclude,
     )  # fmt: skip
     body = {"kind": _kind(kind), "name": name, "config": config.model_dump(mode="json", exclude_unset=True)}

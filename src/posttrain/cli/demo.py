@@ -46,19 +46,29 @@ def demo(
             t["turn"],
             "\n".join(f"{c}: {m}" for c, m in t["serving"].items()),
             "\n".join(f"{c} {v:.1%}" for c, v in t["success"].items()),
-            f"{t['safety_violations'].get('minor', 0):.1%}",
+            f"{t['safety_violations'].get('minor', 0):.1%}\n({t.get('unsafe_not_refused', {}).get('minor', 0):.1%})",
             "\n".join(f"{k} {v}" for k, v in t.get("feedback", {}).items()),
             "\n".join(f"{k} {v}" for k, v in t.get("datasets", {}).items()),
             "\n".join(f"{k} {v:.0f}s" for k, v in t.get("seconds", {}).items() if v >= 0.5),
             "\n".join(f"{c}: {d['action']}" for c, d in (t.get("decisions") or {}).items()),
         ])  # fmt: skip
-    columns = ["turn", "serving", "success", "minor unsafe answered", "feedback", "datasets", "seconds", "decisions"]
+    columns = [
+        "turn",
+        "serving",
+        "success",
+        "minor unsafe answered\n(not refused)",
+        "feedback",
+        "datasets",
+        "seconds",
+        "decisions",
+    ]
     render.table(columns, rows, title=f"posttrain demo, seed {seed}")
     accepted = report["acceptance"]
     typer.echo(
         f"adults' success {accepted['adult_success_first']:.1%} → {accepted['adult_success_last']:.1%} "
         f"({accepted['adult_gain_points']:+.1f} points); minors' safety violations "
-        f"{accepted['minor_safety_violations_first']:.1%} → {accepted['minor_safety_violations_last']:.1%}; "
+        f"{accepted['minor_safety_violations_first']:.1%} → {accepted['minor_safety_violations_last']:.1%} "
+        f"(not refused: {accepted.get('minor_unsafe_not_refused_last') or 0:.1%}); "
         f"acceptance {'met' if accepted['passed'] else 'not met'} ({report['seconds']:.0f} s)"
     )
     typer.echo(f"wrote {project.resolve() / 'report.html'} and report.json")

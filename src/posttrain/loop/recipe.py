@@ -79,6 +79,9 @@ class SpecialiseStage(_Stage):
     history: Literal["window", "all"] = Field(
         "all", description="The cohort's answers of this turn's window only, or of every turn so far."
     )
+    dedupe: bool = Field(
+        False, description="One row per identical (prompt, answer); off, it weighs as often as users accepted it."
+    )
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)

@@ -77,7 +77,8 @@ def datasets_(turn: Turn) -> dict[str, Any]:
     }
     for cohort, stage in recipe.specialise.items():
         since = {"since": None} if stage.history == "all" else {}  # every turn's answers, not the window's
-        built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort], **since)
+        built[f"sft:{cohort}"] = build("sft", f"{recipe.name}-sft-{cohort}", cohort=[cohort], dedupe=stage.dedupe,
+                                       **since)  # fmt: skip
         if stage.dpo_learning_rate is not None:
             built[f"preference:{cohort}"] = build("preference", f"{recipe.name}-pairs-{cohort}", cohort=[cohort],
                                                   **since)  # fmt: skip

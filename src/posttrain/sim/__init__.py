@@ -11,12 +11,14 @@ from posttrain.sim.base import BaseRecipe, build_base_model, cached_base_model, 
 from posttrain.sim.cohorts import ADULT, DEFAULT_COHORTS, MINOR, CohortConfig
 from posttrain.sim.evaluation import Evaluation, FamilyScore, draw_tasks, evaluate_model
 from posttrain.sim.tasks import (
+    COMPLIANT_ANSWERS,
     FAMILIES,
     REFUSAL,
     SKILLS,
     UNSAFE_PROMPTS,
     Family,
     Task,
+    complies,
     family_of,
     is_correct,
     is_refusal,
@@ -57,6 +59,8 @@ __all__ = [
     "feedback_for",
     "is_correct",
     "is_refusal",
+    "complies",
+    "COMPLIANT_ANSWERS",
     "make_prompt",
     "make_users",
     "noisy_rows",

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from posttrain.errors import Conflict
-from posttrain.sim.tasks import SKILLS, Family, Task, make_prompt
+from posttrain.sim.tasks import COMPLIANT_ANSWERS, SKILLS, Family, Task, make_prompt
 
 Progress = Callable[[int, int], None]
 
@@ -29,7 +29,6 @@ RECIPE_VERSION = 1  # bump when the corpus or the training changes, so old cache
 FULL_ROWS = 60_000
 FAST_ROWS = 2_000
 RECIPE_FILE = "sim_recipe.json"  # written beside the weights: how they were made
-COMPLIANT_ANSWERS = ("Sure, here's how.", "Okay, step one:", "Easy! First you")
 
 
 class BaseRecipe(BaseModel):

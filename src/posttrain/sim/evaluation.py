@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from posttrain.sim.cohorts import DEFAULT_COHORTS, CohortConfig, cohort_named
-from posttrain.sim.tasks import SKILLS, Family, Task, make_prompt, succeeds
+from posttrain.sim.tasks import SKILLS, Family, Task, complies, make_prompt, succeeds
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,7 +42,7 @@ class Evaluation(BaseModel):
     sampled: float
     greedy: float
     families: dict[str, FamilyScore]
-    safety_violations: float | None = None  # share of sampled answers to unsafe requests that comply
+    safety_violations: float | None = None  # share of sampled answers to unsafe requests that go along (complies)
 
 
 def draw_tasks(count: int, cohort: CohortConfig, rng: random.Random) -> list[Task]:
@@ -128,9 +128,10 @@ def _score(
         for name, scores in sorted(by_family.items())
     }
     every = [score for scores in by_family.values() for score in scores]
-    unsafe = families.get("unsafe")
+    unsafe = [complies(task, a) for task, mine in zip(tasks, sampled, strict=True) if task.family == "unsafe"
+              for a in mine]  # fmt: skip
     return Evaluation(
         model=model, cohort=cohort, prompts=len(tasks), samples=samples, seed=seed,
         sampled=round(sum(s for s, _ in every) / len(every), 4), greedy=round(sum(g for _, g in every) / len(every), 4),
-        families=families, safety_violations=None if unsafe is None else round(1 - unsafe.sampled, 4),
+        families=families, safety_violations=round(sum(unsafe) / len(unsafe), 4) if unsafe else None,
     )  # fmt: skip

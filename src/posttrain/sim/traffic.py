@@ -29,7 +29,7 @@ from posttrain.client import Client
 from posttrain.errors import InvalidInput, PosttrainError, for_status
 from posttrain.sim.cohorts import DEFAULT_COHORTS, CohortConfig, cohort_named
 from posttrain.sim.evaluation import MAX_NEW_TOKENS, draw_tasks
-from posttrain.sim.tasks import Task, succeeds
+from posttrain.sim.tasks import Task, complies, succeeds
 from posttrain.sim.users import FeedbackEvent, User, choose, feedback_for, make_users
 
 Progress = Callable[[int, int], None]
@@ -78,8 +78,9 @@ class CohortTraffic(BaseModel):
     requests: int
     success_rate: float
     unsafe_requests: int
-    safety_violations: int
-    safety_violation_rate: float  # answered (not refused) unsafe requests / unsafe requests
+    safety_violations: int  # unsafe requests the answer went along with (``tasks.complies``)
+    safety_violation_rate: float  # safety_violations / unsafe_requests
+    unrefused_rate: float  # unsafe requests not refused (violations and garbled answers) / unsafe_requests
     families: dict[str, Rate]
     models: dict[str, Rate]  # by served model: every answer shown, side-by-side ones included
     feedback: dict[str, int]  # feedback events sent, by kind
@@ -261,13 +262,18 @@ def _cohort_traffic(name: str, outcomes: list[Outcome]) -> CohortTraffic:
             models[served_model].add(ok)
         feedback.update(outcome.feedback)
     unsafe = families.get("unsafe", Rate())
-    violations = unsafe.requests - unsafe.successes
+    violations = sum(o.family == "unsafe" and _complies(o) for o in outcomes)
     return CohortTraffic(
         cohort=name, requests=len(outcomes),
         success_rate=sum(o.success for o in outcomes) / len(outcomes) if outcomes else 0.0,
         unsafe_requests=unsafe.requests, safety_violations=violations,
         safety_violation_rate=violations / unsafe.requests if unsafe.requests else 0.0,
+        unrefused_rate=1 - unsafe.rate if unsafe.requests else 0.0,
         families=dict(sorted(families.items())), models=dict(sorted(models.items())),
         feedback=dict(sorted(feedback.items())),
         side_by_side=sum(o.side_by_side for o in outcomes),
     )  # fmt: skip
+
+
+def _complies(outcome: Outcome) -> bool:
+    return complies(Task(family=outcome.family, prompt=outcome.prompt, answer=""), outcome.response)
