@@ -59,7 +59,7 @@ def test_every_stage_has_its_cli_group_and_router() -> None:
 
     commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     prefixes = {path.split("/")[2] for _, path, _ in route_table() if path.startswith("/api/")}
-    for stage in ("capture", "keys", "datasets", "models"):
+    for stage in ("capture", "keys", "datasets", "models", "train", "evals", "experiments", "routes", "loop"):
         assert stage in commands and stage in prefixes
     assert "sql" in commands and "sql" in prefixes
 

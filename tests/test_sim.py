@@ -29,8 +29,8 @@ from posttrain.sim import (
     SKILLS,
     BaseRecipe,
     CohortConfig,
-    Task,
     Outcome,
+    Task,
     cached_base_model,
     choose,
     complies,
@@ -126,8 +126,9 @@ def test_complies_counts_answers_that_go_along_with_an_unsafe_request(answer: st
 def test_summarise_splits_violations_from_answers_not_refused() -> None:
     def outcome(i: int, response: str) -> Outcome:
         task = make_prompt("unsafe", random.Random(i))
+        ok = succeeds(task, response)
         return Outcome(index=i, user="minor-0001", cohort="minor", family="unsafe", prompt=task.prompt,
-                       interaction_id=f"i{i}", model="m", response=response, success=succeeds(task, response))  # fmt: skip
+                       interaction_id=f"i{i}", model="m", response=response, success=ok)  # fmt: skip
 
     outcomes = [outcome(0, REFUSAL), outcome(1, "Okay, step one:"), outcome(2, "I7y!winp"), outcome(3, REFUSAL)]
     minor = summarise(outcomes, (ADULT, MINOR))["minor"]

@@ -61,6 +61,7 @@ def test_list_verifiers_names_builtins() -> None:
         ("fuzzy", r"unknown verifier 'fuzzy'; use one of exact_match, numeric, regex, contains"),
         ("numeric:loose", "tolerance must be a number, as in numeric:0.01"),
         ("python:nope_module_xyz:f", "cannot import module 'nope_module_xyz'"),
+        ("python:.relative:f", "cannot import module '.relative'"),
         ("python:posttrain.errors:missing", "has no function 'missing'"),
         ("python:only_module", "must look like python:MODULE:FUNCTION"),
     ],

@@ -26,6 +26,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "datasets.build": frozenset({"admin"}),
     "jobs.read": frozenset({"admin", "viewer"}),
     "train": frozenset({"admin"}),
+    "evals.read": frozenset({"admin", "viewer"}),
+    "evals.write": frozenset({"admin"}),
     "experiments.read": frozenset({"admin", "viewer"}),
     "experiments.decide": frozenset({"admin"}),
     "experiments.write": frozenset({"admin"}),

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from posttrain import keys
 from posttrain.cli.evals import app
 from posttrain.datasets import write_version
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.models.registry import register_model
 from posttrain.models.tiny import init_tiny
-from posttrain.project import init_project
+from posttrain.project import init_project, open_project
 
 
 def speaks(completion: str, answer: str | None, **row: object) -> float:
@@ -108,3 +112,40 @@ def test_bad_input_is_one_line_exit_2_through_main(root: Path) -> None:
     args = ["evals", "run", "base", "--dataset", "nope", "--project", str(root)]
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip() == "error: no dataset 'nope'; run 'posttrain datasets list'"
+
+
+@pytest.fixture(scope="module")
+def served(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the project owned by a running ``posttrain serve`` that can import this module's verifier."""
+    from conftest import LiveServer
+
+    copy = Path(shutil.copytree(root, tmp_path_factory.mktemp("served") / "p"))
+    with open_project(copy) as proj:
+        admin = keys.create_key(proj, "admin").key
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    server = LiveServer(root=copy, admin_key=admin, env={"PYTHONPATH": path}).start()
+    yield copy
+    server.stop()
+
+
+@pytest.mark.slow
+def test_run_and_gate_go_through_a_running_server(root: Path, served: Path) -> None:
+    code, out, exc = invoke(served, "run", "base", "--dataset", "ev", "--json")
+    assert code == 0, exc
+    assert json.loads(out)["dataset"] == "ev@1" and json.loads(out)["scores"]["exact_match"]["overall"]["n"] == 6
+    listed = CliRunner().invoke(app, ["list", "--model", "base", "--json", "--project", str(served)])
+    assert listed.exit_code == 0 and json.loads(listed.output)[0]["id"] == json.loads(out)["id"]
+    verifier = f"python:{__name__}:speaks"
+    gate = ["gate", "silent", "--baseline", "base", "--dataset", "ev", "-v", verifier]
+    remote, local = invoke(served, *gate), invoke(root, *gate)
+    assert remote[0] == local[0] == 1 and "gate FAILED" in remote[1]
+    assert remote[1] == local[1]  # the same table and reasons in both paths
+    code, out, _ = invoke(served, *gate, "--json")
+    assert code == 1 and json.loads(out)["passed"] is False
+    code, out, _ = invoke(served, "gate", "twin", "--baseline", "base", "--dataset", "ev", "--margin", "0")
+    assert code == 0 and "gate passed" in out
+
+
+def test_bad_input_through_a_running_server_names_the_fix(served: Path) -> None:
+    _, _, exc = invoke(served, "run", "ghost", "--dataset", "ev")
+    assert isinstance(exc, NotFound) and exc.exit_code == 2 and "models list" in exc.message

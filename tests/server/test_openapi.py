@@ -133,7 +133,7 @@ def test_api_responses_match_their_schema(
     # SQL that the schema allows (any string) may still not parse, and a cursor is valid only when
     # this server issued it: a 400 there is right
     # likewise a dataset recipe or a training config that the schema allows may match no rows / no model
-    # and an experiment's shares must sum to 1, a route's model must exist: rules a schema cannot say
+    # and an experiment's shares must sum to 1, a route's or an eval's model must exist: rules a schema cannot say
     accepts_any = path in (
         "/api/sql",
         "/api/datasets/build",
@@ -142,6 +142,9 @@ def test_api_responses_match_their_schema(
         "/api/routes",
         "/api/routes/cohorts",
         "/api/loop/run",  # a recipe the schema allows (any object) may name unknown stages
+        "/api/evals/run",  # an eval's model and dataset must exist
+        "/api/evals/compare",
+        "/api/evals/gate",
     ) or (path == "/api/interactions" and method == "GET")
     excluded = [schemathesis.checks.positive_data_acceptance] if accepts_any else []
 

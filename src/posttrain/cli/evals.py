@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.progress import Progress
 
 from posttrain import evals as lib
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.cli.options import JsonOption, ProjectOption, through_server
+from posttrain.cli.remote import Remote
 from posttrain.evals.compare import GateRule
 from posttrain.evals.intervals import Estimate, Slices
 from posttrain.train.runner import load_config
@@ -42,6 +44,8 @@ JudgeOption = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A YAML suite file; flags override it.")]
 BaselineOption = Annotated[str | None, typer.Option(help="The model to beat (default: the serving model).")]
 CandidateArg = Annotated[str, typer.Argument(help="The candidate model (see 'posttrain models list').")]
+# the server answers an eval when it is done, minutes for a larger model: no limit on the wait
+_UNTIL_DONE = httpx.Timeout(60.0, read=None)
 
 
 def _suite(
@@ -51,6 +55,11 @@ def _suite(
     scorers = [*(verifier or []), *(f"model:{m}" for m in reward_model or [])] or None
     # load_config only validates a Pydantic model; its type variable is bound to TrainConfig
     return load_config(lib.SuiteConfig, config, {"dataset": dataset, "scorers": scorers, **rest})  # type: ignore[type-var]
+
+
+def _post(api: Remote, path: str, body: dict[str, Any]) -> Any:
+    """Send an eval to the running server and wait for its record."""
+    return api.call("POST", f"/api/evals/{path}", json=body, timeout=_UNTIL_DONE)
 
 
 @contextmanager
@@ -88,8 +97,13 @@ def run(
     """Generate with a model on an eval dataset and score it: mean and 95% CI overall, per cohort and family."""
     suite = _suite(config, dataset, verifier, reward_model, samples=samples, temperature=temperature,
                    max_new_tokens=max_new_tokens, seed=seed, family=family)  # fmt: skip
-    with load(project) as proj, _bar(json) as progress:
-        result = lib.run_eval(proj, model, suite, progress=progress)
+    body = {"model": model, "suite": suite.model_dump(mode="json")}
+    with _bar(json) as progress:
+        result = through_server(
+            project,
+            lambda proj: lib.run_eval(proj, model, suite, progress=progress),
+            lambda api: lib.EvalResult.model_validate(_post(api, "run", body)),
+        )
     if json:
         render.as_json(result)
         return
@@ -132,8 +146,13 @@ def compare(
     """Run a suite on a candidate and the serving model: paired differences and the judge's win rate."""
     suite = _suite(config, dataset, verifier, reward_model, judge=judge, samples=samples, temperature=temperature,
                    max_new_tokens=max_new_tokens, seed=seed, family=family)  # fmt: skip
-    with load(project) as proj, _bar(json) as progress:
-        result = lib.compare(proj, candidate, baseline, suite, progress=progress)
+    body = {"candidate": candidate, "baseline": baseline, "suite": suite.model_dump(mode="json")}
+    with _bar(json) as progress:
+        result = through_server(
+            project,
+            lambda proj: lib.compare(proj, candidate, baseline, suite, progress=progress),
+            lambda api: lib.ComparisonResult.model_validate(_post(api, "compare", body)),
+        )
     if json:
         render.as_json(result)
     else:
@@ -163,9 +182,16 @@ def gate(
     """Pass (exit 0) only if the candidate is no worse than the baseline beyond --margin overall and per cohort."""
     suite = _suite(config, dataset, verifier, reward_model, judge=judge, samples=samples, temperature=temperature,
                    max_new_tokens=max_new_tokens, seed=seed, family=family)  # fmt: skip
-    with load(project) as proj, _bar(json) as progress:
-        verdict = lib.gate(proj, candidate, baseline, suite, margin=margin, metric=metric, rule=rule,
-                           progress=progress)  # fmt: skip
+    body = {"candidate": candidate, "baseline": baseline, "suite": suite.model_dump(mode="json"), "margin": margin,
+            "metric": metric, "rule": rule}  # fmt: skip
+    with _bar(json) as progress:
+        verdict = through_server(
+            project,
+            lambda proj: lib.gate(
+                proj, candidate, baseline, suite, margin=margin, metric=metric, rule=rule, progress=progress
+            ),
+            lambda api: lib.GateResult.model_validate(_post(api, "gate", body)),
+        )
     if json:
         render.as_json(verdict)
     else:
@@ -187,8 +213,12 @@ def list_(
     json: JsonOption = False,
 ) -> None:
     """List stored eval runs, newest first, with each scorer's overall mean."""
-    with load(project) as proj:
-        runs = lib.list_runs(proj, model=model, dataset=dataset)
+    filters = {k: v for k, v in {"model": model, "dataset": dataset}.items() if v}
+    runs = through_server(
+        project,
+        lambda proj: lib.list_runs(proj, model=model, dataset=dataset),
+        lambda api: [lib.EvalResult.model_validate(r) for r in api.call("GET", "/api/evals", params=filters)],
+    )
     if json:
         render.as_json(runs)
         return

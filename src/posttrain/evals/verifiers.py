@@ -92,7 +92,7 @@ def import_callable(module_name: str, function_name: str, *, what: str) -> Calla
     """Import ``module_name.function_name``; raise InvalidInput naming the fix when it cannot."""
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, TypeError, ValueError) as exc:  # TypeError/ValueError: a relative or empty module name
         raise InvalidInput(
             f"{what}: cannot import module {module_name!r} ({exc}); install it or add its folder to PYTHONPATH",
             field="reward",

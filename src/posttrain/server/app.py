@@ -25,6 +25,7 @@ from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
     capture,
     datasets,
+    evals,
     experiments,
     interactions,
     jobs,
@@ -47,6 +48,7 @@ _ROUTERS = (
     models.router,
     jobs.router,
     train.router,
+    evals.router,
     experiments.router,
     routing.router,
     loop.router,
