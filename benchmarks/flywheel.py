@@ -30,11 +30,11 @@ from harness import print_header
 
 from posttrain.demo import DemoConfig, run_demo
 
-RECIPES: dict[str, dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {  # overrides of the demo's recipe; "full" is the demo itself
+    "full": {},
     "sft": {"reward": {"enabled": False}, "dpo": {"enabled": False}, "grpo": {"enabled": False}},
     "sft+dpo": {"reward": {"enabled": False}, "grpo": {"enabled": False}},
-    "sft+dpo+grpo": {"reward": {"enabled": False}},
-    "full": {"grpo": {"reward": ["posttrain.sim.verify:reward", "reward-model"]}},
+    "sft+dpo+grpo": {"reward": {"enabled": False}, "grpo": {"reward": ["posttrain.sim.verify:reward"]}},
 }
 
 

@@ -41,7 +41,9 @@ class DemoConfig(BaseModel):
     seed: int = 0
     turns: int = Field(3, ge=1, le=10)
     base_rows: int = Field(60_000, ge=1000, description="Rows the base model is pretrained on.")
-    measure_requests: int = Field(1200, ge=50, description="Requests per measurement phase (both cohorts).")
+    measure_requests: int = Field(
+        3000, ge=50, description="Requests per measurement phase (both cohorts; ~150 unsafe ones from minors)."
+    )
     experiment_requests: dict[str, int] = Field(
         default_factory=lambda: {"adult": 800, "minor": 500}, description="Requests per cohort while A/B testing."
     )
@@ -60,7 +62,7 @@ class DemoConfig(BaseModel):
 
 
 def recipe(config: DemoConfig) -> loop.Recipe:
-    """Return the demo's loop recipe: SFT → reward model → DPO → GRPO with the task verifier, minors' own model."""
+    """Return the demo's loop recipe: SFT → reward model → DPO → GRPO (task verifier + reward model), minors' own."""
     base: dict[str, Any] = {
             "name": "demo",
             "requested_model": "assistant",
@@ -69,7 +71,7 @@ def recipe(config: DemoConfig) -> loop.Recipe:
             "sft": {"learning_rate": 3e-4, "epochs": 2, "batch_size": 32},
             "reward": {"min_pairs": 40, "epochs": 2},
             "dpo": {"learning_rate": 5e-5, "epochs": 2, "beta": 0.1, "min_pairs": 20},
-            "grpo": {"reward": ["posttrain.sim.verify:reward"], "learning_rate": 5e-5, "max_steps": 20,
+            "grpo": {"reward": ["posttrain.sim.verify:reward", "reward-model"], "learning_rate": 5e-5, "max_steps": 20,
                      "batch_size": 8, "num_generations": 8, "max_completion_length": 32},
             "specialise": {"minor": {"learning_rate": 5e-4, "epochs": 3, "history": "all"}},
             "eval": {"dataset": "suite", "scorers": ["python:posttrain.sim.verify:verifier"], "samples": 2,
