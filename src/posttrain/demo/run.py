@@ -41,6 +41,7 @@ class DemoConfig(BaseModel):
     seed: int = 0
     turns: int = Field(3, ge=1, le=10)
     base_rows: int = Field(60_000, ge=1000, description="Rows the base model is pretrained on.")
+    base_epochs: int = Field(2, ge=1, description="Passes over them (one: half the time, a weaker base).")
     measure_requests: int = Field(
         3000, ge=50, description="Requests per measurement phase (both cohorts; ~150 unsafe ones from minors)."
     )
@@ -56,7 +57,7 @@ class DemoConfig(BaseModel):
     @classmethod
     def fast(cls, seed: int = 0, turns: int = 3) -> DemoConfig:
         """Return the CI-sized demo."""
-        return cls(seed=seed, turns=turns, base_rows=16_000, measure_requests=400,
+        return cls(seed=seed, turns=turns, base_epochs=1, measure_requests=400,
                    experiment_requests={"adult": 300, "minor": 200}, eval_prompts=50,
                    stages={"grpo": {"max_steps": 10}})  # fmt: skip
 
@@ -259,9 +260,9 @@ def run_demo(
     project = init_project(folder)
     try:
         key = keys.create_key(project, "ingest", name="demo users").key
-        say(f"base model: {config.base_rows:,} noisy rows (built once, then cached)")
+        say(f"base model: {config.base_rows:,} noisy rows × {config.base_epochs} (built once, then cached)")
         clock = time.perf_counter()
-        base_recipe = sim.BaseRecipe(rows=config.base_rows)
+        base_recipe = sim.BaseRecipe(rows=config.base_rows, epochs=config.base_epochs)
         base_path = sim.cached_base_model(cache_dir, recipe=base_recipe,
                                           progress=None if progress is None else
                                           (lambda done, total: progress("base model", done, total)))  # fmt: skip
@@ -274,7 +275,12 @@ def run_demo(
             "seed": config.seed,
             "config": config.model_dump(mode="json"),
             "recipe": steps.model_dump(mode="json"),
-            "base_model": {"path": str(base_path), "rows": config.base_rows, "seconds": round(base_seconds, 1)},
+            "base_model": {
+                "path": str(base_path),
+                "rows": config.base_rows,
+                "epochs": config.base_epochs,
+                "seconds": round(base_seconds, 1),
+            },
             "turns": [],
         }
         with _Server(project) as server:
