@@ -96,6 +96,8 @@ def test_build_sft_dedupes_identical_pairs_and_can_skip_edits(project: Project) 
     )
     version = datasets.build(project, "sft", "s", datasets.BuildConfig(include_edits=False))
     assert [r["interaction_id"] for r in rows(version)] == ["a"]
+    weighed = datasets.build(project, "sft", "s", datasets.BuildConfig(include_edits=False, dedupe=False))
+    assert [r["interaction_id"] for r in rows(weighed)] == ["a", "b"]  # asked and accepted twice: two rows
 
 
 def test_build_sft_min_rating(project: Project) -> None:
