@@ -15,10 +15,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import evals
-from posttrain.errors import Conflict
 from posttrain.evals.compare import GateRule
 from posttrain.server.auth import require
-from posttrain.server.routes.train import _RUNNING
+from posttrain.server.routes.train import _RUNNING, claim
 from posttrain.server.schemas import ERRORS
 
 router = APIRouter(prefix="/api/evals", tags=["evals"], responses=ERRORS)
@@ -54,8 +53,7 @@ class GateRequest(CompareRequest):
 @contextmanager
 def _exclusive() -> Iterator[None]:
     """Hold the server's training lock for one eval, or refuse at once."""
-    if not _RUNNING.acquire(blocking=False):
-        raise Conflict("a training run, loop or eval is in progress on this server; wait for it (GET /api/jobs)")
+    claim()
     try:
         yield
     finally:

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import jobs, loop
-from posttrain.errors import Conflict
 from posttrain.server.auth import require
-from posttrain.server.routes.train import _RUNNING, JobStarted
+from posttrain.server.routes.train import _RUNNING, JobStarted, claim
 from posttrain.server.schemas import ERRORS
 
 router = APIRouter(prefix="/api/loop", tags=["loop"], responses=ERRORS)
@@ -32,8 +31,7 @@ def run_loop(request: Request, body: LoopRequest) -> JobStarted:
     """Run (or resume) turns in a worker thread; follow the job: its log has one line per step."""
     project = request.app.state.project
     recipe = loop.load_recipe(None, **body.recipe)
-    if not _RUNNING.acquire(blocking=False):
-        raise Conflict("a training run or loop is in progress on this server; wait for it (GET /api/jobs)")
+    claim()
     try:
         job = jobs.start_job(project, "loop.run", body.model_dump(mode="json"))
     except BaseException:

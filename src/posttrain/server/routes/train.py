@@ -20,7 +20,15 @@ from posttrain.train.methods import METHODS
 from posttrain.train.runner import parse_config
 
 router = APIRouter(prefix="/api/train", tags=["train"], responses=ERRORS, dependencies=[Depends(require("train"))])
-_RUNNING = threading.Lock()
+_RUNNING = threading.Lock()  # one heavy run (training, a loop turn, an eval) per server
+
+
+def claim() -> None:
+    """Take the heavy-run lock or refuse at once (409); the caller (or its worker thread) releases it."""
+    if not _RUNNING.acquire(blocking=False):
+        raise Conflict("a training run, loop or eval is in progress on this server; wait for it (GET /api/jobs)")
+
+
 Method = Literal["sft", "reward", "dpo", "grpo", "rloo", "distill"]
 
 
@@ -34,8 +42,7 @@ async def start_training(request: Request, method: Method, body: dict[str, Any])
     """Validate the config (the method's fields), start the run in a worker thread, answer with its job id."""
     config_cls, train = METHODS[method]
     config = parse_config(config_cls, body)
-    if not _RUNNING.acquire(blocking=False):
-        raise Conflict("a training run is in progress on this server; wait for it (GET /api/jobs)")
+    claim()
     started: dict[str, Any] = {}
     ready = threading.Event()
 
