@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from posttrain.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, Unavailable
 from posttrain.ids import new_id
+from posttrain.keys import Caller, feedback_source_error
 from posttrain.project import Project
 from posttrain.records import CaptureKind as Kind
 from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction
@@ -126,10 +127,28 @@ def _error_result(raw: Any, exc: ValidationError) -> EventResult:
     return EventResult(id=event_id, status="error", error=f"{field}: {message}", field=field or None)
 
 
+def _as_sent_by(raw: Any, row: Row, caller: Caller) -> EventResult | None:
+    """Refuse feedback from a source the caller's role may not claim; make the caller its author."""
+    if (error := feedback_source_error(caller.role, row["source"])) is not None:
+        sent_id = row["id"] if isinstance(raw, dict) and raw.get("id") else None
+        return EventResult(id=sent_id, status="error", error=f"source: {error}", field="source")
+    row["author"] = caller.key_id
+    return None
+
+
 def validate_events(
-    kind: Kind, events: Sequence[Any], limits: CaptureSettings, *, check_size: bool = True
+    kind: Kind,
+    events: Sequence[Any],
+    limits: CaptureSettings,
+    *,
+    check_size: bool = True,
+    caller: Caller | None = None,
 ) -> tuple[list[EventResult | None], list[tuple[int, Row]]]:
-    """Validate raw events; return per-event errors (None where valid) and the valid rows."""
+    """Validate raw events; return per-event errors (None where valid) and the valid rows.
+
+    With ``caller`` (every HTTP request), feedback must come from a source the caller's role may
+    claim (``keys.FEEDBACK_SOURCES``) and its ``author`` is the caller's key id, whatever was sent.
+    """
     if len(events) > limits.max_batch_events:
         raise PayloadTooLarge(
             f"{len(events)} events in one request; the limit is {limits.max_batch_events} (capture.max_batch_events)",
@@ -143,6 +162,9 @@ def validate_events(
             row = build(model.model_validate(raw), now)
         except ValidationError as exc:
             results[i] = _error_result(raw, exc)
+            continue
+        if caller is not None and kind == "feedback" and (refused := _as_sent_by(raw, row, caller)) is not None:
+            results[i] = refused
             continue
         if check_size and (size := _row_size(row)) > limits.max_event_bytes:
             results[i] = EventResult(

@@ -420,7 +420,9 @@ class _BaseClient:
 
         ``kind`` is thumb, rating, edit, choice, comment, flag or regenerate; ``fields`` are the
         other fields of ``posttrain.Feedback`` (source, text, author, metadata, id, timestamp).
-        The interaction may be logged later: the server joins them when both have arrived.
+        The interaction may be logged later: the server joins them when both have arrived. The
+        server stores this key's id as ``author`` and refuses a ``source`` the key's role may not
+        claim (``posttrain.keys.FEEDBACK_SOURCES``), counting that event in ``failed``.
 
         Raises:
             InvalidInput: no interaction_id, an unknown kind or source, or an unknown field.

@@ -1,6 +1,17 @@
 """API keys: created with a role, stored as SHA-256 hashes, shown once, revocable.
 
-What each role may do is the table ``PERMISSIONS``; every server route names one action.
+The roles:
+
+- ``admin``: everything, including keys, training, SQL and labels of every source;
+- ``ingest``: the product's backend: capture interactions and user (or verifier) feedback, call the gateway;
+- ``annotator``: read interactions and label them (feedback with source ``annotator``);
+- ``viewer``: read only.
+
+What each role may do is the table ``PERMISSIONS``; every server route names one action. Which
+feedback ``source`` a role may claim is ``FEEDBACK_SOURCES``: an annotator label only from admin and
+annotator keys, a judge label only from admin keys (the server's own judges write through the
+library). Over HTTP the stored ``author`` of feedback is the sending key's id (``control`` for the
+server's control token), whatever the body says; only local imports and library calls set it.
 """
 
 from __future__ import annotations
@@ -9,10 +20,12 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
+from pydantic import BaseModel
+
 from posttrain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from posttrain.ids import new_id
 from posttrain.project import Project
-from posttrain.records import ROLES, ApiKey, NewApiKey, Role
+from posttrain.records import ROLES, ApiKey, FeedbackSource, NewApiKey, Role
 
 PERMISSIONS: dict[str, frozenset[Role]] = {
     "capture.interactions": frozenset({"admin", "ingest"}),
@@ -36,7 +49,23 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "gateway": frozenset({"admin", "ingest"}),
 }
 
+FEEDBACK_SOURCES: dict[Role, frozenset[FeedbackSource]] = {
+    "admin": frozenset({"user", "annotator", "judge", "verifier"}),
+    "ingest": frozenset({"user", "verifier"}),
+    "annotator": frozenset({"user", "annotator"}),
+    "viewer": frozenset(),
+}
+
+CONTROL_KEY_ID = "control"
+
 _COLUMNS = "id, name, role, prefix, created_at, revoked_at"
+
+
+class Caller(BaseModel):
+    """Who sent a request: the key's id (``control`` for the server's control token) and its role."""
+
+    key_id: str
+    role: Role
 
 
 def hash_key(key: str) -> str:
@@ -87,16 +116,32 @@ def revoke_key(project: Project, key_id: str) -> ApiKey:
     return key
 
 
-def lookup_role(project: Project, key: str) -> Role:
-    """Return the role of a live key; raise Unauthorized for an unknown or revoked one."""
+def lookup_key(project: Project, key: str) -> Caller:
+    """Return who holds a live key; raise Unauthorized for an unknown or revoked one."""
     row = (
-        project.cursor().execute("SELECT role, revoked_at FROM api_keys WHERE key_hash = ?", [hash_key(key)]).fetchone()
+        project.cursor()
+        .execute("SELECT id, role, revoked_at FROM api_keys WHERE key_hash = ?", [hash_key(key)])
+        .fetchone()
     )
     if row is None:
         raise Unauthorized("unknown API key; create one with 'posttrain keys create --role ROLE'")
-    if row[1] is not None:
+    if row[2] is not None:
         raise Unauthorized("this API key was revoked; create a new one with 'posttrain keys create'")
-    return row[0]  # type: ignore[no-any-return]
+    return Caller(key_id=row[0], role=row[1])
+
+
+def lookup_role(project: Project, key: str) -> Role:
+    """Return the role of a live key; raise Unauthorized for an unknown or revoked one."""
+    return lookup_key(project, key).role
+
+
+def feedback_source_error(role: Role, source: str) -> str | None:
+    """Return why a ``role`` key may not send feedback from ``source``, or None when it may."""
+    allowed = FEEDBACK_SOURCES[role]
+    if source in allowed:
+        return None
+    names = ", ".join(sorted(allowed)) or "none"
+    return f"a {role} key may not send {source} feedback; it may send: {names}"
 
 
 def authorize(role: Role, action: str) -> None:

@@ -307,6 +307,54 @@ def test_feedback_before_its_interaction_joins_on_arrival(http: httpx.Client, pr
     assert len(listed["interactions"][0]["feedback"]) == 2
 
 
+# --- who labelled it: source and author follow the key ----------------------------------------
+
+SOURCE_RIGHTS = [  # (role, source, accepted)
+    ("ingest", "user", True),
+    ("ingest", "verifier", True),
+    ("ingest", "annotator", False),
+    ("ingest", "judge", False),
+    ("annotator", "annotator", True),
+    ("annotator", "user", True),
+    ("annotator", "judge", False),
+    ("annotator", "verifier", False),
+    ("admin", "judge", True),
+    ("admin", "annotator", True),
+]
+
+
+@pytest.mark.parametrize(("role", "source", "accepted"), SOURCE_RIGHTS)
+def test_feedback_source_is_limited_by_the_key_role(
+    http: httpx.Client, prefix: str, role: str, source: str, accepted: bool
+) -> None:
+    key = http.post("/api/keys", json={"role": role, "name": prefix}).json()
+    event = {**thumb(f"{prefix}f", f"{prefix}i"), "source": source, "author": "someone-else"}
+    with httpx.Client(base_url=str(http.base_url), timeout=30) as other:
+        reply = other.post("/api/capture/feedback", json={"feedback": [event]}, headers=_bearer(key["key"]))
+    result = reply.json()["results"][0]
+    if accepted:
+        assert (reply.status_code, result["status"]) == (200, "created"), reply.text
+        assert sql(http, f"SELECT source, author FROM feedback WHERE id = '{prefix}f'") == [[source, key["id"]]]
+    else:
+        assert (reply.status_code, result["status"], result["field"]) == (207, "error", "source"), reply.text
+        assert f"a {role} key may not send {source} feedback" in result["error"]
+        assert stored_counts(http, prefix, "feedback") == {}
+
+
+def test_feedback_author_is_the_annotator_key_not_the_body(http: httpx.Client, prefix: str) -> None:
+    key = http.post("/api/keys", json={"role": "annotator", "name": prefix}).json()
+    label = {"id": f"{prefix}e", "interaction_id": f"{prefix}i", "kind": "edit", "text": "better",
+             "source": "annotator", "author": "admin"}  # fmt: skip
+    with httpx.Client(base_url=str(http.base_url), timeout=30) as annotator:
+        reply = annotator.post("/api/capture/feedback", json={"feedback": [label]}, headers=_bearer(key["key"]))
+    assert statuses(reply) == ["created"]
+    assert sql(http, f"SELECT source, author FROM feedback WHERE id = '{prefix}e'") == [["annotator", key["id"]]]
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 # --- auth ----------------------------------------------------------------------------------
 
 Route = tuple[str, str, str, Callable[[str], Any]]  # action, method, path, json body from a prefix

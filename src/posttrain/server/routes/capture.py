@@ -52,7 +52,8 @@ async def _capture(request: Request, kind: capture.Kind) -> JSONResponse:
     events = _events(body, kind)
     # no event can be over the limit when the whole body is under it
     check_size = len(body) > limits.max_event_bytes
-    results, rows = capture.validate_events(kind, events, limits, check_size=check_size)
+    caller = request.state.caller  # set by require(): feedback's source and author follow the key
+    results, rows = capture.validate_events(kind, events, limits, check_size=check_size, caller=caller)
     future = request.app.state.ingestor.submit(kind, [r for _, r in rows])
     statuses = await asyncio.wrap_future(future)
     status = 207 if len(rows) < len(events) else 200
