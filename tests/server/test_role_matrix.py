@@ -194,7 +194,7 @@ def _hidden_routes(tmp_path: Path) -> set[Route]:
     for route in [*top, *(r for module in modules for r in module.router.routes)]:
         path = getattr(route, "path", None)  # an included router (FastAPI >= 0.16x) has none; its module is walked
         if isinstance(route, APIRoute) and not route.include_in_schema:
-            found |= {(method, route.path) for method in route.methods}
+            found |= {(method, route.path) for method in route.methods or ()}
         elif not isinstance(route, APIRoute) and path is not None and path not in DOCS:
             found.add(("ANY", path))
     return found
