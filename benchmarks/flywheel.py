@@ -34,7 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {  # overrides of the demo's recipe; "full"
     "full": {},
     "sft": {"reward": {"enabled": False}, "dpo": {"enabled": False}, "grpo": {"enabled": False}},
     "sft+dpo": {"reward": {"enabled": False}, "grpo": {"enabled": False}},
-    "sft+dpo+grpo": {"reward": {"enabled": False}, "grpo": {"reward": ["posttrain.sim.verify:reward"]}},
+    "sft+dpo+grpo": {"reward": {"enabled": False}, "grpo": {"reward": ["function:sim"]}},
 }
 
 

@@ -53,5 +53,5 @@ def test_report_files_have_the_numbers_and_the_plots(tmp_path: Path) -> None:
 def test_demo_recipe_is_a_valid_loop_recipe() -> None:
     steps = recipe(DemoConfig.fast())
     assert isinstance(steps, Recipe) and steps.requested_model == "assistant"
-    assert steps.grpo.reward == ["posttrain.sim.verify:reward", "reward-model"] and "minor" in steps.specialise
+    assert steps.grpo.reward == ["function:sim", "reward-model"] and "minor" in steps.specialise
     assert DemoConfig.fast().measure_requests < DemoConfig().measure_requests

@@ -49,6 +49,16 @@ def first_wins(first: str, second: str, **row: object) -> float:
     return 1.0
 
 
+VERIFIERS = {name: f"{__name__}:{name}" for name in ("answer_even", "length_parity", "spoke_in_a")}
+
+
+@pytest.fixture(autouse=True)
+def _registered(project: Project) -> None:
+    """This module's verifiers and judge, registered as posttrain.toml [functions] would."""
+    project.settings.functions.verifiers.update(VERIFIERS)
+    project.settings.functions.judges["first_wins"] = f"{__name__}:first_wins"
+
+
 def write_eval(project: Project, rows: list[tuple[str, str, str]] = ROWS, name: str = "ev") -> DatasetVersion:
     table = pa.table(
         {
@@ -114,8 +124,8 @@ def test_slice_values_groups_by_cohort_and_family() -> None:
 
 
 def test_run_eval_means_by_cohort_and_family_with_cis(project: Project, base: ModelRecord, ev: DatasetVersion) -> None:
-    result = evals.run_eval(project, "base", suite(f"python:{__name__}:answer_even"))
-    s = result.scores[f"python:{__name__}:answer_even"]
+    result = evals.run_eval(project, "base", suite("answer_even"))
+    s = result.scores["answer_even"]
     assert (s.overall.n, s.overall.mean) == (8, 0.5)
     assert {k: v.mean for k, v in s.cohorts.items()} == {"a": 0.75, "b": 0.25}
     assert {k: v.mean for k, v in s.families.items()} == {"add": 0.5, "mul": 0.5}  # first word of the prompt
@@ -124,13 +134,13 @@ def test_run_eval_means_by_cohort_and_family_with_cis(project: Project, base: Mo
     assert result.dataset == "ev@1" and result.prompts == 8 and result.samples == 1
 
 
-@pytest.mark.parametrize("name", ["exact_match", "regex", "contains", f"python:{__name__}:length_parity"])
+@pytest.mark.parametrize("name", ["exact_match", "regex", "contains", "length_parity"])
 def test_run_eval_stores_each_verifier_score(project: Project, base: ModelRecord, name: str) -> None:
     write_eval(project, [(q, "^\\s*$" if name == "regex" else a, c) for q, a, c in ROWS])
     result = evals.run_eval(project, "base", suite(name))
     table = evals.read_scores(result).to_pylist()
     answers = dict(enumerate(a if name != "regex" else "^\\s*$" for _, a, _ in ROWS))
-    expected = [get_verifier(name)(r["completion"], answers[r["prompt_index"]]) for r in table]
+    expected = [get_verifier(name, VERIFIERS)(r["completion"], answers[r["prompt_index"]]) for r in table]
     assert [r[name] for r in table] == expected
     assert result.scores[name].overall.mean == pytest.approx(sum(expected) / 8)
 
@@ -146,7 +156,7 @@ def test_run_eval_numeric_tolerance_and_greedy_is_deterministic(
 
 
 def test_run_eval_samples_average_per_prompt(project: Project, base: ModelRecord, ev: DatasetVersion) -> None:
-    name = f"python:{__name__}:length_parity"
+    name = "length_parity"
     result = evals.run_eval(project, "base", suite(name, samples=3, temperature=1.0))
     table = evals.read_scores(result)
     assert table.num_rows == 24 and table.column("sample").to_pylist()[:3] == [0, 1, 2]
@@ -161,7 +171,7 @@ def test_run_eval_family_column_and_row_verifier(project: Project, base: ModelRe
         {
             "prompt": [[{"role": "user", "content": "q"}]] * 2,
             "answer": ["2", "y"],
-            "verifier": [f"python:{__name__}:answer_even", "exact_match"],
+            "verifier": ["answer_even", "exact_match"],
             "task": ["t1", "t2"],
         }
     )
@@ -196,7 +206,9 @@ def test_run_eval_stores_run_with_lineage(project: Project, base: ModelRecord, e
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"scorers": ["bogus"]}, "unknown verifier 'bogus'"),
+        ({"scorers": ["python:os:system"]}, "module paths are not accepted"),
+        ({"judge": "python:os:system"}, "module paths are not accepted"),
+        ({"judge": "function:os:system"}, "module paths are not accepted"),
         ({"scorers": []}, "at least one scorer"),
         ({"scorers": ["exact_match", "exact_match"]}, "named twice"),
         ({"samples": 2}, "greedy decoding"),
@@ -208,6 +220,22 @@ def test_suite_config_refuses_bad_settings(options: dict[str, object], message: 
 
     with pytest.raises(InvalidInput, match=message):
         load_config(evals.SuiteConfig, overrides={"dataset": "ev", **options})  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scorers": ["bogus"]}, "unknown verifier 'bogus'"),
+        ({"judge": "function:bogus"}, r"no judge 'bogus' in posttrain.toml \[functions.judges\]"),
+        ({"judge": "verifier:bogus"}, "unknown verifier 'bogus'"),
+    ],
+)
+def test_unknown_function_is_refused_before_any_job(
+    project: Project, base: ModelRecord, ev: DatasetVersion, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        evals.compare(project, "base", "base", evals.SuiteConfig(dataset="ev", **options))  # type: ignore[arg-type]
+    assert jobs.list_jobs(project) == []
 
 
 def test_run_eval_refuses_bad_inputs(project: Project, base: ModelRecord, ev: DatasetVersion) -> None:
@@ -244,7 +272,7 @@ def test_reward_model_scorer_and_judge(project: Project, base: ModelRecord, ev: 
 def test_compare_position_biased_judge_cancels(
     project: Project, base: ModelRecord, silent: ModelRecord, ev: DatasetVersion
 ) -> None:
-    result = evals.compare(project, "silent", "base", suite("exact_match", judge=f"python:{__name__}:first_wins"))
+    result = evals.compare(project, "silent", "base", suite("exact_match", judge="function:first_wins"))
     assert result.win_rate.overall.mean == 0.5 and result.win_rate.overall.n == 8
     assert result.candidate.model == "silent" and result.baseline.model == "base"
 
@@ -252,7 +280,7 @@ def test_compare_position_biased_judge_cancels(
 def test_compare_verifier_judge_by_cohort(
     project: Project, base: ModelRecord, silent: ModelRecord, ev: DatasetVersion
 ) -> None:
-    name = f"python:{__name__}:spoke_in_a"
+    name = "spoke_in_a"
     result = evals.compare(project, "silent", "base", suite(name))
     assert result.judge == f"verifier:{name}"
     assert {k: v.mean for k, v in result.win_rate.cohorts.items()} == {"a": 0.0, "b": 1.0}
@@ -266,7 +294,7 @@ def test_compare_verifier_judge_by_cohort(
 def test_gate_fails_naming_each_regressed_slice(
     project: Project, base: ModelRecord, silent: ModelRecord, ev: DatasetVersion
 ) -> None:
-    name = f"python:{__name__}:spoke_in_a"
+    name = "spoke_in_a"
     verdict = evals.gate(project, "silent", "base", suite(name), margin=0.1)
     assert not verdict.passed
     assert [c.slice for c in verdict.checks] == ["overall", "cohort 'a'", "cohort 'b'"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,8 +71,8 @@ def toy(project: Project) -> DatasetVersion:
     [
         ("verifier:exact_match", "verifier", "exact_match", 1.0),
         ("model:rm1@0.5", "model", "rm1", 0.5),
-        ("verifier:python:pkg.mod:fn@2", "verifier", "python:pkg.mod:fn", 2.0),
-        ("pkg.mod:fn", "python", "pkg.mod:fn", 1.0),
+        ("verifier:numeric:0.5@2", "verifier", "numeric:0.5", 2.0),
+        ("function:brevity", "function", "brevity", 1.0),
     ],
 )
 def test_parse_reward_spec_forms(spec: str, kind: str, name: str, weight: float) -> None:
@@ -85,23 +86,37 @@ def test_parse_reward_spec_bad_says_forms(spec: str) -> None:
         parse_reward_spec(spec)
 
 
+@pytest.mark.parametrize(
+    "spec", ["pt_rl_never_a:fn", "os:system", "function:os:system", "verifier:python:pt_rl_never_b:f", "function:a.b"]
+)
+def test_parse_reward_spec_refuses_module_paths_without_importing(spec: str) -> None:
+    with pytest.raises(InvalidInput, match="module|must be model:NAME") as info:
+        parse_reward_spec(spec)
+    assert info.value.field == "reward"
+    assert not [m for m in sys.modules if m.startswith("pt_rl_never")]
+
+
 def test_build_rewards_mixes_kinds_with_weights(project: Project) -> None:
-    rewards = build_rewards(project, ["verifier:exact_match", f"{__name__}:reward_length@0.25"])
+    project.settings.functions.rewards["brevity"] = f"{__name__}:reward_length"
+    rewards = build_rewards(project, ["verifier:exact_match", "function:brevity@0.25"])
     assert rewards.weights == [1.0, 0.25]
     assert rewards.processing_classes == [None, None]
-    assert rewards.funcs[1] is reward_length
+    assert rewards.funcs[1](completions=["ab", "a"]) == reward_length(completions=["ab", "a"])
+    assert rewards.funcs[1].__name__ == "brevity"
     assert rewards.funcs[0].__name__ == "verifier_exact_match"
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'.*PYTHONPATH"),
-        ("posttrain.errors:no_such_fn", "has no function 'no_such_fn'"),
+        ("function:nomod", "cannot import 'no_such_module_xyz'.*PYTHONPATH"),
+        ("function:nofn", "no function 'no_such_fn'"),
+        ("function:unregistered", r"no reward 'unregistered' in posttrain.toml \[functions.rewards\]"),
         ("verifier:nope", "unknown verifier 'nope'; use one of exact_match"),
     ],
 )
 def test_build_rewards_bad_spec_one_line(project: Project, spec: str, message: str) -> None:
+    project.settings.functions.rewards.update(nomod="no_such_module_xyz:fn", nofn="posttrain.errors:no_such_fn")
     with pytest.raises(InvalidInput, match=message) as info:
         build_rewards(project, [spec])
     assert "\n" not in info.value.message
@@ -323,7 +338,9 @@ def test_cli_train_grpo_and_rloo_run_with_repeated_rewards(
     root = project.root
     project.close()
     small = ["--batch-size", "2", "--num-generations", "2", "--max-completion-length", "4", "--max-steps", "2"]
-    rewards = ["--reward", "verifier:contains", "--reward", f"{__name__}:reward_length@0.5"]
+    with (root / "posttrain.toml").open("a") as f:
+        f.write(f'\n[functions.rewards]\nbrevity = "{__name__}:reward_length"\n')
+    rewards = ["--reward", "verifier:contains", "--reward", "function:brevity@0.5"]
     grpo = ["train", "grpo", "--model", "tiny", "--dataset", "toy", "--output", "cli-grpo", *rewards, *small]
     rloo = ["train", "rloo", "--model", "tiny", "--dataset", "toy", "--output", "cli-rloo", *small]
 
@@ -361,5 +378,6 @@ def test_cli_train_grpo_bad_reward_is_one_line(project: Project, cli: CliRunner)
 
     assert isinstance(result.exception, InvalidInput)
     assert result.exception.message == (
-        "reward: reward 'exact_match' must be model:NAME, verifier:NAME or MODULE:FUNCTION (optionally @WEIGHT)"
+        "reward: reward 'exact_match' must be model:NAME, verifier:NAME or function:NAME (optionally @WEIGHT); "
+        "Python rewards are registered in posttrain.toml [functions.rewards], never named by module"
     )

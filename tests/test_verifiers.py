@@ -1,6 +1,8 @@
-"""Verifiers: built-in names, numeric tolerance, Python verifiers, and one-line errors."""
+"""Verifiers: built-in names, numeric tolerance, registered Python verifiers, and one-line errors."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -9,12 +11,30 @@ from posttrain.evals.verifiers import get_verifier, list_verifiers
 
 
 def half(completion: str, answer: str | None, **row: object) -> float:
-    """A Python verifier for the python:MODULE:FUNCTION form."""
+    """A Python verifier, registered by name."""
     return 0.5
 
 
 def too_big(completion: str, answer: str | None, **row: object) -> float:
     return 2.0
+
+
+def nothing(completion: str, answer: str | None, **row: object) -> None:
+    return None
+
+
+def no_kwargs(completion: str) -> float:
+    return 1.0
+
+
+REGISTRY = {
+    "half": f"{__name__}:half",
+    "too_big": f"{__name__}:too_big",
+    "nothing": f"{__name__}:nothing",
+    "no_kwargs": f"{__name__}:no_kwargs",
+    "missing": "posttrain.errors:missing",
+    "nope": "nope_module_xyz:f",
+}
 
 
 @pytest.mark.parametrize(
@@ -34,11 +54,11 @@ def too_big(completion: str, answer: str | None, **row: object) -> float:
         ("regex", "xabc", "^abc", 0.0),
         ("contains", "it is 7!", "7", 1.0),
         ("contains", "it is 8", "7", 0.0),
-        (f"python:{__name__}:half", "x", None, 0.5),
+        ("half", "x", None, 0.5),
     ],
 )
 def test_get_verifier_scores(name: str, completion: str, answer: str | None, score: float) -> None:
-    assert get_verifier(name)(completion, answer) == score
+    assert get_verifier(name, REGISTRY)(completion, answer) == score
 
 
 def test_numeric_row_tolerance_overrides_default() -> None:
@@ -60,16 +80,39 @@ def test_list_verifiers_names_builtins() -> None:
     [
         ("fuzzy", r"unknown verifier 'fuzzy'; use one of exact_match, numeric, regex, contains"),
         ("numeric:loose", "tolerance must be a number, as in numeric:0.01"),
-        ("python:nope_module_xyz:f", "cannot import module 'nope_module_xyz'"),
-        ("python:.relative:f", "cannot import module '.relative'"),
-        ("python:posttrain.errors:missing", "has no function 'missing'"),
-        ("python:only_module", "must look like python:MODULE:FUNCTION"),
+        ("nope", "cannot import 'nope_module_xyz'"),
+        ("missing", "no function 'missing'"),
+        ("python:posttrain.errors:missing", "module paths are not accepted"),
+        ("python:.relative:f", "module paths are not accepted"),
+        ("os:system", "module paths are not accepted"),
+        ("os.system", "module paths are not accepted"),
+        ("a b", "a name is letters"),
     ],
 )
 def test_get_verifier_bad_name_one_line(name: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as info:
-        get_verifier(name)
+        get_verifier(name, REGISTRY)
     assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("name", ["python:pt_never_imported_a:f", "pt_never_imported_b:f", "python:pt_never_imported"])
+def test_module_path_is_refused_before_any_import(name: str) -> None:
+    with pytest.raises(InvalidInput, match="module paths are not accepted"):
+        get_verifier(name, {})
+    assert not [m for m in sys.modules if m.startswith("pt_never_imported")]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("too_big", r"returned 2.0, outside \[0, 1\]"),
+        ("nothing", "returned NoneType, not a number"),
+        ("no_kwargs", "could not be called with these arguments"),
+    ],
+)
+def test_registered_verifier_misbehaving_is_invalid_input(name: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        get_verifier(name, REGISTRY)("x", None, cohort="a")
 
 
 @pytest.mark.parametrize(
@@ -82,8 +125,3 @@ def test_get_verifier_bad_name_one_line(name: str, message: str) -> None:
 def test_verifier_bad_answer_names_fix(name: str, answer: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         get_verifier(name)("1", answer)
-
-
-def test_python_verifier_outside_unit_interval_rejected() -> None:
-    with pytest.raises(InvalidInput, match=r"returned 2.0, outside \[0, 1\]"):
-        get_verifier(f"python:{__name__}:too_big")("x", None)

@@ -7,7 +7,7 @@ import pytest
 
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
-from posttrain.warehouse import applied_migrations, migrate, queries
+from posttrain.warehouse import applied_migrations, migrate, sandbox
 from posttrain.warehouse.schema import _migrations
 
 ALL = [number for number, _, _ in _migrations()]
@@ -50,7 +50,7 @@ def test_migrate_on_a_blank_database_applies_all() -> None:
     "sql", ["SELECT count(*) FROM interactions", "SHOW TABLES", "DESCRIBE feedback", "EXPLAIN SELECT 1"]
 )
 def test_run_sql_allows_reads(project: Project, sql: str) -> None:
-    assert queries.run_sql(project.cursor(), sql).columns
+    assert sandbox.run_read_only(project.cursor(), sql).columns
 
 
 @pytest.mark.parametrize(
@@ -69,10 +69,10 @@ def test_run_sql_allows_reads(project: Project, sql: str) -> None:
 )
 def test_run_sql_refuses_writes(project: Project, sql: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        queries.run_sql(project.cursor(), sql)
+        sandbox.run_read_only(project.cursor(), sql)
     assert info.value.field == "sql"
 
 
 def test_run_sql_reports_bad_sql_as_invalid_input(project: Project) -> None:
     with pytest.raises(InvalidInput, match="SQL"):
-        queries.run_sql(project.cursor(), "SELEC nothing")
+        sandbox.run_read_only(project.cursor(), "SELEC nothing")

@@ -7,6 +7,7 @@ Settings are resolved at the edge (the CLI, ``create_app``) and passed in explic
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -91,6 +92,65 @@ class GatewaySettings(BaseModel):
         return value
 
 
+class SqlSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Time limit of one SQL query for viewers (admins: admin_timeout_seconds).",
+    )
+    admin_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Time limit of one SQL query for admins.")
+    max_concurrent: int = Field(
+        2, ge=1, le=64, description="SQL queries the server runs at once; others wait (other routes are unaffected)."
+    )
+    max_waiting: int = Field(32, ge=0, le=10_000, description="SQL queries that may wait for a slot; past it, 503.")
+    max_rows: int = Field(10_000, ge=1, le=1_000_000, description="Most rows one SQL query returns (truncated flag).")
+
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_FUNCTION_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class FunctionSettings(BaseModel):
+    """Python functions the project trusts, by name: requests name them, never a module path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verifiers: dict[str, str] = Field(
+        {}, description='Verifiers `NAME = "module:function"`, f(completion, answer, **row) -> float in [0, 1].'
+    )
+    rewards: dict[str, str] = Field(
+        {}, description='GRPO/RLOO rewards `NAME = "module:function"` (TRL reward functions); use function:NAME.'
+    )
+    judges: dict[str, str] = Field(
+        {}, description='Pairwise judges `NAME = "module:function"`, f(first, second, **row) -> [0, 1]; function:NAME.'
+    )
+
+    @field_validator("verifiers", "rewards", "judges", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValueError("must be a JSON object of NAME: module:function") from None
+        return value
+
+    @field_validator("verifiers", "rewards", "judges")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 256:
+            raise ValueError("at most 256 functions")
+        for name, target in value.items():
+            if not _FUNCTION_NAME.match(name):
+                raise ValueError(f"{name!r}: a name is letters, digits, _ and -, starting with a letter or _")
+            if not _FUNCTION_TARGET.match(target):
+                raise ValueError(f"{name} = {target!r}: give module:function, as in mypkg.checks:verify")
+        return value
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -99,6 +159,8 @@ class Settings(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
+    functions: FunctionSettings = Field(default_factory=FunctionSettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:

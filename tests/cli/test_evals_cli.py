@@ -50,6 +50,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write_version(proj, "ev", "eval", table, recipe={}, sources={})
     proj.close()
+    with (proj.root / "posttrain.toml").open("a") as f:
+        f.write(f'\n[functions.verifiers]\nspeaks = "{__name__}:speaks"\n')
     return proj.root
 
 
@@ -71,7 +73,7 @@ def test_run_prints_a_table_and_json(root: Path) -> None:
 
 
 def test_compare_shows_differences_and_win_rate(root: Path) -> None:
-    verifier = f"python:{__name__}:speaks"
+    verifier = "speaks"
     code, out, _ = invoke(root, "compare", "silent", "--baseline", "base", "--dataset", "ev", "-v", verifier, "--json")
     data = json.loads(out)
     assert code == 0 and data["differences"][verifier]["overall"]["mean"] == -1.0
@@ -83,7 +85,7 @@ def test_compare_shows_differences_and_win_rate(root: Path) -> None:
 def test_gate_exit_codes(root: Path) -> None:
     code, out, _ = invoke(root, "gate", "twin", "--baseline", "base", "--dataset", "ev", "--margin", "0")
     assert code == 0 and "gate passed" in out
-    verifier = f"python:{__name__}:speaks"
+    verifier = "speaks"
     code, out, _ = invoke(root, "gate", "silent", "--baseline", "base", "--dataset", "ev", "-v", verifier)
     assert code == 1 and "gate FAILED" in out and "cohort 'a'" in out and "cohort 'b'" in out
     code, out, _ = invoke(root, "gate", "silent", "--baseline", "base", "--dataset", "ev", "-v", verifier, "--json")
@@ -135,7 +137,7 @@ def test_run_and_gate_go_through_a_running_server(root: Path, served: Path) -> N
     assert json.loads(out)["dataset"] == "ev@1" and json.loads(out)["scores"]["exact_match"]["overall"]["n"] == 6
     listed = CliRunner().invoke(app, ["list", "--model", "base", "--json", "--project", str(served)])
     assert listed.exit_code == 0 and json.loads(listed.output)[0]["id"] == json.loads(out)["id"]
-    verifier = f"python:{__name__}:speaks"
+    verifier = "speaks"
     gate = ["gate", "silent", "--baseline", "base", "--dataset", "ev", "-v", verifier]
     remote, local = invoke(served, *gate), invoke(root, *gate)
     assert remote[0] == local[0] == 1 and "gate FAILED" in remote[1]

@@ -29,6 +29,7 @@ def suite_project(project: Project) -> Project:
     """A tiny model 'base', a mute copy 'silent' and an eval dataset 'ev' of six prompts in cohorts a and b."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    project.settings.functions.verifiers["speaks"] = f"{__name__}:speaks"  # as posttrain.toml would
     base = init_tiny(project, "base", hidden=32, layers=2, heads=2)
     model = AutoModelForCausalLM.from_pretrained(base.path)
     model.model.norm.weight.data.zero_()  # every logit 0: it only emits <pad>, so it says nothing
@@ -59,7 +60,7 @@ def test_run_eval_stores_a_run_that_is_listed(suite_project: Project, client: Te
 
 
 def test_compare_and_gate_answer_with_the_verdict(suite_project: Project, client: TestClient) -> None:
-    suite = {**SUITE, "scorers": [f"python:{__name__}:speaks"]}
+    suite = {**SUITE, "scorers": ["speaks"]}
     compared = client.post("/api/evals/compare", json={"candidate": "silent", "baseline": "base", "suite": suite})
     assert compared.status_code == 201, compared.text
     assert compared.json()["differences"][suite["scorers"][0]]["overall"]["mean"] == -1.0

@@ -29,7 +29,7 @@ VerifierOption = Annotated[
     typer.Option(
         "--verifier",
         "-v",
-        help="A verifier (exact_match, numeric:TOL, regex, row, python:MODULE:FUNCTION); repeat. Default exact_match.",
+        help="A verifier (exact_match, numeric:TOL, regex, row, or a name in [functions.verifiers]); repeat.",
     ),  # fmt: skip
 ]
 RewardOption = Annotated[list[str] | None, typer.Option("--reward-model", help="A registered reward model; repeat.")]
@@ -39,7 +39,7 @@ TokensOption = Annotated[int | None, typer.Option(help="Most tokens per completi
 SeedOption = Annotated[int | None, typer.Option(help="Sampling seed. [default: 0]")]
 FamilyOption = Annotated[str | None, typer.Option(help="Task family: auto, first_word or a column. [default: auto]")]
 JudgeOption = Annotated[
-    str | None, typer.Option(help="Pairwise judge: verifier:NAME, model:RM or python:MODULE:FUNCTION.")
+    str | None, typer.Option(help="Pairwise judge: verifier:NAME, model:RM or function:NAME (in [functions.judges]).")
 ]
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A YAML suite file; flags override it.")]
 BaselineOption = Annotated[str | None, typer.Option(help="The model to beat (default: the serving model).")]

@@ -12,7 +12,7 @@ from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load, remote_for
 from posttrain.project import init_project, resolve_root
 from posttrain.records import SqlResult
-from posttrain.warehouse import connect, queries
+from posttrain.warehouse import connect, sandbox
 
 
 def init(
@@ -34,7 +34,7 @@ def init(
 
 
 def sql(
-    query: Annotated[str, typer.Argument(help="One read-only statement: SELECT, SHOW, DESCRIBE, EXPLAIN.")],
+    query: Annotated[str, typer.Argument(help="One read-only statement: SELECT (SHOW, DESCRIBE) or EXPLAIN SELECT.")],
     project: ProjectOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -46,13 +46,16 @@ def sql(
     else:
         con = connect(proj.warehouse_path, read_only=True, busy_hint="wait for it to finish")
         try:
-            result = queries.run_sql(con, query)
+            con.execute("SET enable_external_access = false")  # the same walls as the server's
+            result = sandbox.run_read_only(con, query, admin=True, max_rows=proj.settings.sql.max_rows)
         finally:
             con.close()
     if json:
         render.as_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     else:
         render.table(result.columns, result.rows)
+    if result.truncated:
+        typer.echo(f"note: stopped at {len(result.rows):,} rows (setting sql.max_rows)", err=True)
 
 
 def register(app: typer.Typer) -> None:

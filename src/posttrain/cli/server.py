@@ -8,6 +8,8 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -46,10 +48,27 @@ def serve(
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit through our clean-up instead
     signal.signal(signal.SIGTERM, _exit)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _server_class()(config, on_exit=app.state.sql.close).run(sockets=[sock])
     finally:
         proj.server_file.unlink(missing_ok=True)
         proj.close()
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also stops running SQL the moment a shutdown signal arrives."""
+
+        def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self._on_exit()  # else graceful shutdown waits for every slow query to time out
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _exit(signum: int, _frame: object) -> None:

@@ -29,7 +29,7 @@ from posttrain.errors import InvalidInput
 from posttrain.jobs import get_job
 from posttrain.loop.runner import Turn
 from posttrain.models.registry import find_model, register_model
-from posttrain.project import Project, init_project
+from posttrain.project import CONFIG_FILE, Project, init_project, open_project
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -72,10 +72,10 @@ def recipe(config: DemoConfig) -> loop.Recipe:
             "sft": {"learning_rate": 3e-4, "epochs": 2, "batch_size": 32},
             "reward": {"min_pairs": 40, "epochs": 2},
             "dpo": {"learning_rate": 5e-5, "epochs": 2, "beta": 0.1, "min_pairs": 20},
-            "grpo": {"reward": ["posttrain.sim.verify:reward", "reward-model"], "learning_rate": 5e-5, "max_steps": 20,
+            "grpo": {"reward": ["function:sim", "reward-model"], "learning_rate": 5e-5, "max_steps": 20,
                      "batch_size": 8, "num_generations": 8, "max_completion_length": 32},
             "specialise": {"minor": {"learning_rate": 5e-4, "epochs": 3, "history": "all"}},
-            "eval": {"dataset": "suite", "scorers": ["python:posttrain.sim.verify:verifier"], "samples": 2,
+            "eval": {"dataset": "suite", "scorers": ["sim"], "samples": 2,
                      "temperature": 1.0, "max_new_tokens": 32, "margin": 0.03, "rule": "mean"},
             "experiment": {"metric": "thumbs_up_rate", "treatment_share": 0.5, "min_samples": 50,
                            "promote_if_not_worse": True},
@@ -241,6 +241,23 @@ def _turn_row(project: Project, record: loop.TurnRecord, measured: dict[str, Any
     }
 
 
+# The simulated product's verifier and reward, registered by name as any project's own functions are.
+SIM_FUNCTIONS = """
+[functions.verifiers]
+sim = "posttrain.sim.verify:verifier"
+
+[functions.rewards]
+sim = "posttrain.sim.verify:reward"
+"""
+
+
+def _sim_project(folder: Path) -> Project:
+    init_project(folder).close()
+    with (folder / CONFIG_FILE).open("a", encoding="utf-8") as f:
+        f.write(SIM_FUNCTIONS)
+    return open_project(folder)
+
+
 def run_demo(
     folder: Path,
     config: DemoConfig,
@@ -257,7 +274,7 @@ def run_demo(
         raise InvalidInput(f"{folder} is not empty; the demo makes a fresh project: pass --project NEW_FOLDER",
                            field="project")  # fmt: skip
     started = time.perf_counter()
-    project = init_project(folder)
+    project = _sim_project(folder)
     try:
         key = keys.create_key(project, "ingest", name="demo users").key
         say(f"base model: {config.base_rows:,} noisy rows × {config.base_epochs} (built once, then cached)")

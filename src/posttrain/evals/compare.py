@@ -28,6 +28,7 @@ from posttrain.evals.suite import (
     Progress,
     SuiteConfig,
     causal_model,
+    check_functions,
     per_prompt,
     prompt_keys,
     read_scores,
@@ -107,6 +108,7 @@ def compare(
 
     Raises NotFound (unknown model or dataset, nothing serving) or InvalidInput (the same model twice).
     """
+    check_functions(project, suite)
     baseline = baseline or serving_model(project)
     cand, base = causal_model(project, candidate), causal_model(project, baseline)
     if cand.id == base.id:

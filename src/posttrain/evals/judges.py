@@ -6,8 +6,9 @@ A judge returns, for each row, how much it prefers the response shown *first* (1
 
 - ``verifier:NAME``: the response the verifier scores higher wins (equal scores tie);
 - ``model:NAME``: the same with a registered reward model's scores;
-- ``python:MODULE:FUNCTION``: ``f(first, second, **row) -> float`` in [0, 1], ``row`` holding the
-  dataset row (``prompt``, ``answer``, ``cohort`` ...).
+- ``function:NAME``: a judge registered in ``posttrain.toml`` ``[functions.judges]``,
+  ``f(first, second, **row) -> float`` in [0, 1], ``row`` holding the dataset row (``prompt``,
+  ``answer``, ``cohort`` ...). A module path is never accepted from a request.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from posttrain import functions
 from posttrain.errors import InvalidInput
 from posttrain.evals.scorers import Scorer, build_scorer, check_scorer_name
-from posttrain.evals.verifiers import import_callable
 from posttrain.project import Project
 
 
@@ -46,7 +47,7 @@ class ScoreJudge:
 
 
 class PythonJudge:
-    """An importable ``f(first, second, **row) -> float`` in [0, 1]."""
+    """A registered ``f(first, second, **row) -> float`` in [0, 1]."""
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
@@ -57,21 +58,24 @@ class PythonJudge:
         return [self._one(row, a, b) for row, a, b in zip(rows, firsts, seconds, strict=True)]
 
     def _one(self, row: dict[str, Any], first: str, second: str) -> float:
-        value = float(self._function(first, second, **row))
-        if not 0.0 <= value <= 1.0:
-            raise InvalidInput(f"judge {self.name!r} returned {value}, outside [0, 1]; return a preference in [0, 1]")
-        return value
+        return functions.call_score(self._function, f"judge {self.name!r}", first, second, **row)
 
 
 def check_judge_spec(spec: str) -> None:
-    """Raise InvalidInput for a judge spec that is not verifier:NAME, model:NAME or python:MODULE:FUNCTION."""
+    """Raise InvalidInput for a judge spec that is not verifier:NAME, model:NAME or function:NAME."""
     kind, _, name = spec.partition(":")
     if kind == "verifier" and name:
         check_scorer_name(name)
-    elif kind == "model" and name or kind == "python" and len(name.split(":")) == 2 and all(name.split(":")):
+    elif kind == "model" and name:
         return
+    elif kind == "function" and name:
+        functions.check_name(name, what="judge", field="judge")
     else:
-        raise InvalidInput(f"judge {spec!r} must be verifier:NAME, model:NAME or python:MODULE:FUNCTION", field="judge")
+        raise InvalidInput(
+            f"judge {spec!r} must be verifier:NAME, model:NAME or function:NAME "
+            "(a judge registered in posttrain.toml [functions.judges]); module paths are not accepted",
+            field="judge",
+        )
 
 
 def default_judge(scorers: Sequence[str]) -> str:
@@ -84,9 +88,8 @@ def build_judge(project: Project, spec: str) -> Judge:
     """Return the judge ``spec`` names (loading a reward model for ``model:NAME``)."""
     check_judge_spec(spec)
     kind, _, name = spec.partition(":")
-    if kind == "python":
-        module_name, _, function_name = name.partition(":")
-        return PythonJudge(spec, import_callable(module_name, function_name, what=f"judge {spec!r}"))
+    if kind == "function":
+        return PythonJudge(spec, functions.load(project.settings.functions.judges, "judges", name, field="judge"))
     return ScoreJudge(spec, build_scorer(project, spec if kind == "model" else name))
 
 

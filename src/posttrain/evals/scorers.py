@@ -3,18 +3,19 @@
 A scorer takes a batch (dataset rows, their completions) and returns one float per completion.
 Names, as a suite and ``posttrain evals run`` take them:
 
-- a verifier name (``exact_match``, ``numeric:0.01``, ``regex``, ``python:MODULE:FUNCTION`` ...,
-  see ``posttrain.evals.verifiers``), or ``row`` for each row's own ``verifier`` column;
+- a verifier name (``exact_match``, ``numeric:0.01``, ``regex``, or one registered in
+  ``posttrain.toml`` ``[functions.verifiers]``; see ``posttrain.evals.verifiers``), or ``row`` for
+  each row's own ``verifier`` column;
 - ``model:NAME`` for a registered ``reward-model`` (its raw score, not bounded to [0, 1]).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from posttrain.errors import InvalidInput
-from posttrain.evals.verifiers import Verifier, get_verifier
+from posttrain.evals.verifiers import Verifier, check_verifier_name, get_verifier
 from posttrain.project import Project
 
 _NOT_VERIFIER_COLUMNS = ("prompt", "answer", "completion", "verifier")
@@ -33,9 +34,10 @@ class Scorer(Protocol):
 class VerifierScorer:
     """A verifier against each row's ``answer``; ``row`` uses each row's ``verifier`` column."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, registry: Mapping[str, str] | None = None) -> None:
         self.name = name
-        self._verifier: Verifier | None = None if name == "row" else get_verifier(name)
+        self._registry = registry
+        self._verifier: Verifier | None = None if name == "row" else get_verifier(name, registry)
 
     def score(self, rows: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[float]:
         """Return each completion's verifier score."""
@@ -46,7 +48,7 @@ class VerifierScorer:
         if verifier is None:
             if not row.get("verifier"):
                 raise InvalidInput("scorer 'row' needs a 'verifier' on every row; name a verifier instead")
-            verifier = get_verifier(row["verifier"])
+            verifier = get_verifier(row["verifier"], self._registry)
         extra = {k: v for k, v in row.items() if k not in _NOT_VERIFIER_COLUMNS}
         return float(verifier(completion, row.get("answer"), **extra))
 
@@ -88,7 +90,7 @@ def check_scorer_name(name: str) -> None:
             raise InvalidInput("scorer 'model:' needs a reward model's name, as in model:rm1", field="scorers")
         return
     if name != "row":
-        get_verifier(name)
+        check_verifier_name(name)
 
 
 def build_scorer(project: Project, name: str) -> Scorer:
@@ -96,4 +98,4 @@ def build_scorer(project: Project, name: str) -> Scorer:
     check_scorer_name(name)
     if name.startswith("model:"):
         return RewardModelScorer(project, name[len("model:") :])
-    return VerifierScorer(name)
+    return VerifierScorer(name, project.settings.functions.verifiers)

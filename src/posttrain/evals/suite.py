@@ -32,6 +32,7 @@ from posttrain.errors import InvalidInput, NotFound
 from posttrain.evals.intervals import Slices, slice_values
 from posttrain.evals.judges import check_judge_spec
 from posttrain.evals.scorers import build_scorer, check_scorer_name
+from posttrain.evals.verifiers import get_verifier
 from posttrain.ids import new_id
 from posttrain.models.registry import get_model
 from posttrain.project import Project
@@ -52,9 +53,11 @@ class SuiteConfig(BaseModel):
     dataset: str = Field(description="An eval (or prompts) dataset: NAME (latest) or NAME@VERSION.")
     scorers: list[str] = Field(
         default_factory=lambda: ["exact_match"],
-        description="Verifier names (exact_match, numeric:TOL, regex, python:MODULE:FUNCTION, row) or model:RM.",
+        description="Verifiers (exact_match, numeric:TOL, regex, row, or one in [functions.verifiers]) or model:RM.",
     )
-    judge: str | None = Field(None, description="Pairwise judge: verifier:NAME, model:RM or python:MODULE:FUNCTION.")
+    judge: str | None = Field(
+        None, description="Pairwise judge: verifier:NAME, model:RM or function:NAME (in [functions.judges])."
+    )
     samples: int = Field(1, ge=1, description="Completions per prompt.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy.")
     max_new_tokens: int = Field(32, ge=1, description="Most tokens per completion.")
@@ -222,12 +225,27 @@ def _slices(table: pa.Table, scorers: list[str]) -> dict[str, Slices]:
     return {name: slice_values(per_prompt(table, name), cohorts, families, kind="mean") for name in scorers}
 
 
+def check_functions(project: Project, suite: SuiteConfig) -> None:
+    """Refuse scorers and a judge the project does not know, before any model runs."""
+    registry = project.settings.functions
+    for name in suite.scorers:
+        if not name.startswith("model:") and name != "row":
+            get_verifier(name, registry.verifiers)
+    kind, _, name = (suite.judge or "").partition(":")
+    if kind == "verifier" and not name.startswith("model:") and name != "row":
+        get_verifier(name, registry.verifiers)
+    elif kind == "function" and name not in registry.judges:
+        known = ", ".join(sorted(registry.judges)) or "none registered"
+        raise InvalidInput(f"no judge {name!r} in posttrain.toml [functions.judges] ({known})", field="judge")
+
+
 def run_eval(project: Project, model: str, suite: SuiteConfig, *, progress: Progress | None = None) -> EvalResult:
     """Generate with ``model`` on the suite's dataset, score every completion, store and return the result.
 
     Raises NotFound for an unknown model or dataset, InvalidInput for a wrong kind, bad rows or a
     scorer that cannot run. ``progress(done, total)`` counts generated sequences.
     """
+    check_functions(project, suite)
     record = causal_model(project, model)
     version, rows = read_suite_rows(project, suite.dataset)
     suite = suite.model_copy(update={"dataset": version.ref})

@@ -10,18 +10,19 @@ columns. Names are what ``prompts`` datasets store in their ``verifier`` column 
 - ``regex``: 1 when the answer, read as a regular expression, is found in the completion
   (anchor it with ``^...$`` for a full match).
 - ``contains``: 1 when the answer occurs in the completion.
-- ``python:MODULE:FUNCTION``: any importable function with the verifier signature.
+- ``NAME``: a function registered in ``posttrain.toml`` ``[functions.verifiers]`` (see
+  ``posttrain.functions``); a module path is never accepted from a request.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from posttrain import functions
 from posttrain.errors import InvalidInput
 
 Verifier = Callable[..., float]
@@ -81,49 +82,42 @@ VERIFIERS: dict[str, Verifier] = {
 }
 
 
-def _import_verifier(name: str) -> Verifier:
-    _, module_name, function_name = (name.split(":", 2) + ["", ""])[:3]
-    if not module_name or not function_name:
-        raise InvalidInput(f"verifier {name!r} must look like python:MODULE:FUNCTION", field="verifier")
-    return import_callable(module_name, function_name, what=f"verifier {name!r}")
+def _registered(function: Verifier, name: str, completion: str, answer: str | None, **row: Any) -> float:
+    return functions.call_score(function, f"verifier {name!r}", completion, answer, **row)
 
 
-def import_callable(module_name: str, function_name: str, *, what: str) -> Callable[..., Any]:
-    """Import ``module_name.function_name``; raise InvalidInput naming the fix when it cannot."""
+def _numeric_with(name: str, tolerance: str) -> Verifier:
     try:
-        module = importlib.import_module(module_name)
-    except (ImportError, TypeError, ValueError) as exc:  # TypeError/ValueError: a relative or empty module name
-        raise InvalidInput(
-            f"{what}: cannot import module {module_name!r} ({exc}); install it or add its folder to PYTHONPATH",
-            field="reward",
-        ) from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise InvalidInput(f"{what}: module {module_name!r} has no function {function_name!r}", field="reward")
-    return function  # type: ignore[no-any-return]
+        return partial(numeric, default_tolerance=float(tolerance))
+    except ValueError:
+        message = f"verifier {name!r}: tolerance must be a number, as in numeric:0.01"
+        raise InvalidInput(message, field="verifier") from None
 
 
-def _checked(verifier: Verifier, name: str, completion: str, answer: str | None, **row: Any) -> float:
-    score = float(verifier(completion, answer, **row))
-    if not 0.0 <= score <= 1.0:
-        raise InvalidInput(f"verifier {name!r} returned {score}, outside [0, 1]; make it return a score in [0, 1]")
-    return score
+def check_verifier_name(name: str) -> None:
+    """Refuse a verifier name that is neither built in, ``numeric:TOL`` nor a plain registered name."""
+    base, colon, tolerance = name.partition(":")
+    if base == "numeric" and colon:
+        _numeric_with(name, tolerance)
+    elif name not in VERIFIERS:
+        functions.check_name(name, what="verifier", field="verifier")
 
 
-def get_verifier(name: str) -> Verifier:
-    """Return the verifier called ``name``; raise InvalidInput naming the known ones."""
-    if name.startswith("python:"):
-        return partial(_checked, _import_verifier(name), name)
-    base, _, tolerance = name.partition(":")
-    if base == "numeric" and tolerance:
-        try:
-            return partial(numeric, default_tolerance=float(tolerance))
-        except ValueError:
-            raise InvalidInput(f"verifier {name!r}: tolerance must be a number, as in numeric:0.01") from None
-    if name not in VERIFIERS:
-        known = ", ".join([*VERIFIERS, "numeric:TOL", "python:MODULE:FUNCTION"])
-        raise InvalidInput(f"unknown verifier {name!r}; use one of {known}", field="verifier")
-    return VERIFIERS[name]
+def get_verifier(name: str, registry: Mapping[str, str] | None = None) -> Verifier:
+    """Return the verifier called ``name``: built in, ``numeric:TOL``, or registered in ``registry``."""
+    check_verifier_name(name)
+    base, colon, tolerance = name.partition(":")
+    if base == "numeric" and colon:
+        return _numeric_with(name, tolerance)
+    if name in VERIFIERS:
+        return VERIFIERS[name]
+    if registry and name in registry:
+        return partial(_registered, functions.load(registry, "verifiers", name, field="verifier"), name)
+    known = ", ".join([*VERIFIERS, "numeric:TOL", *(registry or {})])
+    raise InvalidInput(
+        f"unknown verifier {name!r}; use one of {known}, or register one in posttrain.toml [functions.verifiers]",
+        field="verifier",
+    )
 
 
 def list_verifiers() -> list[str]:

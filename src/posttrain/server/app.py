@@ -38,6 +38,7 @@ from posttrain.server.routes import (
 )
 from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
+from posttrain.server.sql_runner import SqlRunner
 
 log = logging.getLogger("posttrain.server")
 
@@ -142,7 +143,8 @@ async def _watch_experiments(app: FastAPI, seconds: float) -> None:
 def create_app(project: Project, *, control_token: str | None = None, sandbox_sql: bool = True) -> FastAPI:
     """Build the app. ``control_token`` is an extra admin key for local CLI calls to this server.
 
-    With ``sandbox_sql`` the warehouse refuses file access, so read-only SQL cannot read files.
+    With ``sandbox_sql`` the warehouse refuses file access (no COPY, ATTACH or file reads), one of
+    the walls around users' SQL (see ``posttrain.warehouse.sandbox``).
     """
 
     @asynccontextmanager
@@ -158,6 +160,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         finally:
             if watcher is not None:
                 watcher.cancel()
+            app.state.sql.close()
             await app.state.gateway.close()  # before the ingestor, so the last interactions are drained
             app.state.ingestor.close()
 
@@ -174,6 +177,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         project.con.execute("SET enable_external_access = false")
     app.state.project = project
     app.state.keys = KeyCache(project, control_token=control_token)
+    app.state.sql = SqlRunner(project, project.settings.sql)
     _install_error_handlers(app)
     app.add_middleware(
         ConcurrencyLimit,

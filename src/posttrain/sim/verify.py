@@ -1,8 +1,9 @@
 """Verifiers for the simulated tasks, in the two shapes posttrain takes them.
 
-``verifier`` is an eval/verifier function (``python:posttrain.sim.verify:verifier``): it checks a
-completion from the prompt alone, as a unit test would, so GRPO prompts need no stored answer.
-``reward`` is a TRL reward function (``posttrain.sim.verify:reward`` as a GRPO ``--reward``).
+``verifier`` is an eval/verifier function (the demo project registers it as ``sim`` under
+``[functions.verifiers]``): it checks a completion from the prompt alone, as a unit test would, so
+GRPO prompts need no stored answer. ``reward`` is a TRL reward function (``function:sim`` as a GRPO
+``--reward``, registered under ``[functions.rewards]``).
 Neither sees the simulator's users: they encode the task definition, the way a team writes checks.
 """
 

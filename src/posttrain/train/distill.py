@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from posttrain.datasets import read_rows, resolve, write_version
 from posttrain.errors import InvalidInput
-from posttrain.evals.verifiers import get_verifier
+from posttrain.evals.verifiers import check_verifier_name, get_verifier
 from posttrain.ids import new_id
 from posttrain.models.registry import check_name_free, get_model
 from posttrain.project import Project
@@ -74,7 +75,7 @@ class DistillConfig(SFTConfig):
     def _known_verifier(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                get_verifier(value)
+                check_verifier_name(value)
             except InvalidInput as exc:
                 raise ValueError(exc.message) from None
         return value
@@ -167,10 +168,11 @@ def _read_samples(project: Project, tag: str, rows: list[dict[str, Any]]) -> lis
 def _score(project: Project, config: DistillConfig, samples: list[dict[str, Any]]) -> list[float | None]:
     if config.reward_model:
         return _score_with_reward_model(project, config.reward_model, samples)
-    return [_verify(config.verifier, s) for s in samples]
+    registry = project.settings.functions.verifiers
+    return [_verify(config.verifier, s, registry) for s in samples]
 
 
-def _verify(name: str | None, sample: dict[str, Any]) -> float | None:
+def _verify(name: str | None, sample: dict[str, Any], registry: Mapping[str, str]) -> float | None:
     row = dict(sample["row"])
     name = name or row.get("verifier")
     if not name:
@@ -178,7 +180,7 @@ def _verify(name: str | None, sample: dict[str, Any]) -> float | None:
     answer = row.pop("answer", None)
     for column in ("prompt", "verifier"):
         row.pop(column, None)
-    return get_verifier(name)(sample["completion"], answer, **row)
+    return get_verifier(name, registry)(sample["completion"], answer, **row)
 
 
 def _score_with_reward_model(project: Project, name: str, samples: list[dict[str, Any]]) -> list[float | None]:

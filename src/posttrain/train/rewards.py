@@ -5,21 +5,22 @@ A spec is one of, optionally followed by ``@WEIGHT`` (default 1):
 - ``model:NAME``: a registered model of kind ``reward-model``, loaded as a sequence classifier.
 - ``verifier:NAME``: a verifier (see ``posttrain.evals.verifiers``) scoring each completion
   against the row's ``answer``; ``verifier:row`` uses each row's own ``verifier`` column.
-- ``MODULE:FUNCTION``: an importable TRL reward function
-  ``f(prompts, completions, **columns) -> list[float | None]``.
+- ``function:NAME``: a TRL reward function ``f(prompts, completions, **columns) -> list[float | None]``
+  registered in ``posttrain.toml`` ``[functions.rewards]``; a module path is never accepted.
 
 Example: ``--reward verifier:exact_match --reward model:rm1@0.5``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
+from posttrain import functions
 from posttrain.errors import InvalidInput
-from posttrain.evals.verifiers import get_verifier, import_callable
+from posttrain.evals.verifiers import check_verifier_name, get_verifier
 from posttrain.project import Project
 
 _NOT_COLUMNS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
@@ -28,7 +29,7 @@ _NOT_COLUMNS = ("trainer_state", "log_extra", "log_metric", "environments", "com
 class RewardSpec(BaseModel):
     """One parsed ``--reward``."""
 
-    kind: Literal["model", "verifier", "python"]
+    kind: Literal["model", "verifier", "function"]
     name: str
     weight: float = 1.0
 
@@ -49,15 +50,17 @@ def parse_reward_spec(spec: str) -> RewardSpec:
     except ValueError:
         raise InvalidInput(f"reward {spec!r}: weight {weight_text!r} is not a number, as in model:rm1@0.5") from None
     prefix, colon, name = body.partition(":")
-    if not colon or not prefix or not name:
+    if not colon or prefix not in ("model", "verifier", "function") or not name:
         raise InvalidInput(
-            f"reward {spec!r} must be model:NAME, verifier:NAME or MODULE:FUNCTION (optionally @WEIGHT)",
+            f"reward {spec!r} must be model:NAME, verifier:NAME or function:NAME (optionally @WEIGHT); "
+            "Python rewards are registered in posttrain.toml [functions.rewards], never named by module",
             field="reward",
         )
-    kind: Literal["model", "verifier", "python"] = (
-        "model" if prefix == "model" else "verifier" if prefix == "verifier" else "python"
-    )
-    return RewardSpec(kind=kind, name=name if kind != "python" else body, weight=weight)
+    if prefix == "verifier" and name != "row":
+        check_verifier_name(name)
+    elif prefix == "function":
+        functions.check_name(name, what="reward", field="reward")
+    return RewardSpec(kind=prefix, name=name, weight=weight)  # type: ignore[arg-type]
 
 
 def _completion_text(completion: Any) -> str:
@@ -70,10 +73,11 @@ def _completion_text(completion: Any) -> str:
 class VerifierReward:
     """A TRL reward function scoring each completion against its row's ``answer`` with a verifier."""
 
-    def __init__(self, verifier_name: str) -> None:
+    def __init__(self, verifier_name: str, registry: Mapping[str, str] | None = None) -> None:
         self.verifier_name = verifier_name
         self.__name__ = f"verifier_{verifier_name}"  # TRL logs rewards/<__name__>/mean
-        self._verifier = None if verifier_name == "row" else get_verifier(verifier_name)
+        self._registry = registry
+        self._verifier = None if verifier_name == "row" else get_verifier(verifier_name, registry)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         rows = [
@@ -87,7 +91,7 @@ class VerifierReward:
         if verifier is None:
             if not row.get("verifier"):
                 return None  # TRL drops a None reward for that sample
-            verifier = get_verifier(row["verifier"])
+            verifier = get_verifier(row["verifier"], self._registry)
         answer = row.pop("answer", None)
         row.pop("verifier", None)
         return verifier(completion, answer, **row)
@@ -110,9 +114,17 @@ def load_reward_model(project: Project, name: str) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(record.path)
 
 
-def _python_reward(spec: RewardSpec) -> Callable[..., Any]:
-    module_name, _, function_name = spec.name.rpartition(":")
-    return import_callable(module_name, function_name, what=f"reward {spec.name!r}")
+def _registered_reward(project: Project, spec: RewardSpec) -> Callable[..., Any]:
+    function = functions.load(project.settings.functions.rewards, "rewards", spec.name, field="reward")
+
+    def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        try:
+            return function(prompts, completions, **columns)  # type: ignore[no-any-return]
+        except Exception as exc:  # the registered function's own failure: name it, not a 500
+            raise InvalidInput(f"reward function:{spec.name} failed: {type(exc).__name__}: {exc}") from None
+
+    reward.__name__ = spec.name  # TRL logs rewards/<__name__>/mean
+    return reward
 
 
 def build_rewards(project: Project, specs: list[str]) -> Rewards:
@@ -132,5 +144,5 @@ def _build_one(project: Project, spec: RewardSpec) -> tuple[Any, Any]:
     if spec.kind == "model":
         return load_reward_model(project, spec.name)
     if spec.kind == "verifier":
-        return VerifierReward(spec.name), None
-    return _python_reward(spec), None
+        return VerifierReward(spec.name, project.settings.functions.verifiers), None
+    return _registered_reward(project, spec), None

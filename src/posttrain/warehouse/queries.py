@@ -1,4 +1,4 @@
-"""Read queries over the warehouse: interactions with their feedback, and read-only SQL."""
+"""Read queries over the warehouse: interactions with their feedback (users' own SQL: ``sandbox``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import duckdb
 import orjson
 
 from posttrain.errors import InvalidInput, NotFound
-from posttrain.records import InteractionPage, SqlResult, StoredFeedback, StoredInteraction
+from posttrain.records import InteractionPage, StoredFeedback, StoredInteraction
 
 _JSON_COLUMNS = {"messages", "metadata", "consent", "media", "value"}
-_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 MAX_PAGE = 1000
 
 
@@ -107,23 +106,3 @@ def get_interaction(cur: duckdb.DuckDBPyConnection, interaction_id: str) -> Stor
         raise NotFound(f"no interaction {interaction_id!r}", field="interaction_id")
     data = _decode([d[0] for d in result.description], row)
     return StoredInteraction(**data, feedback=_feedback_for(cur, [interaction_id]).get(interaction_id, []))
-
-
-def run_sql(cur: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = 10_000) -> SqlResult:
-    """Run one read-only statement (SELECT or EXPLAIN); refuse anything that writes."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise InvalidInput(f"SQL does not parse: {exc}", field="sql") from None
-    if len(statements) != 1:
-        raise InvalidInput("give exactly one SQL statement", field="sql")
-    kind = statements[0].type.name
-    if kind not in _READ_ONLY_TYPES:
-        raise InvalidInput(f"posttrain sql is read-only; {kind} statements are refused", field="sql")
-    try:
-        result = cur.execute(sql)
-        rows = result.fetchmany(max_rows)
-    except duckdb.Error as exc:
-        raise InvalidInput(f"SQL failed: {exc}", field="sql") from None
-    columns = [d[0] for d in result.description] if result.description else []
-    return SqlResult(columns=columns, rows=[list(r) for r in rows])

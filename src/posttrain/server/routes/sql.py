@@ -1,25 +1,31 @@
-"""POST /api/sql: one read-only statement over the warehouse."""
+"""POST /api/sql: one read-only statement over the warehouse, time-limited, cancelled on hang-up."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from posttrain.records import SqlResult
+from posttrain.records import Role, SqlResult
 from posttrain.server.auth import require
 from posttrain.server.schemas import ERRORS
-from posttrain.warehouse import queries
+from posttrain.warehouse.sandbox import MAX_SQL_CHARS
 
-router = APIRouter(prefix="/api", tags=["sql"], responses=ERRORS, dependencies=[Depends(require("sql"))])
+router = APIRouter(prefix="/api", tags=["sql"], responses=ERRORS)
 
 
 class SqlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sql: str = Field(min_length=1, description="One SELECT or EXPLAIN statement.")
+    sql: str = Field(
+        min_length=1,
+        max_length=MAX_SQL_CHARS,
+        description="One SELECT (SHOW, DESCRIBE, SUMMARIZE) or EXPLAIN [ANALYZE] of one; nothing that writes.",
+    )
 
 
 @router.post("/sql", response_model=SqlResult)
-def run_sql(request: Request, body: SqlRequest) -> SqlResult:
-    """Run read-only SQL; statements that write are refused with 400."""
-    return queries.run_sql(request.app.state.project.cursor(), body.sql)
+async def run_sql(request: Request, body: SqlRequest, role: Annotated[Role, Depends(require("sql"))]) -> SqlResult:
+    """Run read-only SQL in a read-only transaction; writes, files and (below admin) secret tables are refused."""
+    return await request.app.state.sql.run(body.sql, role=role, disconnected=request.is_disconnected)
