@@ -14,6 +14,7 @@ from posttrain import experiments as ex
 from posttrain.capture import capture
 from posttrain.cli import app
 from posttrain.errors import Conflict, NotFound
+from posttrain.experiments.records import MAX_COHORTS, MAX_VARIANTS
 from posttrain.models.registry import get_model, register_model
 from posttrain.project import Project, init_project
 
@@ -352,3 +353,36 @@ def test_check_guardrails_rolls_back_only_on_a_proven_breach(project: Project, t
     stored = ex.get_experiment(project, "exp")
     assert stored.state == "rolled_back" and get_model(project, "base").status == "serving"
     assert ex.check_guardrails(project, "exp") is None  # no longer running
+
+
+def _variants(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"v{i}", "model": "m", "share": 1 / n} for i in range(n)]
+
+
+_OVER_BOUNDS = [
+    ({"variants": _variants(MAX_VARIANTS + 1)}, "variants"),
+    ({"variants": _variants(10_000)}, "variants"),
+    ({"cohorts": [f"c{i}" for i in range(MAX_COHORTS + 1)]}, "cohorts"),
+    ({"cohorts": ["x" * 513]}, "cohorts.0"),
+    ({"cohorts": [""]}, "cohorts.0"),
+    ({"guardrails": [{"metric": "cost"}] * 8}, "guardrails"),
+    ({"variants": [{"name": "a" * 129, "model": "m", "share": 0.5}, {"name": "b", "model": "m", "share": 0.5}]},
+     "variants.0.name"),
+    ({"variants": [{"name": "a", "model": "m" * 513, "share": 0.5}, {"name": "b", "model": "m", "share": 0.5}]},
+     "variants.0.model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "field"), _OVER_BOUNDS, ids=[f for _, f in _OVER_BOUNDS])
+def test_create_over_a_bound_is_400_naming_the_field(client: Any, overrides: dict[str, Any], field: str) -> None:
+    body = {"name": "bounded", "variants": _variants(2), **overrides}
+    reply = client.post("/api/experiments", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["field"] == field
+    assert client.get("/api/experiments").json() == []
+
+
+def test_create_at_the_bounds_is_accepted(client: Any) -> None:
+    body = {"name": "widest", "variants": _variants(MAX_VARIANTS), "cohorts": [f"c{i}" for i in range(MAX_COHORTS)],
+            "guardrails": [{"metric": m} for m in ex.METRICS[1:]]}  # fmt: skip
+    assert client.post("/api/experiments", json=body).status_code == 201

@@ -302,3 +302,34 @@ def test_cli_routes_and_experiments_go_through_the_running_server(server: LiveSe
         assert http.get("/api/routes", headers=auth).status_code == 200
         reply = http.post("/api/routes", json={"name": "x", "model": "stub-a"}, headers=auth)
         assert reply.status_code == 403
+
+
+_LONG = "x" * 513
+_OVER_BOUNDS = [
+    ("/api/routes", {"name": "r", "cohort": _LONG, "model": "m"}, "cohort"),
+    ("/api/routes", {"name": "r", "requested": _LONG, "model": "m"}, "requested"),
+    ("/api/routes", {"name": "r", "model": _LONG}, "model"),
+    ("/api/routes", {"name": "r", "experiment": _LONG}, "experiment"),
+    ("/api/routes", {"name": "r" * 129, "model": "m"}, "name"),
+    ("/api/routes/cohorts", {"name": "c", "cohort": _LONG, "condition": "age < 18"}, "cohort"),
+    ("/api/routes/cohorts", {"name": "c", "cohort": "minor", "condition": "a" * 2001}, "condition"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), _OVER_BOUNDS, ids=[f"{p} {f}" for p, _, f in _OVER_BOUNDS])
+def test_rule_over_a_bound_is_400_naming_the_field(client: Any, path: str, body: dict[str, Any], field: str) -> None:
+    reply = client.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
+def test_routing_table_holds_a_bounded_number_of_rules(client: Any) -> None:
+    project = client.app.state.project
+    for i in range(routing.MAX_RULES):
+        routing.add_cohort_rule(project, routing.CohortRule(name=f"c{i}", cohort="minor", condition="age < 18"))
+    rule = {"name": "one-more", "cohort": "minor", "condition": "age < 18"}
+    reply = client.post("/api/routes/cohorts", json=rule)
+    assert reply.status_code == 400 and reply.json()["error"]["field"] == "name", reply.text
+    assert f"at most {routing.MAX_RULES}" in reply.json()["error"]["message"]
+    replaced = client.post("/api/routes/cohorts", params={"replace": "true"}, json={**rule, "name": "c0"})
+    assert replaced.status_code == 201, replaced.text

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from posttrain import curate
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.ids import new_id
+from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
 
@@ -88,8 +89,7 @@ def write_version(
     scrubbed: int = 0,
 ) -> DatasetVersion:
     """Write ``table`` as the next version of dataset ``name``; return its record."""
-    if not name or "@" in name or "/" in name:
-        raise InvalidInput(f"dataset name {name!r} must be non-empty without '@' or '/'", field="name")
+    check_name(name, what="dataset name")
     cur = project.cursor()
     last = cur.execute("SELECT max(version) FROM dataset_versions WHERE name = ?", [name]).fetchone()
     version = (last[0] or 0) + 1 if last else 1
@@ -637,6 +637,7 @@ def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | 
     The selection runs as one DuckDB query; rows are ordered by interaction id, so the same recipe
     over the same data gives the same ``content_hash``. Raise InvalidInput when no rows match.
     """
+    check_name(name, what="dataset name")
     config = config or BuildConfig()
     table = query(project, kind, config)
     if table.num_rows == 0:

@@ -28,12 +28,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from posttrain.errors import Conflict, InvalidInput, NotFound
+from posttrain.names import Name
 from posttrain.records import UtcTime
 
 if TYPE_CHECKING:  # settings import this module; the project imports settings
     from posttrain.project import Project
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+# Bounds: the gateway tries every rule on every request, and one request must not store a novel.
+MAX_RULES = 256
+_TEXT = 512
 
 # --- conditions ------------------------------------------------------------------------------
 
@@ -206,8 +209,8 @@ class CohortRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, pattern=_NAME)
-    cohort: str = Field(min_length=1, max_length=512)
+    name: Name
+    cohort: str = Field(min_length=1, max_length=_TEXT)
     condition: str = Field(min_length=1, max_length=2000)
     position: int = 0
     created_at: UtcTime | None = None
@@ -224,11 +227,13 @@ class RouteRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, pattern=_NAME)
-    cohort: str | None = Field(None, description="The cohort it applies to; none means every cohort.")
-    requested: str | None = Field(None, description="The model name requests ask for; none means any.")
-    model: str | None = Field(None, description="The model that serves these requests.")
-    experiment: str | None = Field(None, description="The experiment that serves these requests.")
+    name: Name
+    cohort: str | None = Field(None, max_length=_TEXT, description="The cohort it applies to; none means every cohort.")
+    requested: str | None = Field(
+        None, max_length=_TEXT, description="The model name requests ask for; none means any."
+    )
+    model: str | None = Field(None, max_length=_TEXT, description="The model that serves these requests.")
+    experiment: str | None = Field(None, max_length=_TEXT, description="The experiment that serves these requests.")
     position: int = 0
     created_at: UtcTime | None = None
 
@@ -304,6 +309,9 @@ def _store(project: Project, table: str, record: Rule, existing: list[Rule], val
     by_name = {r.name: r for r in existing}
     if record.name in by_name and not replace:
         raise Conflict(f"a {what} named {record.name!r} exists; pass --replace or choose another name")
+    if record.name not in by_name and len(existing) >= MAX_RULES:
+        raise InvalidInput(f"the routing table holds at most {MAX_RULES} of each kind of rule; remove a {what} first",
+                           field="name")  # fmt: skip
     position = by_name[record.name].position if record.name in by_name else _next_position(project, table)
     stored = record.model_copy(update={"position": position, "created_at": _now()})
     cur = project.cursor()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from posttrain import stats
+from posttrain.names import Name
 from posttrain.records import UtcTime
 
 Metric = Literal["thumbs_up_rate", "mean_rating", "edit_rate", "regenerate_rate", "win_rate", "latency_ms", "cost"]
@@ -27,6 +28,11 @@ _PROPORTIONS = {"thumbs_up_rate", "edit_rate", "regenerate_rate", "win_rate"}
 _LOWER_IS_BETTER = {"edit_rate", "regenerate_rate", "latency_ms", "cost"}
 _NO_COHORT = "(none)"
 
+# Bounds on a config, so one request cannot make the server analyse thousands of arms or cohorts.
+MAX_VARIANTS = 16
+MAX_COHORTS = 64
+CohortName = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
 
 def default_direction(metric: Metric) -> Direction:
     """Return which way a metric improves: lower for edits, regenerations, latency and cost."""
@@ -42,7 +48,7 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=512)
     share: float = Field(gt=0, le=1)
 
 
@@ -60,12 +66,14 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
-    variants: list[Variant] = Field(min_length=2)
-    cohorts: list[str] = Field(default_factory=list, description="Targeted cohorts; empty means everyone.")
+    name: Name = Field(description="Also the folder of its report: artifacts/experiments/NAME.")
+    variants: list[Variant] = Field(min_length=2, max_length=MAX_VARIANTS)
+    cohorts: list[CohortName] = Field(
+        default_factory=list, max_length=MAX_COHORTS, description="Targeted cohorts; empty means everyone."
+    )
     metric: Metric = "thumbs_up_rate"
     direction: Direction | None = None
-    guardrails: list[Guardrail] = Field(default_factory=list)
+    guardrails: list[Guardrail] = Field(default_factory=list, max_length=len(METRICS))
     min_samples: int = Field(100, ge=2)
     alpha: float = Field(0.05, gt=0, lt=1)
 

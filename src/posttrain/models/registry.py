@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ import orjson
 
 from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.ids import new_id
+from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import ModelKind, ModelRecord
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 _JSON = ("recipe", "dataset_versions", "metrics")
 
 
@@ -85,10 +84,7 @@ def register_model(
 
 def check_name_free(project: Project, name: str) -> None:
     """Raise Conflict if a model is registered as ``name``, InvalidInput if the name is unusable."""
-    if not _NAME.fullmatch(name):
-        raise InvalidInput(
-            f"model name {name!r} is not allowed; use letters, digits, '.', '_' and '-' (at most 128)", field="name"
-        )
+    check_name(name, what="model name")
     if _find(project, name) is not None:
         raise Conflict(f"a model named {name!r} exists; choose another name or see 'posttrain models show {name}'")
 

@@ -33,6 +33,7 @@ from posttrain.datasets import read_rows, resolve
 from posttrain.errors import Conflict, InvalidInput, JobFailed, NotFound, PosttrainError
 from posttrain.jobs import JobHandle, list_jobs, start_job
 from posttrain.models.registry import check_name_free, get_model, register_model
+from posttrain.names import Name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, ModelKind, ModelRecord
 
@@ -62,7 +63,7 @@ class TrainConfig(BaseModel):
 
     model: str = Field(description="The registered model to start from (see 'posttrain models list').")
     dataset: str = Field(description="The dataset version to train on: NAME (latest) or NAME@V.")
-    output: str = Field(description="The name to register the trained model under; must be new.")
+    output: Name = Field(description="The name to register the trained model under; must be new.")
     epochs: float = Field(1.0, description="Passes over the data (fractions allowed).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means use epochs.")
     learning_rate: float = Field(1e-4, description="Peak learning rate.")
@@ -105,7 +106,7 @@ class TrainConfig(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("model", "dataset", "output")
+    @field_validator("model", "dataset")
     @classmethod
     def _named(cls, value: str) -> str:
         if not value.strip():

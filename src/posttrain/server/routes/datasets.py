@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import datasets
+from posttrain.names import Name
 from posttrain.records import DatasetKind, DatasetVersion
 from posttrain.server.auth import require
 from posttrain.server.schemas import ERRORS
@@ -19,7 +20,7 @@ class BuildRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: DatasetKind
-    name: str = Field(min_length=1, max_length=128)
+    name: Name
     config: dict[str, Any] = Field(default_factory=dict, description="BuildConfig fields (filters, kind settings).")
 
 
