@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import LiveServer
 from posttrain.errors import Conflict, NotFound, WarehouseBusy
 from posttrain.project import init_project, open_project, resolve_root
 
@@ -17,6 +21,37 @@ def test_init_project_creates_its_files(tmp_path: Path) -> None:
     proj.close()
     for name in ("posttrain.toml", "warehouse.duckdb", "artifacts", ".posttrain"):
         assert (proj.root / name).exists()
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """Run with umask 0, so a mode can only come from posttrain itself."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    paths = [root, *root.rglob("*")]
+    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_init_project_creates_private_files_and_folders(tmp_path: Path) -> None:
+    proj = init_project(tmp_path / "p")
+    proj.close()
+    expected = {"p": 0o700, "p/posttrain.toml": 0o600, "p/warehouse.duckdb": 0o600,
+                "p/artifacts": 0o700, "p/.posttrain": 0o700}  # fmt: skip
+    assert _modes(proj.root) == expected
+
+
+def test_served_project_files_are_private(live_server: LiveServer) -> None:
+    with live_server.http() as http:
+        body = {"interactions": [{"messages": [{"role": "user", "content": "hi"}], "response": "hello"}]}
+        assert http.post("/api/capture/interactions", json=body).status_code == 200
+    modes = _modes(live_server.root)
+    assert {"live/.posttrain/server.json", "live/warehouse.duckdb", "live/warehouse.duckdb.wal"} <= set(modes)
+    assert {path: mode for path, mode in modes.items() if mode & 0o077} == {}
 
 
 def test_init_project_twice_is_a_conflict(tmp_path: Path) -> None:

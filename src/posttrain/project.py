@@ -1,4 +1,10 @@
-"""A project: a folder with ``posttrain.toml``, the DuckDB warehouse and an artifacts folder."""
+"""A project: a folder with ``posttrain.toml``, the DuckDB warehouse and an artifacts folder.
+
+What posttrain creates in a project is private to its owner: folders 0700, the settings file and
+the warehouse 0600 (the warehouse holds key hashes and users' conversations; ``.posttrain/server.json``
+a control token). The ``posttrain`` command also runs with umask 077, so the files DuckDB and the
+stages create later (the warehouse's WAL, datasets, models, exports) are private too.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ WAREHOUSE_FILE = "warehouse.duckdb"
 ARTIFACTS_DIR = "artifacts"
 STATE_DIR = ".posttrain"
 SERVER_FILE = "server.json"
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 _TEMPLATE = """\
 # posttrain project settings. Every setting and its default: README.md, "Settings".
@@ -60,7 +68,10 @@ class Project:
         """Return the warehouse connection, opening and migrating it on first use."""
         with self._lock:
             if self._con is None:
+                created = not self.warehouse_path.exists()
                 con = connect(self.warehouse_path, busy_hint=self._busy_hint())
+                if created:  # before the migrations, so nothing is ever in it while others may read it
+                    self.warehouse_path.chmod(PRIVATE_FILE)
                 migrate(con)
                 self._con = con
             return self._con
@@ -130,15 +141,25 @@ def open_project(root: Path | str, *, env: dict[str, str] | None = None, **overr
     return Project(root, settings)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file readable by its owner only (0600 from the start, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    path.chmod(PRIVATE_FILE)  # a file that was there already keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def init_project(root: Path | str) -> Project:
     """Create a project at ``root`` (folder, settings file, warehouse, artifacts)."""
     root = Path(root).resolve()
     if (root / CONFIG_FILE).exists():
         raise Conflict(f"{root} is already a posttrain project; open it with --project {root}")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / CONFIG_FILE).write_text(_TEMPLATE, encoding="utf-8")
-    (root / ARTIFACTS_DIR).mkdir(exist_ok=True)
-    (root / STATE_DIR).mkdir(exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # a folder that exists already keeps its mode
+    _write_private(root / CONFIG_FILE, _TEMPLATE)
+    for folder in (ARTIFACTS_DIR, STATE_DIR):
+        (root / folder).mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        (root / folder).chmod(PRIVATE_DIR)
     project = open_project(root)
     _ = project.con  # create the warehouse and run the migrations now
     return project

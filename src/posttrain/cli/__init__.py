@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -48,6 +49,9 @@ demo.register(app)
 
 def main() -> None:
     """Run the CLI; a posttrain error prints one line and exits non-zero, never a traceback."""
+    # What the command creates (the warehouse's WAL, server.json, datasets, models, exports of
+    # users' conversations) is for its owner only; DuckDB creates its files with the umask's mode.
+    os.umask(0o077)
     try:
         code = app(standalone_mode=False)
     except PosttrainError as exc:
