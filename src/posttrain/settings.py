@@ -28,6 +28,11 @@ class ServerSettings(BaseModel):
     max_requests_in_flight: int = Field(
         512, ge=1, description="Requests in flight at once; past it the server answers 503 with Retry-After."
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body of the /api routes but capture's (413 above; capture and /v1: capture.*).",
+    )
 
 
 class CaptureSettings(BaseModel):

@@ -13,14 +13,18 @@ any of them, e.g.::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput
+from posttrain.evals.scorers import check_scorer_name
+from posttrain.evals.verifiers import check_verifier_name
 from posttrain.experiments.records import Guardrail, Metric
+from posttrain.train.rewards import parse_reward_spec
 
 
 class _Stage(BaseModel):
@@ -57,14 +61,39 @@ class DPOStage(_Stage):
     min_pairs: int = Field(20, ge=1)
 
 
+def _no_code(check: Callable[[str], object], value: str) -> None:
+    """Run a name check from the stage that owns it, as a validation error (module paths never pass)."""
+    try:
+        check(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
 class GRPOStage(_Stage):
     """Reinforce with verifiers (or the reward model) on the turn's prompts."""
 
     reward: list[str] = Field(
         default_factory=lambda: ["verifier:row"],
+        max_length=16,
         description="Reward specs as for 'posttrain train grpo'; 'reward-model' means the latest one.",
     )
     verifier: str | None = Field(None, description="Verifier stored on each prompt row (for verifier:row).")
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            if spec != "reward-model":
+                _no_code(parse_reward_spec, spec)
+        return value
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _no_code(check_verifier_name, value)
+        return value
+
     learning_rate: float = Field(5e-5, gt=0)
     max_steps: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1, description="Prompts per step.")
@@ -98,8 +127,16 @@ class EvalStage(_Stage):
     """The suite the gate runs: an eval dataset and scorers; the gate's margin and rule."""
 
     dataset: str | None = Field(None, description="An eval dataset version (NAME or NAME@V); none skips the gate.")
-    scorers: list[str] = Field(default_factory=lambda: ["exact_match"])
+    scorers: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1, max_length=16)
     samples: int = Field(2, ge=1)
+
+    @field_validator("scorers")
+    @classmethod
+    def _scorer_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _no_code(check_scorer_name, name)
+        return value
+
     temperature: float = Field(1.0, ge=0)
     max_new_tokens: int = Field(32, ge=1)
     margin: float = Field(0.03, ge=0, description="How much worse than serving, overall or in a cohort, still passes.")

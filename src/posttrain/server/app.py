@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from posttrain import __version__, gateway
 from posttrain.capture import Ingestor
-from posttrain.errors import InvalidInput, PosttrainError
+from posttrain.errors import PosttrainError
 from posttrain.project import Project
-from posttrain.server.auth import KeyCache
-from posttrain.server.limits import ConcurrencyLimit
+from posttrain.server.auth import KeyCache, check_access
+from posttrain.server.limits import BodyLimit, ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
     capture,
@@ -84,12 +84,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            await check_access(request)  # FastAPI parses a body before it checks the key: refuse strangers first
+        except PosttrainError as refused:
+            return await _posttrain(request, refused)
         err = exc.errors()[0]
         if err["type"] == "json_invalid":  # its loc is a character offset, not a field
             reason = err.get("ctx", {}).get("error", err["msg"])
             return _error(request, 400, "InvalidInput", f"body is not valid JSON: {reason}", "body")
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) or None
+        field = ".".join(loc) or "body"
         return _error(request, 400, "InvalidInput", f"{field}: {err['msg']}", field)
 
     @app.exception_handler(StarletteHTTPException)
@@ -99,28 +103,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _error(request, 500, "InternalError", f"unexpected error: {type(exc).__name__}: {exc}")
-
-
-def _query_names(route: APIRoute) -> frozenset[str]:
-    names: set[str] = set()
-    todo = [route.dependant]
-    while todo:
-        dependant = todo.pop()
-        names.update(param.alias for param in dependant.query_params)
-        todo.extend(dependant.dependencies)
-    return frozenset(names)
-
-
-async def _reject_unknown_query(request: Request) -> None:
-    """Refuse query parameters a route does not take, so a misspelt filter is not ignored."""
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
-    known = _query_names(route)
-    for name in request.query_params:
-        if name not in known:
-            takes = ", ".join(sorted(known)) or "none"
-            raise InvalidInput(f"{name}: unknown query parameter; this route takes: {takes}", field=name)
 
 
 async def _watch_experiments(app: FastAPI, seconds: float) -> None:
@@ -170,7 +152,6 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         description="Capture, warehouse and flywheel API of a posttrain project.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
-        dependencies=[Depends(_reject_unknown_query)],
     )
     _ = project.con  # open and migrate before the first request
     if sandbox_sql:
@@ -179,6 +160,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
     app.state.keys = KeyCache(project, control_token=control_token)
     app.state.sql = SqlRunner(project, project.settings.sql)
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=project.settings.server.max_body_bytes)
     app.add_middleware(
         ConcurrencyLimit,
         limit=project.settings.server.max_requests_in_flight,
@@ -209,7 +191,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def route_table() -> list[tuple[str, str, str]]:
     """Return (method, path, summary) for every route, /health first."""
-    from fastapi.routing import APIRoute
 
     rows = [("GET", "/health", "Say the server is up; needs no key.")]
     for router in _ROUTERS:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request
+from fastapi.routing import APIRoute
 
 from posttrain import keys
-from posttrain.errors import Unauthorized
+from posttrain.errors import InvalidInput, Unauthorized
 from posttrain.project import Project
 from posttrain.records import Role
 
@@ -62,6 +63,41 @@ def require(action: str) -> Callable[[Request], Coroutine[Any, Any, Role]]:
         caller = request.app.state.keys.caller(key.strip())
         keys.authorize(caller.role, action)
         request.state.caller = caller
+        _reject_unknown_query(request)  # after the key check: no route's parameters shown to a stranger
         return caller.role  # type: ignore[no-any-return]
 
+    dependency.posttrain_action = action  # type: ignore[attr-defined]
     return dependency
+
+
+async def check_access(request: Request) -> None:
+    """Run the key checks of the request's route; for errors found before FastAPI ran them (a body not JSON)."""
+    route = request.scope.get("route")
+    todo = [route.dependant] if isinstance(route, APIRoute) else []
+    while todo:
+        dependant = todo.pop()
+        if getattr(dependant.call, "posttrain_action", None) is not None:
+            await dependant.call(request)  # type: ignore[misc]
+        todo.extend(dependant.dependencies)
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    names: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        names.update(param.alias for param in dependant.query_params)
+        todo.extend(dependant.dependencies)
+    return frozenset(names)
+
+
+def _reject_unknown_query(request: Request) -> None:
+    """Refuse query parameters a route does not take, so a misspelt filter is not ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route)
+    for name in request.query_params:
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(f"{name}: unknown query parameter; this route takes: {takes}", field=name)
