@@ -110,7 +110,7 @@ class SqlSettings(BaseModel):
     max_concurrent: int = Field(
         2, ge=1, le=64, description="SQL queries the server runs at once; others wait (other routes are unaffected)."
     )
-    max_waiting: int = Field(32, ge=0, le=10_000, description="SQL queries that may wait for a slot; past it, 503.")
+    max_waiting: int = Field(64, ge=0, le=10_000, description="SQL queries that may wait for a slot; past it, 429.")
     max_rows: int = Field(10_000, ge=1, le=1_000_000, description="Most rows one SQL query returns (truncated flag).")
 
 
