@@ -6,7 +6,6 @@ afterwards every table's row count and checksum are as before and no file appear
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,11 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from conftest import LiveServer
 from posttrain import keys
-from posttrain.cli import app
 from posttrain.project import Project, init_project
 from posttrain.records import ROLES
 
@@ -112,7 +109,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     proj.close()
     live = LiveServer(root=proj.root, admin_key=role_keys["admin"]).start()
     with live.http() as http:
-        events = [{"id": f"i{n}", "messages": [{"role": "user", "content": f"q{n}"}], "response": "a"} for n in range(5)]
+        asked = [{"role": "user", "content": "q"}]
+        events = [{"id": f"i{n}", "messages": asked, "response": "a"} for n in range(5)]
         assert http.post("/api/capture/interactions", json={"interactions": events}).status_code == 200
         thumbs = [{"id": f"f{n}", "interaction_id": f"i{n}", "kind": "thumb", "value": "up"} for n in range(5)]
         assert http.post("/api/capture/feedback", json={"feedback": thumbs}).status_code == 200
@@ -221,6 +219,6 @@ def test_local_cli_sql_refuses_files_and_writes(project: Project, tmp_path: Path
 def test_local_cli_sql_reads(project: Project) -> None:
     root = project.root
     project.close()
-    result = CliRunner().invoke(app, ["sql", "SELECT 40 + 2 AS answer", "--project", str(root), "--json"])
-    assert result.exit_code == 0 and '"answer": 42' in result.output, result.output
-    assert os.stat(root / "warehouse.duckdb").st_size > 0
+    args = [sys.executable, "-m", "posttrain", "sql", "SELECT 40 + 2 AS answer", "--project", str(root), "--json"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and '"answer": 42' in result.stdout, result.stderr
