@@ -110,9 +110,9 @@ def test_sql_flood_leaves_other_routes_answering_and_sigterm_exits_fast(tmp_path
 def test_client_hang_up_cancels_its_query(tmp_path: Path) -> None:
     server, viewer = _serve(tmp_path / "proj", {"POSTTRAIN_SQL_MAX_CONCURRENT": "1"})
     try:
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.admin_key}"}) as admin:
-            with pytest.raises(httpx.ReadTimeout):  # an admin's query may run 60 s; this client leaves after 1 s
-                admin.post("/api/sql", json={"sql": SLOW}, timeout=1.0)
+        # an admin's query may run 60 s; this client leaves after 1 s
+        with server.http() as admin, pytest.raises(httpx.ReadTimeout):
+            admin.post("/api/sql", json={"sql": SLOW}, timeout=1.0)
         started = time.perf_counter()
         with server.http(viewer) as http:
             reply = http.post("/api/sql", json={"sql": "SELECT 42"})
