@@ -54,7 +54,7 @@ def load(registry: Mapping[str, str], kind: Kind, name: str, *, field: str) -> C
     module_name, _, function_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or the module's own failure on import: say whose
         raise InvalidInput(
             f"[functions.{kind}] {name} = {target!r}: cannot import {module_name!r} ({exc}); "
             "install it or add its folder to PYTHONPATH",

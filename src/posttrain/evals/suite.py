@@ -45,6 +45,14 @@ _WORD = re.compile(r"[A-Za-z0-9_]+")
 _JSON = ("config", "results")
 
 
+def _as_value_error(check: Callable[[str], None], value: str) -> None:
+    """Run a name check inside a validator, so the error names the config's field."""
+    try:
+        check(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
 class SuiteConfig(BaseModel):
     """An eval suite: a dataset version, the scorers, the judge, and how to sample."""
 
@@ -73,14 +81,14 @@ class SuiteConfig(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("a scorer is named twice; name each once")
         for name in value:
-            check_scorer_name(name)
+            _as_value_error(check_scorer_name, name)
         return value
 
     @field_validator("judge")
     @classmethod
     def _known_judge(cls, value: str | None) -> str | None:
         if value is not None:
-            check_judge_spec(value)
+            _as_value_error(check_judge_spec, value)
         return value
 
     @model_validator(mode="after")
