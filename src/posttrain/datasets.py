@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from posttrain import curate
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
+from posttrain.evals.verifiers import check_verifier_name
 from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
@@ -251,6 +252,16 @@ class BuildConfig(BaseModel):
     @classmethod
     def _where_is_one_condition(cls, value: str | None) -> str | None:
         return _check_where(value)
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_name(cls, value: str | None) -> str | None:
+        if value is not None and value != "row":
+            try:
+                check_verifier_name(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return value
 
     @field_validator("answer_from")
     @classmethod

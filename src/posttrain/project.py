@@ -68,9 +68,10 @@ class Project:
         """Return the warehouse connection, opening and migrating it on first use."""
         with self._lock:
             if self._con is None:
-                created = not self.warehouse_path.exists()
                 con = connect(self.warehouse_path, busy_hint=self._busy_hint())
-                if created:  # before the migrations, so nothing is ever in it while others may read it
+                # before the migrations, so nothing is ever in it while others may read it; a warehouse
+                # made before files were private is tightened here too
+                if self.warehouse_path.stat().st_mode & 0o077:
                     self.warehouse_path.chmod(PRIVATE_FILE)
                 migrate(con)
                 self._con = con

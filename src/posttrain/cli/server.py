@@ -110,8 +110,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _write_server_file(project: Project, url: str, token: str) -> None:
     path = project.server_file
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by a crash keeps its old mode through O_CREAT; it holds a token
     with os.fdopen(fd, "w") as f:
         json.dump({"url": url, "pid": os.getpid(), "token": token}, f)
 

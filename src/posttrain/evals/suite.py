@@ -61,6 +61,7 @@ class SuiteConfig(BaseModel):
     dataset: str = Field(description="An eval (or prompts) dataset: NAME (latest) or NAME@VERSION.")
     scorers: list[str] = Field(
         default_factory=lambda: ["exact_match"],
+        max_length=16,
         description="Verifiers (exact_match, numeric:TOL, regex, row, or one in [functions.verifiers]) or model:RM.",
     )
     judge: str | None = Field(

@@ -24,6 +24,7 @@ from posttrain.errors import InvalidInput
 from posttrain.evals.scorers import check_scorer_name
 from posttrain.evals.verifiers import check_verifier_name
 from posttrain.experiments.records import Guardrail, Metric
+from posttrain.names import Name
 from posttrain.train.rewards import parse_reward_spec
 
 
@@ -162,9 +163,11 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "default"
-    requested_model: str = Field("assistant", description="The model name the product asks the gateway for.")
-    cohorts: list[str] = Field(default_factory=lambda: ["adult", "minor"], min_length=1)
+    name: Name = "default"
+    requested_model: str = Field(
+        "assistant", max_length=512, description="The model name the product asks the gateway for."
+    )
+    cohorts: list[Name] = Field(default_factory=lambda: ["adult", "minor"], min_length=1, max_length=64)
     min_feedback: int = Field(20, ge=0, description="Feedback events a turn needs in its window.")
     seed: int = 0
     sft: SFTStage = Field(default_factory=SFTStage)
