@@ -252,6 +252,7 @@ class ExportReport(BaseModel):
 class SqlResult(BaseModel):
     columns: list[str]
     rows: list[list[Any]]
+    truncated: bool = Field(False, description="True when the query had more rows than the limit returned.")
 
 
 ModelKind = Literal["causal-lm", "reward-model"]
