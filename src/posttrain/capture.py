@@ -27,7 +27,7 @@ from posttrain.ids import new_id
 from posttrain.keys import Caller, feedback_source_error
 from posttrain.project import Project
 from posttrain.records import CaptureKind as Kind
-from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction
+from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction, field_path
 from posttrain.settings import CaptureSettings
 
 Row = dict[str, Any]
@@ -119,7 +119,7 @@ _ROW_BUILDERS: dict[str, Callable[[Any, datetime], Row]] = {
 
 def _error_result(raw: Any, exc: ValidationError) -> EventResult:
     err = exc.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err["loc"])
+    field = field_path(err["loc"])
     message = str(err["msg"]).removeprefix("Value error, ")
     if not field and ": " in message:  # checks across fields say which field they mean
         field, message = message.split(": ", 1)

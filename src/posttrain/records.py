@@ -13,9 +13,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     StringConstraints,
+    Tag,
     model_validator,
 )
 from typing_extensions import TypedDict
@@ -30,16 +32,67 @@ FeedbackSource = Literal["user", "annotator", "judge", "verifier"]
 CaptureKind = Literal["interactions", "feedback"]
 
 
+class TextPart(TypedDict):
+    """A text part of a message's content, ``{"type": "text", "text": …}`` (other keys pass through)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    type: Literal["text"]
+    text: str
+
+
+class ContentPart(TypedDict):
+    """Any other part of a message's content (``image_url``, ``input_audio``, ``file``…), kept as sent."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+# Tags of the unions below: pydantic puts them in an error's location; field_path() drops them.
+_UNION_TAGS = frozenset({"<string>", "<parts>", "<text part>", "<part>"})
+
+
+def _part_tag(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    return "<text part>" if value.get("type") == "text" else "<part>"
+
+
+def _content_tag(value: Any) -> str | None:
+    return "<string>" if isinstance(value, str) else "<parts>" if isinstance(value, list) else None
+
+
+Part = Annotated[
+    Annotated[TextPart, Tag("<text part>")] | Annotated[ContentPart, Tag("<part>")],
+    Discriminator(_part_tag, custom_error_type="content_part",
+                  custom_error_message="a content part must be an object with a string 'type'"),
+]  # fmt: skip
+Content = Annotated[
+    Annotated[str, Tag("<string>")] | Annotated[list[Part], Tag("<parts>")],
+    Discriminator(_content_tag, custom_error_type="content",
+                  custom_error_message="content must be a string, a list of parts or null"),
+]  # fmt: skip
+
+
 class Message(TypedDict, total=False):
-    """One chat message in OpenAI's format (other OpenAI keys pass through)."""
+    """One chat message in OpenAI's format (other OpenAI keys pass through).
+
+    ``content`` is a string or a list of parts (text, images, audio…), stored as sent.
+    """
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
 
     role: Required[Literal["system", "developer", "user", "assistant", "tool"]]
-    content: str | list[dict[str, Any]] | None
+    content: Content | None
     name: str
     tool_calls: list[dict[str, Any]]
     tool_call_id: str
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Return a validation error's location as a dotted path, without pydantic's union tags."""
+    return ".".join(str(p) for p in loc if p not in _UNION_TAGS)
 
 
 class MediaRef(BaseModel):
