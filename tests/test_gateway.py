@@ -21,6 +21,7 @@ from posttrain.project import Project, init_project
 from upstream_stub import Upstream, running_upstream
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,20 @@ def test_unknown_model_is_not_found(sdk: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("options", "param"),
-    [({"temperature": 5}, "temperature"), ({"messages": []}, "messages"), ({"max_tokens": 0}, "max_tokens")],
+    [
+        ({"temperature": 5}, "temperature"),
+        ({"messages": []}, "messages"),
+        ({"messages": HELLO * 2049}, "messages"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 512}, "max_tokens"),  # all the tiny model's positions, none left for the prompt
+        ({"seed": 2**63}, "seed"),
+        ({"model": "m" * 300}, "model"),
+        ({"metadata": {"cohort": "c" * 600}}, "metadata.cohort"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text"),
+        ({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}, "messages.0.content.0.type"),
+        ({"messages": [{"role": "user", "content": [AUDIO]}]}, "messages.0.content.0.type"),  # text-only model
+    ],
 )
 def test_bad_request_names_the_field(sdk: openai.OpenAI, options: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:

@@ -23,7 +23,10 @@ class Upstream(BaseHTTPRequestHandler):
         if body["model"] == "broken":
             self._send(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
-        text = "echo: " + body["messages"][-1]["content"]
+        content = body["messages"][-1]["content"]
+        if isinstance(content, list):  # OpenAI content parts: echo their text
+            content = "".join(part.get("text", "") for part in content)
+        text = "echo: " + content
         if body["model"] == "slow" and body.get("stream"):
             self._slow()
             return

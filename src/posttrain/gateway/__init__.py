@@ -222,7 +222,11 @@ class Gateway:
         for field, value in [("X-Posttrain-User", user), ("X-Posttrain-Cohort", cohort)]:
             if value is not None and len(value) > 512:
                 raise InvalidInput(f"{field} is {len(value)} characters; the limit is 512", field=field)
-        return user or request.user, self.cohort_of(request, cohort)
+        resolved = self.cohort_of(request, cohort)
+        if resolved is not None and len(resolved) > 512:  # from metadata.cohort: the header was checked
+            raise InvalidInput(f"metadata.cohort is {len(resolved)} characters; the limit is 512",
+                               field="metadata.cohort")  # fmt: skip
+        return user or request.user, resolved
 
     def _start(self, request: ChatRequest, user: str | None, cohort: str | None) -> _Call:
         """Mint the interaction id, find who the request is for, and route it."""

@@ -3,6 +3,11 @@
 Requests for one model that arrive within ``gateway.batch_window_ms`` are generated together in one
 left-padded ``generate`` call on that model's worker thread. torch and transformers are imported
 only on those threads.
+
+A request fails alone, never its batch: its messages are checked before it is queued (text parts
+are joined; any other part is refused, as these models read text only), its prompt is templated
+and measured on its own, and a batch whose generation fails is generated again one request at a
+time. A temperature below 1e-5 is served greedy, as vLLM does (dividing logits by it overflows).
 """
 
 from __future__ import annotations
@@ -11,38 +16,102 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from posttrain.errors import InvalidInput
+from posttrain.errors import InvalidInput, PosttrainError
 from posttrain.gateway.wire import ChatRequest, Completion, FinishReason
+from posttrain.records import Message
 from posttrain.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+GREEDY_BELOW = 1e-5
+
+
+def text_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Return the messages as a text-only model reads them: text parts joined by newlines, no content as "".
+
+    Raises InvalidInput naming the first part that is not text (``messages.0.content.1.type``).
+    """
+    return [_text_message(i, m) for i, m in enumerate(messages)]
+
+
+def _text_message(i: int, message: Message) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return dict(message)
+    texts = []
+    for j, part in enumerate(content or []):
+        if part["type"] != "text":
+            field = f"messages.{i}.content.{j}.type"
+            raise InvalidInput(f"{field}: this model reads text only; it cannot take a {part['type']!r} part "
+                               "(send it to a model that does, or send text parts)", field=field)  # fmt: skip
+        texts.append(part["text"])  # type: ignore[typeddict-item]  # a "text" part is a TextPart
+    return dict(message) | {"content": "\n".join(texts)}
+
 
 class _Job:
     """One request waiting on a model's worker thread."""
 
-    def __init__(self, request: ChatRequest, max_tokens: int) -> None:
+    def __init__(self, request: ChatRequest, messages: list[dict[str, Any]], max_tokens: int) -> None:
         self.request = request
+        self.messages = messages
         self.max_tokens = max_tokens
+        self.prompt: list[int] = []
         self.future: Future[Completion] = Future()
+
+    @property
+    def temperature(self) -> float:
+        """Return the sampling temperature, 0 for greedy."""
+        temperature = 1.0 if self.request.temperature is None else self.request.temperature
+        return 0.0 if temperature < GREEDY_BELOW else temperature
 
     @property
     def group(self) -> tuple[Any, ...]:
         """Return the key of the requests this one may be generated with (same sampling)."""
-        temperature = 1.0 if self.request.temperature is None else self.request.temperature
-        if temperature == 0:
+        if self.temperature == 0:
             return ("greedy",)
         if self.request.seed is not None:  # a seeded sample is reproducible only on its own
             return ("seeded", id(self))
-        return ("sample", temperature, self.request.top_p or 1.0)
+        return ("sample", self.temperature, self.request.top_p or 1.0)
 
 
 _GENERATE_LOCK = threading.Lock()  # torch's RNG is global: seeding and sampling must not interleave
+
+
+class _Loaded:
+    """A loaded model, its tokenizer and what bounds a prompt for it."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.positions: int = model.config.max_position_embeddings
+        # No token spells more characters than the longest in the vocabulary, so a prompt longer
+        # than positions * longest cannot fit: it is refused before it is tokenized.
+        self.longest_token = max((len(t) for t in tokenizer.get_vocab()), default=1)
+
+    def prepare(self, job: _Job) -> PosttrainError | None:
+        """Template and tokenize one job's prompt into ``job.prompt``; return why it cannot be served, if so."""
+        if job.request.limit is not None and job.request.limit >= self.positions:
+            field = "max_tokens" if job.request.max_completion_tokens is None else "max_completion_tokens"
+            return InvalidInput(f"{field}: {job.request.limit} tokens and a prompt cannot fit this model's "
+                                f"{self.positions} positions; ask for fewer", field=field)  # fmt: skip
+        try:
+            text = self.tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template refusing messages (jinja raises many kinds) refuses this request
+            return InvalidInput(f"messages: the model's chat template cannot render them: {type(exc).__name__}: "
+                                f"{exc}", field="messages")  # fmt: skip
+        if len(text) > self.positions * self.longest_token:
+            return InvalidInput(f"messages: a prompt of {len(text)} characters cannot fit the model's "
+                                f"{self.positions} positions", field="messages")  # fmt: skip
+        job.prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(job.prompt) + 1 > self.positions:
+            return InvalidInput(f"messages: the prompt of {len(job.prompt)} tokens fills the model's "
+                                f"{self.positions} positions", field="messages")  # fmt: skip
+        return None
 
 
 class _ModelWorker:
@@ -52,13 +121,13 @@ class _ModelWorker:
         self._path = path
         self._settings = settings
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None
+        self._loaded: _Loaded | None = None
         self._thread = threading.Thread(target=self._run, name=f"posttrain-gateway-{path.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, request: ChatRequest) -> Future[Completion]:
-        """Queue a request; the future resolves with its completion."""
-        job = _Job(request, request.limit or self._settings.default_max_tokens)
+    def submit(self, request: ChatRequest, messages: list[dict[str, Any]]) -> Future[Completion]:
+        """Queue a request (its messages already text only); the future resolves with its completion."""
+        job = _Job(request, messages, request.limit or self._settings.default_max_tokens)
         self._queue.put(job)
         return job.future
 
@@ -92,20 +161,61 @@ class _ModelWorker:
             batch.append(job)
         return batch
 
+    def _load(self) -> _Loaded:
+        if self._loaded is None:
+            from posttrain.models.generation import load_causal_lm
+
+            self._loaded = _Loaded(*load_causal_lm(self._path))
+        return self._loaded
+
     def _serve(self, jobs: list[_Job]) -> None:
         try:
-            if self._loaded is None:
-                from posttrain.models.generation import load_causal_lm
-
-                self._loaded = load_causal_lm(self._path)
-            with _GENERATE_LOCK:
-                results = _generate(*self._loaded, jobs)
+            loaded = self._load()
         except Exception as exc:  # the requests fail with the cause; the worker serves the next batch
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(result)
+        ready = []
+        for job in jobs:
+            if (refused := loaded.prepare(job)) is not None:
+                job.future.set_exception(refused)
+            else:
+                ready.append(job)
+        if ready:
+            _generate_apart(loaded, ready)
+
+
+def _generate_apart(loaded: _Loaded, jobs: list[_Job]) -> None:
+    """Generate the jobs together; if that fails, one at a time, so that a bad one fails by itself.
+
+    A job that fails alone while others of its batch are served is refused (400); when every one
+    fails alone the cause is the model's, and each fails with it.
+    """
+    together = _attempt(loaded, jobs)
+    if not isinstance(together, Exception):
+        for job, completion in zip(jobs, together, strict=True):
+            job.future.set_result(completion)
+        return
+    alone = [together] if len(jobs) == 1 else [_attempt(loaded, [job]) for job in jobs]
+    served = any(not isinstance(outcome, Exception) for outcome in alone)
+    for job, outcome in zip(jobs, alone, strict=True):
+        if not isinstance(outcome, Exception):
+            job.future.set_result(outcome[0])
+        elif served and not isinstance(outcome, PosttrainError):
+            job.future.set_exception(InvalidInput(
+                f"messages: generating this request failed where the rest of its batch did not: "
+                f"{type(outcome).__name__}: {outcome}", field="messages"))  # fmt: skip
+        else:
+            job.future.set_exception(outcome)
+
+
+def _attempt(loaded: _Loaded, jobs: list[_Job]) -> list[Completion] | Exception:
+    """Generate the jobs in one batch; return the failure rather than raise it, for the caller to assign."""
+    try:
+        with _GENERATE_LOCK:
+            return _generate(loaded.model, loaded.tokenizer, jobs)
+    except Exception as exc:  # not swallowed: _generate_apart fails the jobs with it
+        return exc
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -117,32 +227,25 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
 
 
 def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, jobs: list[_Job]) -> list[Completion]:
-    """Generate every job (same sampling options) in one left-padded batch."""
+    """Generate every job (same sampling options, prompts tokenized) in one left-padded batch."""
     import torch
 
-    conversations: list[Any] = [j.request.messages for j in jobs]  # OpenAI messages, as templates take them
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer.pad({"input_ids": [j.prompt for j in jobs]}, padding=True, return_tensors="pt")
     width = enc["input_ids"].shape[1]
-    limit = model.config.max_position_embeddings
-    if width + 1 > limit:
-        raise InvalidInput(f"the prompt of {width} tokens fills the model's {limit} positions", field="messages")
-    max_new = min(max(j.max_tokens for j in jobs), limit - width)
-    first = jobs[0].request
-    temperature = 1.0 if first.temperature is None else first.temperature
+    max_new = min(max(j.max_tokens for j in jobs), model.config.max_position_embeddings - width)
+    first = jobs[0]
     sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": first.top_p or 1.0}
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
+    if first.temperature > 0:
+        sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.request.top_p or 1.0}
+        if first.request.seed is not None:
+            torch.manual_seed(first.request.seed)
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]
             **enc, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id, **sampling
         )
     eos = _eos_ids(model, tokenizer)
-    prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
     return [
-        _completion(tokenizer, out[i, width:].tolist(), job.max_tokens, eos, prompt_lengths[i], len(jobs))
+        _completion(tokenizer, out[i, width:].tolist(), job.max_tokens, eos, len(job.prompt), len(jobs))
         for i, job in enumerate(jobs)
     ]
 
@@ -183,11 +286,12 @@ class LocalBackend:
 
     async def complete(self, path: str, request: ChatRequest) -> Completion:
         """Generate a completion on the model in ``path``, batched with concurrent requests."""
+        messages = text_messages(request.messages)  # refused here, before it can share a batch
         with self._lock:
             worker = self._workers.get(path)
             if worker is None:
                 worker = self._workers[path] = _ModelWorker(Path(path), self._settings)
-        return await asyncio.wrap_future(worker.submit(request))
+        return await asyncio.wrap_future(worker.submit(request, messages))
 
     def close(self) -> None:
         """Stop every model's worker."""

@@ -8,23 +8,29 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from posttrain.errors import InvalidInput
-from posttrain.records import Message
+from posttrain.records import Message, field_path
 
 FinishReason = str  # "stop" or "length" locally; an upstream may say "tool_calls" or "content_filter"
 
 
+MAX_MESSAGES = 2048  # OpenAI's own bound on one request's messages
+
+
 class ChatRequest(BaseModel):
-    """A chat completion request in OpenAI's format; unknown keys are kept and forwarded upstream."""
+    """A chat completion request in OpenAI's format; unknown keys are kept and forwarded upstream.
+
+    Every field has a bound; the body as a whole is bounded by ``capture.max_body_bytes``.
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1, lt=2**31)
+    max_completion_tokens: int | None = Field(None, ge=1, lt=2**31)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -66,7 +72,7 @@ def parse_request(body: Any) -> ChatRequest:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
+        field = field_path(err["loc"]) or "body"
         raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from posttrain import gateway
-from posttrain.errors import InvalidInput, PosttrainError
+from posttrain.errors import InvalidInput, PayloadTooLarge, PosttrainError
 from posttrain.server.auth import require
 from posttrain.server.responses import JSONResponse
 
@@ -25,8 +25,19 @@ SIDE_BY_SIDE = gateway.SIDE_BY_SIDE_HEADER
 
 
 async def _body(request: Request) -> Any:
+    """Read and parse the body, refusing it (413) as soon as it passes ``capture.max_body_bytes``."""
+    limit = request.app.state.project.settings.capture.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} (capture.max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked framing declares no length: count as it comes
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes (capture.max_body_bytes)")
+        chunks.append(chunk)
     try:
-        return orjson.loads(await request.body())
+        return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
 
