@@ -176,14 +176,19 @@ def test_gateway_body_over_limit_is_413_and_memory_stays_small(
 def test_batch_with_one_bad_request_answers_the_other_seven(
     server: LiveServer, model: str, bad: list[dict[str, Any]], param: str
 ) -> None:
+    clients = [server.http() for _ in range(8)]
+    together = threading.Barrier(8)  # sent at once, so they share one batch (the window is 300 ms)
+
     def ask(i: int) -> httpx.Response:
         messages = bad if i == 3 else [{"role": "user", "content": f"question {i}"}]
         body = {"model": model, "messages": messages, "max_tokens": 3, "temperature": 0}
-        with server.http() as client:
-            return client.post("/v1/chat/completions", json=body, timeout=120)
+        together.wait()
+        return clients[i].post("/v1/chat/completions", json=body, timeout=120)
 
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(ask, range(8)))
+    for client in clients:
+        client.close()
     statuses = [r.status_code for r in replies]
     assert statuses == [200, 200, 200, 400, 200, 200, 200, 200], [r.text[:300] for r in replies]
     _openai_error(replies[3], 400, param)
