@@ -48,7 +48,7 @@ def _text_message(i: int, message: Message) -> dict[str, Any]:
     for j, part in enumerate(content or []):
         if part["type"] != "text":
             field = f"messages.{i}.content.{j}.type"
-            raise InvalidInput(f"{field}: this model reads text only; it cannot take a {part['type']!r} part "
+            raise InvalidInput(f"{field}: this model reads text only; it cannot take a part of type {part['type']!r} "
                                "(send it to a model that does, or send text parts)", field=field)  # fmt: skip
         texts.append(part["text"])  # type: ignore[typeddict-item]  # a "text" part is a TextPart
     return dict(message) | {"content": "\n".join(texts)}
