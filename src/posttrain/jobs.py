@@ -6,10 +6,12 @@ the same stage function, which records its progress through a ``JobHandle``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
 from posttrain.errors import NotFound
 from posttrain.ids import new_id
@@ -91,6 +93,31 @@ class JobHandle:
         """Mark the job failed, keeping its log."""
         self._update(state="failed", error=error, finished_at=_now())
         return self.job
+
+
+JobFn = Callable[[str], None]
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def run_as_job(
+    project: Project,
+    kind: str,
+    config: dict[str, Any],
+    work: Callable[[JobHandle], Record],
+    *,
+    on_job: JobFn | None = None,
+) -> Record:
+    """Run ``work(job)`` as a job row: ``on_job(id)`` once it exists, the record it returns as the job's result."""
+    job = start_job(project, kind, config)
+    if on_job is not None:
+        on_job(job.id)
+    try:
+        record = work(job)
+    except BaseException as exc:
+        job.fail(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+        raise
+    job.succeed(output=getattr(record, "id", None), result=record.model_dump(mode="json"))
+    return record
 
 
 def start_job(project: Project, kind: str, config: dict[str, Any]) -> JobHandle:

@@ -20,6 +20,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from posttrain import jobs
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.evals.intervals import Estimate, Slices, slice_values
 from posttrain.evals.judges import build_judge, default_judge, judge_both_orders
@@ -37,7 +38,7 @@ from posttrain.evals.suite import (
 )
 from posttrain.ids import new_id
 from posttrain.project import Project
-from posttrain.records import UtcTime
+from posttrain.records import ModelRecord, UtcTime
 
 GateRule = Literal["ci", "mean"]
 
@@ -102,17 +103,40 @@ def _halves(progress: Progress | None, part: int) -> Progress | None:
 
 
 def compare(
-    project: Project, candidate: str, baseline: str | None, suite: SuiteConfig, *, progress: Progress | None = None
+    project: Project,
+    candidate: str,
+    baseline: str | None,
+    suite: SuiteConfig,
+    *,
+    progress: Progress | None = None,
+    on_job: jobs.JobFn | None = None,
 ) -> ComparisonResult:
     """Run ``suite`` on the candidate and the baseline (default: the serving model); compare and store.
 
-    Raises NotFound (unknown model or dataset, nothing serving) or InvalidInput (the same model twice).
+    Raises NotFound (unknown model or dataset, nothing serving) or InvalidInput (the same model
+    twice) before its job exists; ``on_job(id)`` is told the job's id as soon as it does.
     """
+    cand, base = _pair(project, candidate, baseline, suite)
+    config = {"candidate": cand.name, "baseline": base.name, **suite.model_dump(mode="json")}
+    return jobs.run_as_job(
+        project, "evals.compare", config, lambda _: _compare(project, cand, base, suite, progress), on_job=on_job
+    )
+
+
+def _pair(
+    project: Project, candidate: str, baseline: str | None, suite: SuiteConfig
+) -> tuple[ModelRecord, ModelRecord]:
     check_functions(project, suite)
     baseline = baseline or serving_model(project)
     cand, base = causal_model(project, candidate), causal_model(project, baseline)
     if cand.id == base.id:
         raise InvalidInput(f"candidate and baseline are both {cand.name!r}; compare two models", field="baseline")
+    return cand, base
+
+
+def _compare(
+    project: Project, cand: ModelRecord, base: ModelRecord, suite: SuiteConfig, progress: Progress | None
+) -> ComparisonResult:
     judge_spec = suite.judge or default_judge(suite.scorers)
     first = run_eval(project, cand.name, suite, progress=_halves(progress, 0))
     second = run_eval(project, base.name, suite, progress=_halves(progress, 1))
@@ -216,17 +240,23 @@ def gate(
     metric: str | None = None,
     rule: GateRule = "ci",
     progress: Progress | None = None,
+    on_job: jobs.JobFn | None = None,
 ) -> GateResult:
     """Compare the candidate with the baseline (default: serving) and pass only if no slice regresses.
 
     ``metric`` is one of the suite's scorers (default: its first). The verdict is stored with the comparison.
     """
     _check_gate_options(suite, metric, margin, rule)
-    verdict = decide_gate(
-        compare(project, candidate, baseline, suite, progress=progress), metric=metric, margin=margin, rule=rule
-    )
-    summary = verdict.model_dump(mode="json", exclude={"comparison"})
-    project.cursor().execute(
-        "UPDATE eval_comparisons SET gate = ? WHERE id = ?", [orjson.dumps(summary).decode(), verdict.comparison.id]
-    )
-    return verdict
+    cand, base = _pair(project, candidate, baseline, suite)
+
+    def work(_: jobs.JobHandle) -> GateResult:
+        compared = _compare(project, cand, base, suite, progress)
+        verdict = decide_gate(compared, metric=metric, margin=margin, rule=rule)
+        summary = verdict.model_dump(mode="json", exclude={"comparison"})
+        project.cursor().execute(
+            "UPDATE eval_comparisons SET gate = ? WHERE id = ?", [orjson.dumps(summary).decode(), compared.id]
+        )
+        return verdict
+
+    config = {"candidate": cand.name, "baseline": base.name, "margin": margin, "metric": metric, "rule": rule}
+    return jobs.run_as_job(project, "evals.gate", {**config, **suite.model_dump(mode="json")}, work, on_job=on_job)

@@ -248,11 +248,19 @@ def check_functions(project: Project, suite: SuiteConfig) -> None:
         raise InvalidInput(f"no judge {name!r} in posttrain.toml [functions.judges] ({known})", field="judge")
 
 
-def run_eval(project: Project, model: str, suite: SuiteConfig, *, progress: Progress | None = None) -> EvalResult:
+def run_eval(
+    project: Project,
+    model: str,
+    suite: SuiteConfig,
+    *,
+    progress: Progress | None = None,
+    on_job: jobs.JobFn | None = None,
+) -> EvalResult:
     """Generate with ``model`` on the suite's dataset, score every completion, store and return the result.
 
     Raises NotFound for an unknown model or dataset, InvalidInput for a wrong kind, bad rows or a
-    scorer that cannot run. ``progress(done, total)`` counts generated sequences.
+    scorer that cannot run — before the job exists. ``progress(done, total)`` counts generated
+    sequences; ``on_job(id)`` is told the job's id as soon as it exists.
     """
     check_functions(project, suite)
     record = causal_model(project, model)
@@ -260,14 +268,11 @@ def run_eval(project: Project, model: str, suite: SuiteConfig, *, progress: Prog
     suite = suite.model_copy(update={"dataset": version.ref})
     for row in rows[:1]:
         family_of(row, suite.family)  # a missing family column fails before any generation
-    job = jobs.start_job(project, "evals.run", {"model": record.name, **suite.model_dump(mode="json")})
-    try:
-        result = _run(project, record, version, rows, suite, job, progress)
-    except BaseException as exc:
-        job.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    job.succeed(output=result.id, result={"eval_run": result.id})
-    return result
+    config = {"model": record.name, **suite.model_dump(mode="json")}
+    return jobs.run_as_job(
+        project, "evals.run", config, lambda job: _run(project, record, version, rows, suite, job, progress),
+        on_job=on_job,
+    )  # fmt: skip
 
 
 def _run(
