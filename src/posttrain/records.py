@@ -18,9 +18,13 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     Tag,
+    field_validator,
     model_validator,
 )
 from typing_extensions import TypedDict
+
+from posttrain.conditions import parse_condition
+from posttrain.names import Name
 
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
@@ -375,3 +379,62 @@ class Job(BaseModel):
     created_at: UtcTime
     started_at: UtcTime | None = None
     finished_at: UtcTime | None = None
+
+
+# --- routing rules (stored by posttrain.routing, declared in settings) -----------------------
+
+_RULE_TEXT = 512
+
+
+class CohortRule(BaseModel):
+    """Requests whose attributes satisfy ``condition`` belong to ``cohort``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    cohort: str = Field(min_length=1, max_length=_RULE_TEXT)
+    condition: str = Field(min_length=1, max_length=2000)
+    position: int = 0
+    created_at: UtcTime | None = None
+
+    @field_validator("condition")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse_condition(value)
+        return value
+
+
+class RouteRule(BaseModel):
+    """Requests from ``cohort`` asking for ``requested`` are served by ``model`` or ``experiment``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    cohort: str | None = Field(
+        None, max_length=_RULE_TEXT, description="The cohort it applies to; none means every cohort."
+    )
+    requested: str | None = Field(
+        None, max_length=_RULE_TEXT, description="The model name requests ask for; none means any."
+    )
+    model: str | None = Field(None, max_length=_RULE_TEXT, description="The model that serves these requests.")
+    experiment: str | None = Field(
+        None, max_length=_RULE_TEXT, description="The experiment that serves these requests."
+    )
+    position: int = 0
+    created_at: UtcTime | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteRule:
+        if (self.model is None) == (self.experiment is None):
+            raise ValueError("a route needs exactly one of model and experiment")
+        return self
+
+    def matches(self, cohort: str | None, requested: str) -> bool:
+        """Say whether a request from ``cohort`` for ``requested`` takes this route."""
+        return (self.cohort is None or self.cohort == cohort) and (self.requested in (None, requested))
+
+    def describe(self) -> str:
+        who = f"cohort {self.cohort}" if self.cohort else "every cohort"
+        asked = f"model {self.requested!r}" if self.requested else "any model"
+        target = f"model {self.model}" if self.model else f"experiment {self.experiment}"
+        return f"{who}, {asked} → {target}"

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput
-from posttrain.routing import CohortRule, RouteRule
+from posttrain.records import CohortRule, RouteRule
 
 
 class ServerSettings(BaseModel):
