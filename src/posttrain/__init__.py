@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from posttrain.errors import (
     Conflict,
     DependencyMissing,
@@ -25,6 +23,7 @@ from posttrain.errors import (
 )
 from posttrain.project import Project, init_project, open_project
 from posttrain.records import Feedback, Interaction
+from posttrain.version import __version__
 
 if TYPE_CHECKING:
     from posttrain.client import AsyncClient, Client

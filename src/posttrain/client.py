@@ -36,10 +36,11 @@ from typing import Any, NamedTuple, get_args
 import httpx
 import orjson
 
-from posttrain import __version__, errors
+from posttrain import errors
 from posttrain.ids import new_id
 from posttrain.records import CaptureKind as Kind
 from posttrain.records import Feedback, FeedbackKind, FeedbackSource, Interaction
+from posttrain.version import __version__
 
 __all__ = ["AsyncClient", "Client"]
 
