@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import posttrain
 from posttrain import errors
@@ -70,3 +74,86 @@ def test_every_cli_command_has_help() -> None:
     for line in cli_reference().splitlines():
         if line.startswith("- **"):
             assert line.split("—", 1)[1].strip(), line
+
+
+# --- import circles ---------------------------------------------------------------------------
+#
+# How an import counts, so that the graph is the one a reader sees:
+# - every import statement counts, wherever it stands: at module level, inside a function (a lazy
+#   import runs too, only later) and under ``if TYPE_CHECKING:`` (a layer is a layer for types too);
+# - ``import a.b`` and ``from a.b import x`` are an edge to ``a.b``; ``from a import b`` is an edge to
+#   the submodule ``a.b`` when there is one, else to ``a`` (its ``__init__``); relative imports are
+#   resolved first;
+# - a package's ``__init__`` is a module like any other: what it imports, re-exports included, are its
+#   edges. The ancestor packages Python runs on the way to ``a.b.c`` are not edges of the importer:
+#   they run whoever imports, and counting them would make every package that re-exports from its own
+#   submodules a circle with them. A module that imports a name from a package whose ``__init__``
+#   imports that module (even lazily, even only to re-export it) is a circle, and is reported.
+
+SOURCE = Path(posttrain.__file__).parent
+KNOWN_CIRCLES: list[set[str]] = [
+    {"posttrain.loop.runner", "posttrain.loop.steps"},  # removed by the typed-loop-steps change
+]
+
+
+def _module_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in SOURCE.rglob("*.py"):
+        parts = ["posttrain", *path.relative_to(SOURCE).with_suffix("").parts]
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def _imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Return the posttrain modules that ``module`` imports, by the rules above."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names += [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    found: set[str] = set()
+    for name in names:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        found.add(name)
+    return found - {"", module}
+
+
+def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Return the strongly connected components of more than one module."""
+    reach = {start: _reachable(graph, start) for start in graph}
+    components = {frozenset({m} | {o for o in reach[m] if m in reach[o]}) for m in graph}
+    return sorted((set(c) for c in components if len(c) > 1), key=sorted)
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_import_circles() -> None:
+    modules = _module_files()
+    graph = {name: _imported(name, path, modules) for name, path in modules.items()}
+    assert [c for c in _circles(graph) if c not in KNOWN_CIRCLES] == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [{"a", "b", "c"}]),
+        ({"a": {"b"}, "b": set(), "c": {"a"}}, []),
+    ],
+)
+def test_circles_finds_strongly_connected_components(graph: dict[str, set[str]], expected: list[set[str]]) -> None:
+    assert _circles(graph) == expected
