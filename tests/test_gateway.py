@@ -317,3 +317,18 @@ def test_running_experiment_assigns_sticky_variants_and_logs_the_decision(
         assert (experiment_name, variant, prob) == ("exp", expected, probability)
         assert model == ("base" if expected == "control" else "cand")
     assert {r[3] for r in rows if r[2]} == {"control", "new"}
+
+
+def test_served_interaction_reads_back_at_once(server: LiveServer, sdk: openai.OpenAI) -> None:
+    """Read-your-writes: the id in the response header is readable immediately, not after the group commit."""
+    with server.http() as http:
+        for n in range(20):
+            reply = sdk.chat.completions.with_raw_response.create(
+                model="stub-echo", messages=[{"role": "user", "content": f"read me {n}"}]
+            )
+            interaction_id = reply.headers["X-Posttrain-Interaction-Id"]
+            stored = http.get(f"/api/interactions/{interaction_id}")
+            assert stored.status_code == 200, (n, stored.text)
+            assert stored.json()["response"] == f"echo: read me {n}"
+        missing = http.get("/api/interactions/never-served")
+        assert missing.status_code == 404

@@ -277,6 +277,7 @@ class Ingestor:
         self._queue: deque[tuple[str, list[Row], Future[list[str]]]] = deque()
         self._cond = threading.Condition()
         self._pending = 0
+        self._in_flight: dict[str, Future[list[str]]] = {}  # interaction id -> its commit, until it lands
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="posttrain-ingest", daemon=True)
         self._thread.start()
@@ -304,8 +305,26 @@ class Ingestor:
                 )
             self._queue.append((table, rows, future))
             self._pending += len(rows)
+            if table == "interactions":
+                self._in_flight.update((row["id"], future) for row in rows if row.get("id"))
             self._cond.notify()
         return future
+
+    def wait_for(self, interaction_id: str, timeout: float) -> bool:
+        """Wait until a queued interaction is committed; False when none with that id is queued.
+
+        So a client may read back what it was just answered (read-your-writes) while logging
+        stays off the response path.
+        """
+        with self._cond:
+            future = self._in_flight.get(interaction_id)
+        if future is None:
+            return False
+        try:
+            future.result(timeout)
+        except Exception:  # its commit failed or is slow: the read answers with what is stored
+            return False
+        return True
 
     def _next_group(self) -> list[tuple[str, list[Row], Future[list[str]]]]:
         with self._cond:
@@ -330,6 +349,10 @@ class Ingestor:
     def _settle(self, group: list[tuple[str, list[Row], Future[list[str]]]], outcome: Any) -> None:
         with self._cond:
             self._pending -= sum(len(rows) for _, rows, _ in group)
+            for table, rows, _ in group:
+                if table == "interactions":
+                    for row in rows:
+                        self._in_flight.pop(row.get("id"), None)  # type: ignore[arg-type]
         for i, (_, _, future) in enumerate(group):
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)

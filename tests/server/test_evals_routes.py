@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +15,6 @@ from posttrain.models.registry import register_model
 from posttrain.models.tiny import init_tiny
 from posttrain.project import Project
 from posttrain.server import create_app
-from posttrain.server.routes.train import _RUNNING
 
 SUITE = {"dataset": "ev", "max_new_tokens": 4}
 
@@ -48,10 +48,23 @@ def suite_project(project: Project) -> Project:
     return project
 
 
+def _finished(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST an eval, which answers 202 with its job at once; follow the job and return its record."""
+    started = client.post(path, json=body)
+    assert started.status_code == 202, started.text
+    for _ in range(600):
+        job = client.get(started.json()["status_url"]).json()
+        if job["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert job["state"] == "succeeded", job
+    return job["result"]  # type: ignore[no-any-return]
+
+
 def test_run_eval_stores_a_run_that_is_listed(suite_project: Project, client: TestClient) -> None:
-    ran = client.post("/api/evals/run", json={"model": "base", "suite": {**SUITE, "scorers": ["exact_match", "regex"]}})
-    assert ran.status_code == 201, ran.text
-    run = ran.json()
+    run = _finished(
+        client, "/api/evals/run", {"model": "base", "suite": {**SUITE, "scorers": ["exact_match", "regex"]}}
+    )
     assert run["model"] == "base" and run["dataset"] == "ev@1" and run["prompts"] == 6
     assert set(run["scores"]) == {"exact_match", "regex"} and set(run["scores"]["regex"]["cohorts"]) == {"a", "b"}
     assert [r["id"] for r in client.get("/api/evals", params={"model": "base"}).json()] == [run["id"]]
@@ -61,21 +74,20 @@ def test_run_eval_stores_a_run_that_is_listed(suite_project: Project, client: Te
 
 def test_compare_and_gate_answer_with_the_verdict(suite_project: Project, client: TestClient) -> None:
     suite = {**SUITE, "scorers": ["speaks"]}
-    compared = client.post("/api/evals/compare", json={"candidate": "silent", "baseline": "base", "suite": suite})
-    assert compared.status_code == 201, compared.text
-    assert compared.json()["differences"][suite["scorers"][0]]["overall"]["mean"] == -1.0
-    failed = client.post("/api/evals/gate", json={"candidate": "silent", "baseline": "base", "suite": suite})
-    assert failed.status_code == 200, failed.text
-    verdict = failed.json()
+    compared = _finished(client, "/api/evals/compare", {"candidate": "silent", "baseline": "base", "suite": suite})
+    assert compared["differences"][suite["scorers"][0]]["overall"]["mean"] == -1.0
+    verdict = _finished(client, "/api/evals/gate", {"candidate": "silent", "baseline": "base", "suite": suite})
     assert verdict["passed"] is False and [c["slice"] for c in verdict["checks"]] == [
         "overall",
         "cohort 'a'",
         "cohort 'b'",
     ]
-    passed = client.post(
-        "/api/evals/gate", json={"candidate": "base", "baseline": "silent", "suite": suite, "rule": "mean", "margin": 0}
+    passed = _finished(
+        client,
+        "/api/evals/gate",
+        {"candidate": "base", "baseline": "silent", "suite": suite, "rule": "mean", "margin": 0},
     )
-    assert passed.status_code == 200 and passed.json()["passed"] is True, passed.text
+    assert passed["passed"] is True
 
 
 @pytest.mark.parametrize(
@@ -88,7 +100,7 @@ def test_compare_and_gate_answer_with_the_verdict(suite_project: Project, client
         ("run", {"model": "base", "suite": SUITE, "turbo": True}, 400, "turbo"),
         ("run", {"model": "ghost", "suite": SUITE}, 404, "model"),
         ("compare", {"candidate": "base", "suite": SUITE}, 404, "baseline"),  # nothing is serving
-        ("compare", {"candidate": "base", "suite": {**SUITE, "judge": "coin"}}, 400, "judge"),
+        ("compare", {"candidate": "base", "suite": {**SUITE, "judge": "coin"}}, 400, "suite.judge"),
         ("gate", {"candidate": "base", "baseline": "silent", "suite": SUITE, "rule": "vibes"}, 400, "rule"),
         ("gate", {"candidate": "base", "baseline": "silent", "suite": SUITE, "margin": -1}, 400, "margin"),
         ("gate", {"candidate": "base", "baseline": "silent", "suite": SUITE, "metric": "bleu"}, 400, "metric"),
@@ -104,11 +116,12 @@ def test_bad_eval_request_is_4xx_naming_the_field(
 
 
 def test_eval_is_refused_while_a_training_run_holds_the_server(project: Project, client: TestClient) -> None:
-    assert _RUNNING.acquire(blocking=False)
+    runner = client.app.state.runner  # type: ignore[attr-defined]
+    runner.claim()
     try:
         busy = client.post("/api/evals/run", json={"model": "base", "suite": SUITE})
     finally:
-        _RUNNING.release()
+        runner.release()
     assert busy.status_code == 409 and "in progress" in busy.json()["error"]["message"]
 
 

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import Progress
 
@@ -44,8 +43,6 @@ JudgeOption = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A YAML suite file; flags override it.")]
 BaselineOption = Annotated[str | None, typer.Option(help="The model to beat (default: the serving model).")]
 CandidateArg = Annotated[str, typer.Argument(help="The candidate model (see 'posttrain models list').")]
-# the server answers an eval when it is done, minutes for a larger model: no limit on the wait
-_UNTIL_DONE = httpx.Timeout(60.0, read=None)
 
 
 def _suite(
@@ -58,8 +55,8 @@ def _suite(
 
 
 def _post(api: Remote, path: str, body: dict[str, Any]) -> Any:
-    """Send an eval to the running server and wait for its record."""
-    return api.call("POST", f"/api/evals/{path}", json=body, timeout=_UNTIL_DONE)
+    """Start an eval on the running server, follow its job, and return the record it made."""
+    return api.follow_job(api.call("POST", f"/api/evals/{path}", json=body)).result
 
 
 @contextmanager

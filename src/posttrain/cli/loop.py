@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,8 +10,6 @@ import typer
 from posttrain import loop
 from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load, remote_for, through_server
-from posttrain.errors import JobFailed
-from posttrain.records import Job
 
 app = typer.Typer(help="The flywheel loop: collect → datasets → train → gate → experiment → promote.",
                   no_args_is_help=True)  # fmt: skip
@@ -43,19 +40,7 @@ def run(
     else:  # the server owns the warehouse: the loop runs there; its job log has a line per step
         body = {"turns": turns, "recipe": config.model_dump(mode="json"), "base": base}
         started = remote.call("POST", "/api/loop/run", json=body)
-        shown = 0
-        while True:
-            job = Job(**remote.call("GET", started["status_url"]))
-            lines = job.log.splitlines()
-            for line in lines[shown:]:
-                step, _, message = line.partition(": ")
-                say(step, message)
-            shown = len(lines)
-            if job.state != "running":
-                break
-            time.sleep(0.5)
-        if job.state != "succeeded":
-            raise JobFailed(f"loop job {job.id} {job.state}: {job.error}")
+        job = remote.follow_job(started, on_line=lambda line: say(*line.partition(": ")[::2]))
         done = (job.result or {}).get("turns", [])
     if json:
         render.as_json(done)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from posttrain import errors
+from posttrain.records import Job
 
 
 class Remote:
@@ -25,6 +28,35 @@ class Remote:
         if response.status_code >= 400:
             raise _error(response)
         return response.json()
+
+    def follow_job(
+        self,
+        started: dict[str, Any],
+        *,
+        on_progress: Callable[[float], None] | None = None,
+        on_line: Callable[[str], None] | None = None,
+        poll_seconds: float = 0.5,
+    ) -> Job:
+        """Follow a job the server started (its 202 body) until it ends; raise JobFailed unless it succeeded.
+
+        ``on_progress(fraction)`` sees its progress, ``on_line(line)`` each new line of its log.
+        """
+        shown = 0
+        while True:
+            job = Job(**self.call("GET", started["status_url"]))
+            lines = job.log.splitlines()
+            for line in lines[shown:]:
+                if on_line is not None:
+                    on_line(line)
+            shown = len(lines)
+            if on_progress is not None:
+                on_progress(job.progress)
+            if job.state not in ("queued", "running"):
+                break
+            time.sleep(poll_seconds)
+        if job.state != "succeeded":
+            raise errors.JobFailed(f"{job.kind} job {job.id} {job.state}: {job.error} (the job keeps its log)")
+        return job
 
     def stream_lines(self, path: str, **params: Any) -> Any:
         """Return a streaming response context for a JSON-lines endpoint."""

@@ -9,7 +9,6 @@ A field whose type is not a flag type (a dict, say) takes ``json_schema_extra={"
 from __future__ import annotations
 
 import inspect
-import time
 import types
 import typing
 from collections.abc import Callable
@@ -23,8 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load, remote_for
 from posttrain.cli.remote import Remote
-from posttrain.errors import JobFailed
-from posttrain.records import Job, ModelRecord
+from posttrain.records import ModelRecord
 from posttrain.train.distill import DistillConfig, train_distill
 from posttrain.train.dpo import DPOConfig, train_dpo
 from posttrain.train.grpo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -80,11 +78,7 @@ def _run(method: str, config_cls: type[TrainConfig], train: TrainFn, options: di
 def _train_remote(remote: Remote, method: str, config: TrainConfig, advance: Callable[[float], None]) -> ModelRecord:
     """Start the run on the server that owns the warehouse and follow its job until it ends."""
     started = remote.call("POST", f"/api/train/{method}", json=config.model_dump(mode="json"))
-    while (job := Job(**remote.call("GET", started["status_url"]))).state == "running":
-        advance(job.progress * 100)
-        time.sleep(0.5)
-    if job.state != "succeeded":
-        raise JobFailed(f"training job {job.id} {job.state}: {job.error} (the job keeps its log)")
+    remote.follow_job(started, on_progress=lambda fraction: advance(fraction * 100))
     return ModelRecord(**remote.call("GET", f"/api/models/{config.output}"))
 
 
@@ -93,7 +87,7 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter:
     kind = _flag_type(field.annotation)
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-    default = "required" if field.is_required() else f"default: {field.default}"
+    default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)}"
     option = typer.Option(*decls, help=f"{field.description} [{default}]", show_default=False)
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]

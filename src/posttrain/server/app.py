@@ -20,6 +20,7 @@ from posttrain.capture import Ingestor
 from posttrain.errors import PosttrainError
 from posttrain.project import Project
 from posttrain.server.auth import KeyCache, check_access
+from posttrain.server.job_runner import JobRunner
 from posttrain.server.limits import BodyLimit, ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
@@ -159,6 +160,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
     app.state.project = project
     app.state.keys = KeyCache(project, control_token=control_token)
     app.state.sql = SqlRunner(project, project.settings.sql)
+    app.state.runner = JobRunner()
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=project.settings.server.max_body_bytes)
     app.add_middleware(

@@ -6,10 +6,13 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from posttrain.errors import NotFound
 from posttrain.records import InteractionPage, StoredInteraction
 from posttrain.server.auth import require
 from posttrain.server.schemas import ERRORS
 from posttrain.warehouse import queries
+
+_COMMIT_WAIT_SECONDS = 10.0  # a group commit takes milliseconds; this bounds a stuck one
 
 router = APIRouter(
     prefix="/api/interactions",
@@ -49,5 +52,11 @@ def list_interactions(
 
 @router.get("/{interaction_id}", response_model=StoredInteraction)
 def get_interaction(request: Request, interaction_id: str) -> StoredInteraction:
-    """Return one interaction with every feedback event that names it."""
-    return queries.get_interaction(request.app.state.project.cursor(), interaction_id)
+    """Return one interaction with every feedback event that names it (one just served is waited for)."""
+    project = request.app.state.project
+    try:
+        return queries.get_interaction(project.cursor(), interaction_id)
+    except NotFound:
+        if not request.app.state.ingestor.wait_for(interaction_id, timeout=_COMMIT_WAIT_SECONDS):
+            raise
+    return queries.get_interaction(project.cursor(), interaction_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import jobs, loop
 from posttrain.server.auth import require
-from posttrain.server.routes.train import _RUNNING, JobStarted, claim
+from posttrain.server.job_runner import JobStarted, OnJob
 from posttrain.server.schemas import ERRORS
 
 router = APIRouter(prefix="/api/loop", tags=["loop"], responses=ERRORS)
@@ -27,30 +26,23 @@ class LoopRequest(BaseModel):
 
 
 @router.post("/run", response_model=JobStarted, status_code=202, dependencies=[Depends(require("train"))])
-def run_loop(request: Request, body: LoopRequest) -> JobStarted:
+async def run_loop(request: Request, body: LoopRequest) -> JobStarted:
     """Run (or resume) turns in a worker thread; follow the job: its log has one line per step."""
     project = request.app.state.project
     recipe = loop.load_recipe(None, **body.recipe)
-    claim()
-    try:
-        job = jobs.start_job(project, "loop.run", body.model_dump(mode="json"))
-    except BaseException:
-        _RUNNING.release()
-        raise
 
-    def work() -> None:
+    def work(on_job: OnJob) -> None:
+        job = jobs.start_job(project, "loop.run", body.model_dump(mode="json"))
+        on_job(job.id)
         try:
             done = loop.run(project, recipe, body.turns, base=body.base,
                             on_event=lambda step, message: job.log(f"{step}: {message}"))  # fmt: skip
             request.app.state.gateway.refresh()
             job.succeed(result={"turns": [t.model_dump(mode="json", exclude={"steps"}) for t in done]})
-        except Exception as exc:
+        except Exception as exc:  # the job keeps it; the request was answered long ago
             job.fail(getattr(exc, "message", f"{type(exc).__name__}: {exc}"))
-        finally:
-            _RUNNING.release()
 
-    threading.Thread(target=work, name="posttrain-loop", daemon=True).start()
-    return JobStarted(job_id=job.id, status_url=f"/api/jobs/{job.id}")
+    return await request.app.state.runner.start("loop", work)  # type: ignore[no-any-return]
 
 
 @router.get("/turns", response_model=list[loop.TurnRecord], dependencies=[Depends(require("jobs.read"))])
