@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
+from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, Unavailable
 from posttrain.ids import new_id
 from posttrain.keys import Caller, feedback_source_error
@@ -77,10 +78,6 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
 }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _dumps(value: Any) -> str:
@@ -154,7 +151,7 @@ def validate_events(
             f"{len(events)} events in one request; the limit is {limits.max_batch_events} (capture.max_batch_events)",
             field=kind,
         )
-    model, build, now = _MODELS[kind], _ROW_BUILDERS[kind], _now()
+    model, build, now = _MODELS[kind], _ROW_BUILDERS[kind], utc_now()
     results: list[EventResult | None] = [None] * len(events)
     rows: list[tuple[int, Row]] = []
     for i, raw in enumerate(events):
@@ -505,7 +502,7 @@ def import_file(
     cur.execute("SET preserve_insertion_order = false")  # lets DuckDB parallelise the writes
     try:
         with _progress(cur, total, on_progress, start=0.0, end=0.6):  # parse and normalise once
-            cur.execute(f"CREATE OR REPLACE TEMP TABLE _import AS {source}", {"now": _now()})
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE _import AS {source}", {"now": utc_now()})
     except duckdb.Error as exc:
         raise InvalidInput(f"cannot read {path} as JSONL: {exc}", field="path") from None
     try:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import re
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posttrain import curate
+from posttrain.clock import utc_now
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.evals.verifiers import check_verifier_name
 from posttrain.ids import new_id
@@ -114,7 +114,7 @@ def write_version(
         source_ids={**{k: len(v) for k, v in sources.items()}, "file": str(folder / "sources.parquet")},
         stats=stats or {},
         scrubbed=scrubbed,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
+        created_at=utc_now(),
     )
     (folder / "manifest.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2))
     data = record.model_dump()

@@ -7,22 +7,18 @@ the same stage function, which records its progress through a ``JobHandle``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
 
+from posttrain.clock import utc_now
 from posttrain.errors import NotFound
 from posttrain.ids import new_id
 from posttrain.project import Project
 from posttrain.records import Job
 
 _JSON = ("config", "metrics", "result")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _row_to_job(columns: list[str], row: tuple[Any, ...]) -> Job:
@@ -86,12 +82,12 @@ class JobHandle:
 
     def succeed(self, *, output: str | None = None, result: dict[str, Any] | None = None) -> Job:
         """Mark the job done."""
-        self._update(state="succeeded", progress=1.0, output=output, result=result, finished_at=_now())
+        self._update(state="succeeded", progress=1.0, output=output, result=result, finished_at=utc_now())
         return self.job
 
     def fail(self, error: str) -> Job:
         """Mark the job failed, keeping its log."""
-        self._update(state="failed", error=error, finished_at=_now())
+        self._update(state="failed", error=error, finished_at=utc_now())
         return self.job
 
 
@@ -122,7 +118,7 @@ def run_as_job(
 
 def start_job(project: Project, kind: str, config: dict[str, Any]) -> JobHandle:
     """Create a running job row and return its handle."""
-    now = _now()
+    now = utc_now()
     job = Job(id=new_id(), kind=kind, config=config, state="running", created_at=now, started_at=now)
     project.cursor().execute(
         "INSERT INTO jobs (id, kind, config, state, progress, metrics, log, created_at, started_at) "

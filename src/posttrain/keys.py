@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
+from posttrain.clock import utc_now
 from posttrain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from posttrain.ids import new_id
 from posttrain.project import Project
@@ -73,10 +73,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def create_key(project: Project, role: str, *, name: str | None = None) -> NewApiKey:
     """Create a key with ``role``; the returned ``key`` is the only time the secret is shown."""
     if role not in ROLES:
@@ -87,7 +83,7 @@ def create_key(project: Project, role: str, *, name: str | None = None) -> NewAp
         name=name,
         role=role,
         prefix=secret[:10],
-        created_at=_now(),
+        created_at=utc_now(),
         key=secret,  # type: ignore[arg-type]
     )
     project.cursor().execute(
@@ -111,7 +107,7 @@ def revoke_key(project: Project, key_id: str) -> ApiKey:
         raise NotFound(f"no API key {key_id!r}; run 'posttrain keys list'", field="key_id")
     key = ApiKey(**dict(zip(_COLUMNS.split(", "), row, strict=True)))
     if key.revoked_at is None:
-        key.revoked_at = _now()
+        key.revoked_at = utc_now()
         cur.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [key.revoked_at, key.id])
     return key
 

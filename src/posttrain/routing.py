@@ -18,11 +18,11 @@ Conditions are parsed by ``posttrain.conditions``, never ``eval``; the rules the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
+from posttrain.clock import utc_now
 from posttrain.conditions import parse_condition as parse_condition  # routing.parse_condition, as before
 from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.records import CohortRule as CohortRule  # routing.CohortRule, as before
@@ -61,10 +61,6 @@ class RoutingTable(BaseModel):
 # --- storage ----------------------------------------------------------------------------------
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _rows(project: Project, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
     result = project.cursor().execute(sql, params or [])
     columns = [d[0] for d in result.description]
@@ -96,7 +92,7 @@ def _store(project: Project, table: str, record: Rule, existing: list[Rule], val
         raise InvalidInput(f"the routing table holds at most {MAX_RULES} of each kind of rule; remove a {what} first",
                            field="name")  # fmt: skip
     position = by_name[record.name].position if record.name in by_name else _next_position(project, table)
-    stored = record.model_copy(update={"position": position, "created_at": _now()})
+    stored = record.model_copy(update={"position": position, "created_at": utc_now()})
     cur = project.cursor()
     cur.execute(f"DELETE FROM {table} WHERE name = ?", [record.name])
     marks = ", ".join("?" * (len(values) + 3))

@@ -14,13 +14,14 @@ the difference fails; ``rule="mean"`` checks the mean difference instead.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Literal
+import ast
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from posttrain import jobs
+from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.evals.intervals import Estimate, Slices, slice_values
 from posttrain.evals.judges import build_judge, default_judge, judge_both_orders
@@ -58,12 +59,21 @@ class ComparisonResult(BaseModel):
 class GateCheck(BaseModel):
     """One slice of a gate: the two means, their paired difference, and whether it holds."""
 
-    slice: str = Field(description="'overall' or 'cohort NAME'")
+    slice: str = Field(description="'overall' or 'cohort NAME', for people to read")
+    cohort: str | None = Field(None, description="The cohort this check is about; None for the overall check")
     n: int
     candidate: float
     baseline: float
     difference: Estimate
     passed: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cohort_from_label(cls, data: Any) -> Any:
+        """Read checks stored before ``cohort`` was a field: their label is ``cohort `` + the name's repr."""
+        if isinstance(data, dict) and "cohort" not in data and str(data.get("slice", "")).startswith("cohort "):
+            data = {**data, "cohort": ast.literal_eval(data["slice"].removeprefix("cohort "))}
+        return data
 
 
 class GateResult(BaseModel):
@@ -143,7 +153,7 @@ def _compare(
     result = ComparisonResult(
         id=new_id(), candidate=first, baseline=second, judge=judge_spec,
         win_rate=_win_rate(project, judge_spec, first, second), differences=_differences(first, second),
-        created_at=datetime.now(UTC).replace(tzinfo=None),
+        created_at=utc_now(),
     )  # fmt: skip
     _store(project, result)
     return result
@@ -182,10 +192,14 @@ def _store(project: Project, result: ComparisonResult) -> None:
     )  # fmt: skip
 
 
-def _check(name: str, cand: Estimate, base: Estimate, diff: Estimate, margin: float, rule: GateRule) -> GateCheck:
+def _check(
+    cohort: str | None, cand: Estimate, base: Estimate, diff: Estimate, margin: float, rule: GateRule
+) -> GateCheck:
     bound = diff.mean if rule == "mean" else diff.ci_low
     passed = bound is not None and bound >= -margin
-    return GateCheck(slice=name, n=diff.n, candidate=cand.mean, baseline=base.mean, difference=diff, passed=passed)
+    label = "overall" if cohort is None else f"cohort {cohort!r}"
+    return GateCheck(slice=label, cohort=cohort, n=diff.n, candidate=cand.mean, baseline=base.mean, difference=diff,
+                     passed=passed)  # fmt: skip
 
 
 def _reason(check: GateCheck, metric: str, margin: float, rule: GateRule) -> str:
@@ -205,11 +219,9 @@ def decide_gate(
     metric = _check_gate_options(comparison.candidate.config, metric, margin, rule)
     cand, base = comparison.candidate.scores[metric], comparison.baseline.scores[metric]
     diff = comparison.differences[metric]
-    checks = [_check("overall", cand.overall, base.overall, diff.overall, margin, rule)]
+    checks = [_check(None, cand.overall, base.overall, diff.overall, margin, rule)]
     for cohort in sorted(diff.cohorts):
-        checks.append(
-            _check(f"cohort {cohort!r}", cand.cohorts[cohort], base.cohorts[cohort], diff.cohorts[cohort], margin, rule)
-        )
+        checks.append(_check(cohort, cand.cohorts[cohort], base.cohorts[cohort], diff.cohorts[cohort], margin, rule))
     reasons = [_reason(c, metric, margin, rule) for c in checks if not c.passed]
     return GateResult(
         passed=not reasons, reasons=reasons, metric=metric, margin=margin, rule=rule, checks=checks,

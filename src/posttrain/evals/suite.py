@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from posttrain import datasets, jobs
+from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.evals.intervals import Slices, slice_values
 from posttrain.evals.judges import check_judge_spec
@@ -117,10 +117,6 @@ class EvalResult(BaseModel):
     )
     seconds: float
     created_at: UtcTime
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def causal_model(project: Project, name: str) -> ModelRecord:
@@ -294,7 +290,8 @@ def _run(
     result = EvalResult(
         id=run_id, model=record.name, model_id=record.id, dataset=version.ref, dataset_version_id=version.id,
         job_id=job.id, config=suite, prompts=len(rows), samples=suite.samples, scores=_slices(table, suite.scorers),
-        scores_path=str(folder / "scores.parquet"), seconds=round(time.perf_counter() - started, 3), created_at=_now(),
+        scores_path=str(folder / "scores.parquet"), seconds=round(time.perf_counter() - started, 3),
+        created_at=utc_now(),
     )  # fmt: skip
     _store(project, result)
     _note_on_model(project, record, result)

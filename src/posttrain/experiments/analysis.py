@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime
 
 from posttrain import stats
+from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput
 from posttrain.experiments.records import (
     _LOWER_IS_BETTER,
@@ -24,7 +25,7 @@ from posttrain.experiments.records import (
     VariantStats,
     default_direction,
 )
-from posttrain.experiments.store import _now, _update, get_experiment
+from posttrain.experiments.store import _update, get_experiment
 from posttrain.project import Project
 
 # --- analysis -----------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def analyse(project: Project, name: str, *, keep: bool = True) -> Analysis:
     overall = [r for r in rows if r.cohort is None]
     analysis = Analysis(
         experiment=config.name,
-        at=_now(),
+        at=utc_now(),
         metric=config.metric,
         direction=config.direction or default_direction(config.metric),
         variants=overall,

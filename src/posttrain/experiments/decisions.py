@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput
 from posttrain.experiments.analysis import analyse
 from posttrain.experiments.records import (
@@ -15,7 +16,7 @@ from posttrain.experiments.records import (
     ExperimentConfig,
     VariantStats,
 )
-from posttrain.experiments.store import _now, _require, _update, get_experiment
+from posttrain.experiments.store import _require, _update, get_experiment
 from posttrain.models.registry import find_model, get_model
 from posttrain.project import Project
 
@@ -94,7 +95,7 @@ def decide(project: Project, name: str, *, apply: bool = False) -> Decision:
     _require(experiment, ("running", "stopped"), "decide")
     analysis = analyse(project, name)
     action, variant, reasons = _judge(analysis, experiment.config)
-    decision = Decision(action=action, variant=variant, reasons=reasons, at=_now(), analysis=analysis)
+    decision = Decision(action=action, variant=variant, reasons=reasons, at=utc_now(), analysis=analysis)
     if apply and action == "promote" and variant is not None:
         return _promote(project, get_experiment(project, name), variant, decision).decision  # type: ignore[return-value]
     if apply and action == "rollback":
@@ -119,7 +120,7 @@ def _promote(project: Project, experiment: Experiment, variant: str, decision: D
     model = get_model(project, chosen.model)
     project.cursor().execute("UPDATE models SET status = 'serving' WHERE id = ?", [model.id])
     decision = decision.model_copy(update={"action": "promote", "variant": variant, "applied": True})
-    return _record(project, experiment, decision, state="promoted", stopped_at=experiment.stopped_at or _now())
+    return _record(project, experiment, decision, state="promoted", stopped_at=experiment.stopped_at or utc_now())
 
 
 def promote(project: Project, name: str, variant: str | None = None) -> Experiment:
@@ -127,7 +128,7 @@ def promote(project: Project, name: str, variant: str | None = None) -> Experime
     experiment = get_experiment(project, name)
     _require(experiment, ("running", "stopped"), "promote")
     chosen = variant or _default_variant(experiment)
-    decision = Decision(action="promote", variant=chosen, reasons=[f"promoted {chosen} by hand"], at=_now(),
+    decision = Decision(action="promote", variant=chosen, reasons=[f"promoted {chosen} by hand"], at=utc_now(),
                         analysis=analyse(project, name))  # fmt: skip
     return _promote(project, get_experiment(project, name), chosen, decision)
 
@@ -137,14 +138,14 @@ def _rollback(project: Project, experiment: Experiment, decision: Decision) -> E
     if control is not None:
         project.cursor().execute("UPDATE models SET status = 'serving' WHERE id = ?", [control.id])
     decision = decision.model_copy(update={"action": "rollback", "variant": None, "applied": True})
-    return _record(project, experiment, decision, state="rolled_back", stopped_at=experiment.stopped_at or _now())
+    return _record(project, experiment, decision, state="rolled_back", stopped_at=experiment.stopped_at or utc_now())
 
 
 def rollback(project: Project, name: str) -> Experiment:
     """End the experiment without shipping: mark it rolled_back and keep the control's model serving."""
     experiment = get_experiment(project, name)
     _require(experiment, ("running", "stopped"), "roll back")
-    decision = Decision(action="rollback", variant=None, reasons=["rolled back by hand"], at=_now(),
+    decision = Decision(action="rollback", variant=None, reasons=["rolled back by hand"], at=utc_now(),
                         analysis=analyse(project, name))  # fmt: skip
     return _rollback(project, get_experiment(project, name), decision)
 
@@ -164,7 +165,7 @@ def check_guardrails(project: Project, name: str) -> Decision | None:
     breaches = [m for _, breached, m in _guardrail_verdicts(rows, experiment.config, sequential=True) if breached]
     if not breaches:
         return None
-    decision = Decision(action="rollback", variant=None, reasons=[f"automatic: {m}" for m in breaches], at=_now(),
+    decision = Decision(action="rollback", variant=None, reasons=[f"automatic: {m}" for m in breaches], at=utc_now(),
                         analysis=analysis)  # fmt: skip
     _update(project, experiment, analyses=[*experiment.analyses, analysis])
     return _rollback(project, get_experiment(project, name), decision).decision

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
+from posttrain.clock import utc_now
 from posttrain.errors import Conflict, NotFound
 from posttrain.experiments.records import Experiment, ExperimentConfig, State
 from posttrain.ids import new_id
 from posttrain.project import Project
 
 # --- storage ------------------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _dumps(value: Any) -> str:
@@ -74,7 +70,7 @@ def create_experiment(project: Project, config: ExperimentConfig) -> Experiment:
             f"an experiment named {config.name!r} exists; choose another name or see "
             f"'posttrain experiments status {config.name}'"
         )
-    experiment = Experiment(id=new_id(), config=config, state="draft", created_at=_now())
+    experiment = Experiment(id=new_id(), config=config, state="draft", created_at=utc_now())
     metrics = config.model_dump(include={"metric", "direction", "guardrails", "min_samples", "alpha"})
     project.cursor().execute(
         "INSERT INTO experiments (id, name, variants, targeting, metrics, state, analyses, created_at) "
@@ -135,7 +131,7 @@ def start(project: Project, name: str) -> Experiment:
     """Move a draft experiment to running: from now on the gateway may assign users to it."""
     experiment = get_experiment(project, name)
     _require(experiment, ("draft",), "start")
-    _update(project, experiment, state="running", started_at=_now())
+    _update(project, experiment, state="running", started_at=utc_now())
     return get_experiment(project, name)
 
 
@@ -143,7 +139,7 @@ def stop(project: Project, name: str) -> Experiment:
     """Stop assigning users to a running experiment; its data stays for analysis."""
     experiment = get_experiment(project, name)
     _require(experiment, ("running",), "stop")
-    _update(project, experiment, state="stopped", stopped_at=_now())
+    _update(project, experiment, state="stopped", stopped_at=utc_now())
     return get_experiment(project, name)
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from posttrain.clock import utc_now
 from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.ids import new_id
 from posttrain.names import check_name
@@ -70,7 +70,7 @@ def register_model(
         content_hash=folder_hash(folder),
         metrics=metrics or {},
         description=description,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
+        created_at=utc_now(),
     )
     data = record.model_dump()
     for field in _JSON:

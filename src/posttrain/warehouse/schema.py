@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from importlib import resources
 
 import duckdb
+
+from posttrain.clock import utc_now
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -39,7 +40,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
             con.execute(sql)
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                [number, name, datetime.now(UTC).replace(tzinfo=None)],
+                [number, name, utc_now()],
             )
             con.commit()
         except Exception:
