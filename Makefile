@@ -51,7 +51,7 @@ lint: install
 	$(VENV)/bin/mypy src
 
 docs: install
-	$(PY) -m posttrain.reference README.md
+	$(PY) -m posttrain.reference docs/reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache demo-runs
