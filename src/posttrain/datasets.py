@@ -43,6 +43,7 @@ from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON = ("recipe", "source_ids", "stats")
 
@@ -68,14 +69,6 @@ def content_hash(table: pa.Table) -> str:
     finally:
         con.close()
     return digest.hexdigest()
-
-
-def _row_to_version(columns: list[str], row: tuple[Any, ...]) -> DatasetVersion:
-    data = dict(zip(columns, row, strict=True))
-    for name in _JSON:
-        if isinstance(data.get(name), str):
-            data[name] = orjson.loads(data[name])
-    return DatasetVersion(**data)
 
 
 def write_version(
@@ -134,24 +127,21 @@ def resolve(project: Project, ref: str) -> DatasetVersion:
     if version:
         if not version.isdigit():
             raise InvalidInput(f"version in {ref!r} must be a number, as in {name}@2", field="dataset")
-        result = cur.execute("SELECT * FROM dataset_versions WHERE name = ? AND version = ?", [name, int(version)])
+        sql, params = "SELECT * FROM dataset_versions WHERE name = ? AND version = ?", [name, int(version)]
     else:
-        result = cur.execute("SELECT * FROM dataset_versions WHERE name = ? ORDER BY version DESC LIMIT 1", [name])
-    row = result.fetchone()
-    if row is None:
+        sql, params = "SELECT * FROM dataset_versions WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
+    data = fetch_one(cur, sql, params, json=_JSON)
+    if data is None:
         what = f"dataset {name!r} has no version {version}" if version else f"no dataset {name!r}"
         raise NotFound(f"{what}; run 'posttrain datasets list'", field="dataset")
-    return _row_to_version([d[0] for d in result.description], row)
+    return DatasetVersion(**data)
 
 
 def list_versions(project: Project, *, name: str | None = None) -> list[DatasetVersion]:
     """Return every dataset version (of ``name`` if given), newest first."""
     where, params = ("WHERE name = ?", [name]) if name else ("", [])
-    result = project.cursor().execute(
-        f"SELECT * FROM dataset_versions {where} ORDER BY created_at DESC, version DESC", params
-    )
-    columns = [d[0] for d in result.description]
-    return [_row_to_version(columns, r) for r in result.fetchall()]
+    sql = f"SELECT * FROM dataset_versions {where} ORDER BY created_at DESC, version DESC"
+    return [DatasetVersion(**r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
 
 
 def read_rows(version: DatasetVersion) -> pa.Table:

@@ -17,33 +17,24 @@ from posttrain.errors import NotFound
 from posttrain.ids import new_id
 from posttrain.project import Project
 from posttrain.records import Job
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON = ("config", "metrics", "result")
 
 
-def _row_to_job(columns: list[str], row: tuple[Any, ...]) -> Job:
-    data = dict(zip(columns, row, strict=True))
-    for name in _JSON:
-        if isinstance(data.get(name), str):
-            data[name] = orjson.loads(data[name])
-    return Job(**data)
-
-
 def get_job(project: Project, job_id: str) -> Job:
     """Return one job; raise NotFound with the fix."""
-    result = project.cursor().execute("SELECT * FROM jobs WHERE id = ?", [job_id])
-    row = result.fetchone()
-    if row is None:
+    data = fetch_one(project.cursor(), "SELECT * FROM jobs WHERE id = ?", [job_id], json=_JSON)
+    if data is None:
         raise NotFound(f"no job {job_id!r}; run 'posttrain sql \"SELECT id, kind, state FROM jobs\"'", field="job")
-    return _row_to_job([d[0] for d in result.description], row)
+    return Job(**data)
 
 
 def list_jobs(project: Project, *, kind: str | None = None, limit: int = 100) -> list[Job]:
     """Return jobs newest first, optionally of one kind (``train.sft``, ``datasets.build`` ...)."""
     where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
-    result = project.cursor().execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?", [*params, limit])
-    columns = [d[0] for d in result.description]
-    return [_row_to_job(columns, r) for r in result.fetchall()]
+    sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?"
+    return [Job(**r) for r in fetch_all(project.cursor(), sql, [*params, limit], json=_JSON)]
 
 
 class JobHandle:

@@ -27,6 +27,7 @@ from posttrain.conditions import parse_condition as parse_condition  # routing.p
 from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.records import CohortRule as CohortRule  # routing.CohortRule, as before
 from posttrain.records import RouteRule as RouteRule
+from posttrain.warehouse.rows import fetch_all
 
 if TYPE_CHECKING:
     from posttrain.project import Project
@@ -61,12 +62,6 @@ class RoutingTable(BaseModel):
 # --- storage ----------------------------------------------------------------------------------
 
 
-def _rows(project: Project, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-    result = project.cursor().execute(sql, params or [])
-    columns = [d[0] for d in result.description]
-    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-
-
 def _next_position(project: Project, table: str) -> int:
     row = project.cursor().execute(f"SELECT coalesce(max(position), -1) + 1 FROM {table}").fetchone()
     return int(row[0]) if row else 0
@@ -74,12 +69,12 @@ def _next_position(project: Project, table: str) -> int:
 
 def list_cohort_rules(project: Project) -> list[CohortRule]:
     """Return the stored cohort rules in the order they are tried."""
-    return [CohortRule(**r) for r in _rows(project, "SELECT * FROM cohort_rules ORDER BY position, name")]
+    return [CohortRule(**r) for r in fetch_all(project.cursor(), "SELECT * FROM cohort_rules ORDER BY position, name")]
 
 
 def list_routes(project: Project) -> list[RouteRule]:
     """Return the stored routes in the order they are tried."""
-    return [RouteRule(**r) for r in _rows(project, "SELECT * FROM routes ORDER BY position, name")]
+    return [RouteRule(**r) for r in fetch_all(project.cursor(), "SELECT * FROM routes ORDER BY position, name")]
 
 
 def _store(project: Project, table: str, record: Rule, existing: list[Rule], values: list[Any], *,

@@ -37,6 +37,7 @@ from posttrain.ids import new_id
 from posttrain.models.registry import get_model
 from posttrain.project import Project
 from posttrain.records import DatasetVersion, ModelRecord, UtcTime
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 Progress = Callable[[int, int], None]
 SUITE_KINDS = ("eval", "prompts")
@@ -319,21 +320,16 @@ def _note_on_model(project: Project, record: ModelRecord, result: EvalResult) ->
     project.cursor().execute("UPDATE models SET metrics = ? WHERE id = ?", [orjson.dumps(metrics).decode(), record.id])
 
 
-def _row_to_result(columns: list[str], row: tuple[Any, ...]) -> EvalResult:
-    data = dict(zip(columns, row, strict=True))
-    for name in _JSON:
-        if isinstance(data.get(name), str):
-            data[name] = orjson.loads(data[name])
+def _to_result(data: dict[str, Any]) -> EvalResult:
     return EvalResult(**{k: v for k, v in data.items() if k != "results"}, **data["results"])
 
 
 def get_run(project: Project, run_id: str) -> EvalResult:
     """Return a stored eval run; raise NotFound naming the fix."""
-    result = project.cursor().execute("SELECT * FROM eval_runs WHERE id = ?", [run_id])
-    row = result.fetchone()
-    if row is None:
+    data = fetch_one(project.cursor(), "SELECT * FROM eval_runs WHERE id = ?", [run_id], json=_JSON)
+    if data is None:
         raise NotFound(f"no eval run {run_id!r}; run 'posttrain evals list'", field="run")
-    return _row_to_result([d[0] for d in result.description], row)
+    return _to_result(data)
 
 
 def list_runs(project: Project, *, model: str | None = None, dataset: str | None = None) -> list[EvalResult]:
@@ -345,11 +341,8 @@ def list_runs(project: Project, *, model: str | None = None, dataset: str | None
     if dataset:
         clauses.append("dataset = ?")
         params.append(dataset)
-    result = project.cursor().execute(
-        f"SELECT * FROM eval_runs WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, id DESC", params
-    )
-    columns = [d[0] for d in result.description]
-    return [_row_to_result(columns, r) for r in result.fetchall()]
+    sql = f"SELECT * FROM eval_runs WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, id DESC"
+    return [_to_result(r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
 
 
 def read_scores(result: EvalResult) -> pa.Table:

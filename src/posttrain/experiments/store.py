@@ -13,6 +13,7 @@ from posttrain.errors import Conflict, NotFound
 from posttrain.experiments.records import Experiment, ExperimentConfig, State
 from posttrain.ids import new_id
 from posttrain.project import Project
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 # --- storage ------------------------------------------------------------------------------
 
@@ -24,22 +25,19 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=encode).decode()
 
 
-def _row_to_experiment(columns: list[str], row: tuple[Any, ...]) -> Experiment:
-    data = dict(zip(columns, row, strict=True))
-    metrics = orjson.loads(data["metrics"])
+_JSON = ("metrics", "variants", "targeting", "decision", "analyses")
+
+
+def _to_experiment(data: dict[str, Any]) -> Experiment:
     config = ExperimentConfig(
-        name=data["name"],
-        variants=orjson.loads(data["variants"]),
-        cohorts=orjson.loads(data["targeting"])["cohorts"],
-        **metrics,
+        name=data["name"], variants=data["variants"], cohorts=data["targeting"]["cohorts"], **data["metrics"]
     )
-    decision = orjson.loads(data["decision"]) if data["decision"] else None
     return Experiment(
         id=data["id"],
         config=config,
         state=data["state"],
-        analyses=orjson.loads(data["analyses"]),
-        decision=decision,
+        analyses=data["analyses"],
+        decision=data["decision"] or None,
         created_at=data["created_at"],
         started_at=data["started_at"],
         stopped_at=data["stopped_at"],
@@ -47,9 +45,8 @@ def _row_to_experiment(columns: list[str], row: tuple[Any, ...]) -> Experiment:
 
 
 def _find(project: Project, name: str) -> Experiment | None:
-    result = project.cursor().execute("SELECT * FROM experiments WHERE name = ? OR id = ?", [name, name])
-    row = result.fetchone()
-    return None if row is None else _row_to_experiment([d[0] for d in result.description], row)
+    data = fetch_one(project.cursor(), "SELECT * FROM experiments WHERE name = ? OR id = ?", [name, name], json=_JSON)
+    return None if data is None else _to_experiment(data)
 
 
 KEEP_ANALYSES = 50  # snapshots kept per experiment; the timeline is recomputed from the warehouse
@@ -102,11 +99,8 @@ def list_experiments(project: Project, *, state: State | None = None, with_analy
     """Return experiments newest first, optionally in one state (and without their analysis snapshots)."""
     where, params = ("WHERE state = ?", [state]) if state else ("", [])
     select = "*" if with_analyses else "* REPLACE ('[]' AS analyses)"
-    result = project.cursor().execute(
-        f"SELECT {select} FROM experiments {where} ORDER BY created_at DESC, id DESC", params
-    )
-    columns = [d[0] for d in result.description]
-    return [_row_to_experiment(columns, r) for r in result.fetchall()]
+    sql = f"SELECT {select} FROM experiments {where} ORDER BY created_at DESC, id DESC"
+    return [_to_experiment(r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
 
 
 _FIX = {

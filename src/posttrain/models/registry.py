@@ -14,16 +14,9 @@ from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import ModelKind, ModelRecord
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON = ("recipe", "dataset_versions", "metrics")
-
-
-def _row_to_model(columns: list[str], row: tuple[Any, ...]) -> ModelRecord:
-    data = dict(zip(columns, row, strict=True))
-    for name in _JSON:
-        if isinstance(data.get(name), str):
-            data[name] = orjson.loads(data[name])
-    return ModelRecord(**data)
 
 
 def folder_hash(path: Path) -> str:
@@ -90,9 +83,9 @@ def check_name_free(project: Project, name: str) -> None:
 
 
 def _find(project: Project, name_or_id: str) -> ModelRecord | None:
-    result = project.cursor().execute("SELECT * FROM models WHERE name = ? OR id = ?", [name_or_id, name_or_id])
-    row = result.fetchone()
-    return None if row is None else _row_to_model([d[0] for d in result.description], row)
+    sql = "SELECT * FROM models WHERE name = ? OR id = ?"
+    data = fetch_one(project.cursor(), sql, [name_or_id, name_or_id], json=_JSON)
+    return None if data is None else ModelRecord(**data)
 
 
 def find_model(project: Project, name: str) -> ModelRecord | None:
@@ -110,6 +103,5 @@ def get_model(project: Project, name: str) -> ModelRecord:
 
 def list_models(project: Project) -> list[ModelRecord]:
     """Return every registered model, newest first."""
-    result = project.cursor().execute("SELECT * FROM models ORDER BY created_at DESC, id DESC")
-    columns = [d[0] for d in result.description]
-    return [_row_to_model(columns, r) for r in result.fetchall()]
+    rows = fetch_all(project.cursor(), "SELECT * FROM models ORDER BY created_at DESC, id DESC", json=_JSON)
+    return [ModelRecord(**r) for r in rows]

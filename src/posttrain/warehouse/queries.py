@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any
 
 import duckdb
-import orjson
 
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.records import InteractionPage, StoredFeedback, StoredInteraction
+from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON_COLUMNS = {"messages", "metadata", "consent", "media", "value"}
 MAX_PAGE = 1000
-
-
-def _decode(columns: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
-    out = dict(zip(columns, row, strict=True))
-    for name in _JSON_COLUMNS.intersection(out):
-        if isinstance(out[name], str):
-            out[name] = orjson.loads(out[name])
-    return out
 
 
 def _encode_cursor(ts: datetime, event_id: str) -> str:
@@ -72,9 +63,7 @@ def list_interactions(
         where.append('(i."timestamp", i.id) < (?, ?)')
         params += [ts, last_id]
     sql = f'SELECT * FROM interactions i WHERE {" AND ".join(where)} ORDER BY i."timestamp" DESC, i.id DESC LIMIT ?'
-    result = cur.execute(sql, [*params, limit + 1])
-    columns = [d[0] for d in result.description]
-    rows = [_decode(columns, r) for r in result.fetchall()]
+    rows = fetch_all(cur, sql, [*params, limit + 1], json=_JSON_COLUMNS)
     page = rows[:limit]
     feedback = _feedback_for(cur, [r["id"] for r in page])
     items = [StoredInteraction(**r, feedback=feedback.get(r["id"], [])) for r in page]
@@ -85,14 +74,9 @@ def list_interactions(
 def _feedback_for(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, list[StoredFeedback]]:
     if not ids:
         return {}
-    result = cur.execute(
-        'SELECT * FROM feedback WHERE interaction_id IN (SELECT unnest(?)) ORDER BY "timestamp", id',
-        [ids],
-    )
-    columns = [d[0] for d in result.description]
+    sql = 'SELECT * FROM feedback WHERE interaction_id IN (SELECT unnest(?)) ORDER BY "timestamp", id'
     out: dict[str, list[StoredFeedback]] = {}
-    for row in result.fetchall():
-        fb = _decode(columns, row)
+    for fb in fetch_all(cur, sql, [ids], json=_JSON_COLUMNS):
         fb.pop("score", None)
         out.setdefault(fb["interaction_id"], []).append(StoredFeedback.model_construct(**fb))
     return out
@@ -100,9 +84,7 @@ def _feedback_for(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, l
 
 def get_interaction(cur: duckdb.DuckDBPyConnection, interaction_id: str) -> StoredInteraction:
     """Return one interaction with every feedback event that names it."""
-    result = cur.execute("SELECT * FROM interactions WHERE id = ?", [interaction_id])
-    row = result.fetchone()
-    if row is None:
+    data = fetch_one(cur, "SELECT * FROM interactions WHERE id = ?", [interaction_id], json=_JSON_COLUMNS)
+    if data is None:
         raise NotFound(f"no interaction {interaction_id!r}", field="interaction_id")
-    data = _decode([d[0] for d in result.description], row)
     return StoredInteraction(**data, feedback=_feedback_for(cur, [interaction_id]).get(interaction_id, []))
