@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from posttrain import capture
-from posttrain.project import Project
+from posttrain.project import Project, init_project
 from posttrain.settings import CaptureSettings
 from posttrain.warehouse import queries
 
@@ -192,6 +192,12 @@ def test_export_round_trips_through_import(project: Project, tmp_path: Path) -> 
     assert first["messages"][0]["role"] == "user"
     parquet = capture.export_file(project, tmp_path / "out.parquet", fmt="parquet")
     assert parquet.rows == 5 and (tmp_path / "out.parquet").stat().st_size > 0
+    with init_project(tmp_path / "other") as other:
+        imported = capture.import_file(other, tmp_path / "out.jsonl")
+        assert (imported.created, imported.duplicates, imported.rejected) == (5, 0, 0)
+        columns = "id, messages, response, user_id, metadata"
+        ordered = f"SELECT {columns} FROM interactions ORDER BY id"
+        assert other.cursor().execute(ordered).fetchall() == project.cursor().execute(ordered).fetchall()
 
 
 def test_import_file_keeps_one_row_per_id_within_the_file(project: Project, tmp_path: Path) -> None:
