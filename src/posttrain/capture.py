@@ -28,8 +28,9 @@ from posttrain.ids import new_id
 from posttrain.keys import Caller, feedback_source_error
 from posttrain.project import Project
 from posttrain.records import CaptureKind as Kind
-from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction, field_path
+from posttrain.records import EventResult, ExportReport, Feedback, ImportReport, Interaction
 from posttrain.settings import CaptureSettings
+from posttrain.validation import error_field, error_message
 
 Row = dict[str, Any]
 _MODELS: dict[str, type[BaseModel]] = {"interactions": Interaction, "feedback": Feedback}
@@ -116,8 +117,7 @@ _ROW_BUILDERS: dict[str, Callable[[Any, datetime], Row]] = {
 
 def _error_result(raw: Any, exc: ValidationError) -> EventResult:
     err = exc.errors(include_url=False)[0]
-    field = field_path(err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
+    field, message = error_field(err), error_message(err)
     if not field and ": " in message:  # checks across fields say which field they mean
         field, message = message.split(": ", 1)
     event_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None

@@ -43,6 +43,7 @@ from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
+from posttrain.validation import invalid_input
 from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON = ("recipe", "source_ids", "stats")
@@ -276,10 +277,7 @@ class BuildConfig(BaseModel):
         try:
             return cls.model_validate({k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            field = ".".join(str(p) for p in err["loc"]) or None
-            message = str(err["msg"]).removeprefix("Value error, ")
-            raise InvalidInput(f"{field}: {message}" if field else message, field=field) from None
+            raise invalid_input(exc) from None
 
 
 class _Sql:

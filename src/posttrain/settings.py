@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from posttrain.errors import InvalidInput
 from posttrain.records import CohortRule, RouteRule
+from posttrain.validation import invalid_input
 
 
 class ServerSettings(BaseModel):
@@ -198,6 +198,4 @@ def load(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(f"setting {field}: {err['msg']}", field=field) from None
+        raise invalid_input(exc, prefix="setting ") from None

@@ -24,6 +24,7 @@ from posttrain.cli import (
     train,
 )
 from posttrain.errors import PosttrainError
+from posttrain.validation import invalid_input
 
 app = typer.Typer(
     name="posttrain",
@@ -58,11 +59,9 @@ def main() -> None:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
     except ValidationError as exc:  # options that build a record the record rejects
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        message = str(err["msg"]).removeprefix("Value error, ")
-        typer.echo(f"error: {field + ': ' if field else ''}{message}", err=True)
-        sys.exit(2)
+        invalid = invalid_input(exc)
+        typer.echo(f"error: {invalid.message}", err=True)
+        sys.exit(invalid.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)

@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from posttrain.errors import InvalidInput
-from posttrain.records import Message, field_path
+from posttrain.records import Message
+from posttrain.validation import invalid_input
 
 FinishReason = str  # "stop" or "length" locally; an upstream may say "tool_calls" or "content_filter"
 
@@ -71,9 +72,7 @@ def parse_request(body: Any) -> ChatRequest:
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = field_path(err["loc"]) or "body"
-        raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
+        raise invalid_input(exc, field="body") from None
 
 
 # --- OpenAI's wire format -------------------------------------------------------------------

@@ -40,6 +40,7 @@ from posttrain.server.routes import (
 from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
 from posttrain.server.sql_runner import SqlRunner
+from posttrain.validation import error_message
 
 log = logging.getLogger("posttrain.server")
 
@@ -95,7 +96,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(request, 400, "InvalidInput", f"body is not valid JSON: {reason}", "body")
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or "body"
-        return _error(request, 400, "InvalidInput", f"{field}: {err['msg']}", field)
+        return _error(request, 400, "InvalidInput", f"{field}: {error_message(err)}", field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

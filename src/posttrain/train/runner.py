@@ -36,6 +36,7 @@ from posttrain.models.registry import check_name_free, get_model, register_model
 from posttrain.names import Name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, ModelKind, ModelRecord
+from posttrain.validation import error_field, error_message
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -119,9 +120,8 @@ def parse_config(cls: type[C], data: dict[str, Any]) -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = str(first["msg"]).removeprefix("Value error, ")
+        first = exc.errors(include_url=False)[0]
+        field, message = error_field(first) or None, error_message(first)
         if first["type"] == "extra_forbidden":
             message = f"unknown setting; the settings are: {', '.join(cls.model_fields)}"
         elif first["type"] == "missing":
