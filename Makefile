@@ -33,7 +33,7 @@ demo: install
 demo-fast: install
 	$(VENV)/bin/posttrain demo --fast --project demo-runs/fast-$$(date +%Y%m%d-%H%M%S)
 
-# the two walk-throughs the README shows: capture, then training
+# the two walk-throughs of the guides (docs/guides): capture, then training
 quickstart: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_quickstart.sh

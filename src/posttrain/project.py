@@ -29,7 +29,7 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 _TEMPLATE = """\
-# posttrain project settings. Every setting and its default: README.md, "Settings".
+# posttrain project settings. Every setting and its default: docs/reference/settings.md.
 # Environment variables POSTTRAIN_<SECTION>_<NAME> and command-line flags override these.
 
 [server]

@@ -1,4 +1,4 @@
-"""`make quickstart` runs the README's quickstart: it must run to the end on a fresh project."""
+"""`make quickstart` runs the guides' walk-throughs: they must run to the end on a fresh project."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ class _SampledRewardConfig(TrainConfig):
 
     reward: list[str] = Field(
         default_factory=lambda: ["verifier:row"],
-        description="A reward spec, repeatable: verifier:NAME, model:NAME or MODULE:FUNCTION, each optionally "
-        "@WEIGHT; the default, verifier:row, scores each row with its own 'verifier' column.",
+        description="A reward spec, repeatable: verifier:NAME, model:NAME or function:NAME (in [functions.rewards]), "
+        "each optionally @WEIGHT; the default, verifier:row, scores each row with its own 'verifier' column.",
     )
     batch_size: int = Field(8, description="Prompts per device per step (each gives num_generations completions).")
     learning_rate: float = Field(5e-5, description="Peak learning rate.")
