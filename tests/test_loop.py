@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,21 @@ from posttrain.capture import capture
 from posttrain.cli import app
 from posttrain.datasets import write_version
 from posttrain.errors import InvalidInput
-from posttrain.loop.runner import Turn
+from posttrain.evals import ComparisonResult, EvalResult, SuiteConfig, decide_gate
+from posttrain.evals.intervals import slice_values
+from posttrain.loop import StepRecord, Turn, TurnRecord, steps
+from posttrain.loop.names import cohort_part, route_name
+from posttrain.loop.results import DatasetsResult, EvaluateResult, GateStepResult, PairGate, SpecialiseResult
 from posttrain.models.lineage import lineage
 from posttrain.models.registry import get_model, register_model
+from posttrain.names import check_name
 from posttrain.project import Project
 
 
-def _product_logs(project: Project, seed: int, n: int = 160) -> None:
-    """Answers to 'add A B' from a small pool of prompts, right 40% of the time, with thumbs."""
+def _product_logs(
+    project: Project, seed: int, n: int = 160, cohorts: Sequence[str] = ("minor", *["adult"] * 4)
+) -> None:
+    """Answers to 'add A B' from a small pool of prompts, right 40% of the time, with thumbs; cohorts in turn."""
     rng = random.Random(seed)
     pool = [(a, b) for a in range(4) for b in range(5)]
     events, thumbs = [], []
@@ -34,7 +43,7 @@ def _product_logs(project: Project, seed: int, n: int = 160) -> None:
         answer = str(a + b) if right else str(a + b + rng.choice([1, 10]))
         iid = f"s{seed}-{i}"
         events.append({"id": iid, "messages": [{"role": "user", "content": f"add {a} {b}"}], "response": answer,
-                       "user_id": f"u{i % 40}", "cohort": "minor" if i % 5 == 0 else "adult"})  # fmt: skip
+                       "user_id": f"u{i % 40}", "cohort": cohorts[i % len(cohorts)]})  # fmt: skip
         thumbs.append({"interaction_id": iid, "kind": "thumb", "value": "up" if right else "down"})
     capture(project, "interactions", events)
     capture(project, "feedback", thumbs)
@@ -126,9 +135,11 @@ def test_a_failed_step_stops_the_turn_and_the_next_run_resumes_there(served: Pro
                          1, traffic=_ab_traffic)  # fmt: skip
     assert resumed.turn == 1 and resumed.id == failed.id and resumed.state == "done"
     assert resumed.step("sft").started_at == sft_done.started_at  # type: ignore[union-attr]  # not redone
-    gates = resumed.step("evaluate").result["gates"]  # type: ignore[union-attr]
-    assert list(gates) == ["t-t1-sft vs base"] and {c["slice"] for c in gates["t-t1-sft vs base"]["checks"]} == {
-        "overall", "cohort 'adult'", "cohort 'minor'"}  # fmt: skip
+    evaluated = resumed.step("evaluate").result  # type: ignore[union-attr]
+    assert isinstance(evaluated, EvaluateResult)
+    [pair] = evaluated.gates
+    assert (pair.candidate, pair.baseline) == ("t-t1-sft", "base")
+    assert [c.cohort for c in pair.checks] == [None, "adult", "minor"]
 
 
 def test_specialise_gives_a_cohort_its_own_model_from_all_its_history(served: Project) -> None:
@@ -140,10 +151,10 @@ def test_specialise_gives_a_cohort_its_own_model_from_all_its_history(served: Pr
     assert [m.model.name for m in lineage(served, "t-t1-minor").chain] == ["t-t1-minor", "t-t1-sft", "base"]
     _product_logs(served, seed=7)
     [second] = loop.run(served, recipe, 1)
-    built = second.step("datasets").result["datasets"]  # type: ignore[union-attr]
-    first_built = first.step("datasets").result["datasets"]  # type: ignore[union-attr]
-    assert built["sft:minor"]["rows"] > first_built["sft:minor"]["rows"]  # every turn's minors, not the window's
-    assert built["sft"]["rows"] <= first_built["sft"]["rows"] + 5  # the shared model still learns from the window
+    built, first_built = second.step("datasets").result, first.step("datasets").result  # type: ignore[union-attr]
+    assert isinstance(built, DatasetsResult) and isinstance(first_built, DatasetsResult)
+    assert built.built("sft", "minor").rows > first_built.built("sft", "minor").rows  # every turn's, not the window's
+    assert built.built("sft").rows <= first_built.built("sft").rows + 5  # the shared model learns from the window
 
 
 def test_collect_refuses_a_turn_without_new_feedback(served: Project) -> None:
@@ -163,7 +174,7 @@ def test_gate_rejects_a_worse_candidate_and_serving_stays(served: Project) -> No
     _product_logs(served, seed=4)
     # the suite's answers are the base model's own seeded samples: it reproduces them exactly, and a
     # candidate whose weights moved at all samples something else
-    from posttrain.evals import SuiteConfig, read_scores, run_eval
+    from posttrain.evals import read_scores, run_eval
 
     prompts = [[{"role": "user", "content": f"add {a} {b}"}] for a in range(3) for b in range(3)]
     rows = [{"prompt": p, "answer": "", "cohort": "adult" if i % 2 else "minor"} for i, p in enumerate(prompts)]
@@ -180,7 +191,7 @@ def test_gate_rejects_a_worse_candidate_and_serving_stays(served: Project) -> No
     [turn] = loop.run(served, recipe, 1, base="base", traffic=_ab_traffic)  # fmt: skip
     assert turn.state == "rejected", [(s.step, s.result) for s in turn.steps if s.step in ("sft", "evaluate", "gate")]
     gate = turn.step("gate").result  # type: ignore[union-attr]
-    assert gate["reasons"] and not any(gate["passed"].values())
+    assert isinstance(gate, GateStepResult) and gate.reasons and not any(gate.passed.values())
     assert turn.step("experiment") is None  # no experiment for a rejected candidate
     assert turn.result["serving"] == {"adult": "base", "minor": "base"}  # type: ignore[index]
     assert get_model(served, "t-t1-sft").status == "rejected"
@@ -227,3 +238,146 @@ def test_loop_runs_in_the_server_when_one_owns_the_warehouse(served: Project) ->
         assert any(j["kind"] == "loop.run" and j["state"] == "succeeded" for j in jobs)
     finally:
         live.stop()
+
+
+# --- cohorts are free text ------------------------------------------------------------------------
+
+ODD_COHORTS = ["o'brien", "night owls", "mädchen"]
+
+
+@pytest.mark.parametrize("cohort", ["adult", "minor", "pro.v2", "A_b-3"])
+def test_cohort_part_keeps_a_plain_name(cohort: str) -> None:
+    assert cohort_part(cohort) == cohort and route_name("t", cohort) == f"t-{cohort}"
+
+
+@pytest.mark.parametrize(
+    ("cohort", "slug"),
+    [("o'brien", "o-brien-"), ("night owls", "night-owls-"), ("mädchen", "madchen-"), ("..", ""), ("con", "con-"),
+     ("ребёнок", ""), ("x" * 128 + "!", "x" * 40 + "-")],
+)  # fmt: skip
+def test_cohort_part_is_a_file_safe_slug_with_a_stable_hash(cohort: str, slug: str) -> None:
+    part = cohort_part(cohort)
+    assert part.startswith(slug) and len(part) == len(slug) + 8 and part == cohort_part(cohort)
+    assert check_name(f"t-t1-ab-{part}") and check_name(part)
+
+
+def test_cohort_parts_differ_where_slugs_collide() -> None:
+    assert len({cohort_part(c) for c in ["night owls", "night-owls", "Night Owls", "night_owls!"]}) == 4
+
+
+def test_recipe_cohorts_are_free_text_without_control_characters() -> None:
+    assert _recipe(cohorts=ODD_COHORTS, specialise={"o'brien": {}}).cohorts == ODD_COHORTS
+    for bad in ["", "x" * 129, "tab\there", "new\nline"]:
+        with pytest.raises(InvalidInput, match=r"recipe cohorts\.0"):
+            _recipe(cohorts=[bad])
+
+
+def _comparison(scores: dict[str, tuple[list[float], list[float]]]) -> ComparisonResult:
+    """Candidate 'cand' and baseline 'base' with these exact_match scores per prompt, by cohort (no models)."""
+    cohorts = [c for c, (values, _) in scores.items() for _ in values]
+    cand = [v for values, _ in scores.values() for v in values]
+    base = [v for _, values in scores.values() for v in values]
+    families, at = ["add"] * len(cand), datetime(2025, 1, 1)
+
+    def run(model: str, values: list[float]) -> EvalResult:
+        return EvalResult(id=model, model=model, model_id=model, dataset="suite@1", dataset_version_id="v",
+                          config=SuiteConfig(dataset="suite"), prompts=len(values), samples=1,
+                          scores={"exact_match": slice_values(values, cohorts, families, kind="mean")},
+                          scores_path="-", seconds=0.0, created_at=at)  # fmt: skip
+
+    diffs = [a - b for a, b in zip(cand, base, strict=True)]
+    return ComparisonResult(id="c", candidate=run("cand", cand), baseline=run("base", base), judge="verifier:row",
+                            win_rate=slice_values([0.5] * len(cand), cohorts, families, kind="win"),
+                            differences={"exact_match": slice_values(diffs, cohorts, families, kind="diff")},
+                            created_at=at)  # fmt: skip
+
+
+def test_gate_fails_the_cohort_whose_own_check_fails_whatever_its_name(project: Project) -> None:
+    # o'brien's answers all got worse (-1), the others' stayed: overall -1/3 passes a margin of 0.5
+    verdict = decide_gate(_comparison({"o'brien": ([0.0] * 4, [1.0] * 4), "night owls": ([1.0] * 4, [1.0] * 4),
+                                       "mädchen": ([0.0] * 4, [0.0] * 4)}), margin=0.5, rule="mean")  # fmt: skip
+    at = datetime(2025, 1, 1)
+    evaluated = EvaluateResult(gates=[PairGate(candidate="cand", baseline="base", metric=verdict.metric,
+                                               checks=verdict.checks, reasons=verdict.reasons)])  # fmt: skip
+    record = TurnRecord(
+        id="turn", loop="t", turn=1, state="running", recipe={}, window_start=None, window_end=None,
+        serving=dict.fromkeys(ODD_COHORTS, "base"), started_at=at,
+        steps=[StepRecord(step="specialise", state="done", started_at=at,
+                          result=SpecialiseResult(candidates=dict.fromkeys(ODD_COHORTS, "cand"))),
+               StepRecord(step="evaluate", state="done", started_at=at, result=evaluated)],
+    )  # fmt: skip
+    result = steps.gate(Turn(project, _recipe(cohorts=ODD_COHORTS), record, None, None))
+    assert result.passed == {"o'brien": False, "night owls": True, "mädchen": True} and not result.rejected
+    assert [(c.cohort, c.passed) for c in result.checks["o'brien"]] == [(None, True), ("o'brien", False)]
+    assert [c.cohort for c in result.checks["mädchen"]] == [None, "mädchen"]
+    [reason] = result.reasons
+    assert reason.startswith("o'brien: cohort \"o'brien\": exact_match 0.000 vs baseline 1.000")
+
+
+def test_step_records_written_before_the_typed_results_read_back(project: Project) -> None:
+    at = datetime(2025, 1, 1)
+    estimate = {"n": 2, "mean": -1.0, "ci_low": None, "ci_high": None, "method": "normal"}
+    check = {"n": 2, "candidate": 0.0, "baseline": 1.0, "difference": estimate, "passed": False}
+    legacy = {  # as the loop stored them when results were dicts and a check knew its cohort only by its label
+        "evaluate": {"gates": {"t-t1-sft vs base": {"metric": "exact_match", "reasons": ["overall: …", "cohort…"],
+                     "checks": [check | {"slice": "overall"}, check | {"slice": "cohort \"o'brien\""}]}},
+                     "summary": "t-t1-sft vs base: 0.000 vs 1.000"},
+        "gate": {"passed": {"o'brien": False}, "reasons": ["o'brien: …"], "rejected": True, "summary": "rejected"},
+        "sft": {"model": "t-t1-sft", "metrics": {"loss": 1.5}, "summary": "t-t1-sft in 1.0s"},
+        "reward": {"skipped": "the reward model is off in the recipe"},
+        "datasets": {"datasets": {"sft": {"ref": "t-sft@1", "rows": 9}, "sft:minor": {"ref": None, "rows": 0}}},
+    }  # fmt: skip
+    cur = project.cursor()
+    cur.execute("INSERT INTO loop_turns (id, loop, turn, state, recipe, serving, started_at) "
+                "VALUES ('x', 't', 1, 'rejected', '{}', '{}', ?)", [at])  # fmt: skip
+    for step, result in legacy.items():
+        cur.execute("INSERT INTO loop_steps VALUES ('x', ?, 'done', ?, NULL, 1.0, ?, ?)",
+                    [step, json.dumps(result), at, at])  # fmt: skip
+    [turn] = loop.status(project, "t")
+    assert [s.step for s in turn.steps] == ["datasets", "sft", "reward", "evaluate", "gate"]
+    [pair] = turn.step("evaluate").result.gates  # type: ignore[union-attr]
+    assert (pair.candidate, pair.baseline) == ("t-t1-sft", "base")
+    assert [c.cohort for c in pair.checks] == [None, "o'brien"]
+    assert turn.step("gate").result == GateStepResult(passed={"o'brien": False}, reasons=["o'brien: …"],  # type: ignore[union-attr]
+                                                      rejected=True, summary="rejected")  # fmt: skip
+    assert turn.step("sft").result.model == "t-t1-sft"  # type: ignore[union-attr]
+    assert turn.step("reward").result.skipped  # type: ignore[union-attr]
+    assert turn.step("datasets").result.built("sft", "minor").rows == 0  # type: ignore[union-attr]
+    for step in turn.steps:  # and what is read back is stored back the same way
+        assert StepRecord.model_validate_json(step.model_dump_json()) == step
+
+
+@pytest.mark.slow
+def test_a_turn_gates_each_free_text_cohort_by_its_own_check(served: Project) -> None:
+    _product_logs(served, seed=9, cohorts=ODD_COHORTS)
+    from posttrain.evals import read_scores, run_eval
+
+    # o'brien's suite answers are the base model's own seeded samples: a candidate whose weights moved
+    # samples something else; nobody says the others' answers, so there both score 0
+    prompts = [[{"role": "user", "content": f"add {a} {b}"}] for a in range(2) for b in range(4)]
+    cohorts = ["o'brien"] * 2 + ["night owls"] * 3 + ["mädchen"] * 3
+    rows = [{"prompt": p, "answer": "never said", "cohort": c} for p, c in zip(prompts, cohorts, strict=True)]
+    write_version(served, "suite", "eval", pa.Table.from_pylist(rows), recipe={}, sources={"interaction_ids": []})
+    suite = SuiteConfig(dataset="suite", samples=1, temperature=1.0, max_new_tokens=8, seed=0)
+    for row in read_scores(run_eval(served, "base", suite)).to_pylist():
+        if rows[row["prompt_index"]]["cohort"] == "o'brien":
+            rows[row["prompt_index"]]["answer"] = row["completion"]
+    write_version(served, "suite", "eval", pa.Table.from_pylist(rows), recipe={}, sources={"interaction_ids": []})
+    recipe = _recipe(
+        cohorts=ODD_COHORTS, experiment={"enabled": False},
+        sft={"learning_rate": 5e-3, "epochs": 3, "batch_size": 8, "min_rows": 5},
+        specialise={"mädchen": {"min_rows": 2, "learning_rate": 1e-3}},
+        eval={"dataset": "suite", "samples": 1, "temperature": 1.0, "max_new_tokens": 8, "margin": 0.3},
+    )  # fmt: skip
+    [turn] = loop.run(served, recipe, 1, base="base")
+    gate = turn.step("gate").result  # type: ignore[union-attr]
+    assert isinstance(gate, GateStepResult)
+    assert gate.passed == {"o'brien": False, "night owls": True, "mädchen": True}, gate.reasons
+    assert [c.cohort for c in gate.checks["o'brien"] if not c.passed] == ["o'brien"]
+    assert gate.reasons and all(r.startswith("o'brien: ") for r in gate.reasons)
+    own = f"t-t1-{cohort_part('mädchen')}"
+    assert turn.state == "done" and turn.result is not None
+    assert turn.result["serving"] == {"o'brien": "base", "night owls": "t-t1-sft", "mädchen": own}
+    routes = {r.cohort: r.name for r in routing.list_routes(served)}
+    assert routes == {c: route_name("t", c) for c in ODD_COHORTS}
+    assert all(check_name(name) for name in [*routes.values(), own])

@@ -27,7 +27,9 @@ from posttrain import keys, loop, sim
 from posttrain.datasets import write_version
 from posttrain.errors import InvalidInput
 from posttrain.jobs import get_job
-from posttrain.loop.runner import Turn
+from posttrain.loop.results import DatasetsResult, SpecialiseResult, TrainResult
+from posttrain.loop.runner import ensure_routes
+from posttrain.loop.turns import Turn
 from posttrain.models.registry import find_model, register_model
 from posttrain.project import CONFIG_FILE, Project, init_project, open_project
 
@@ -201,11 +203,14 @@ def _training_curves(project: Project, record: loop.TurnRecord) -> dict[str, lis
     curves = {}
     for step in ("sft", "reward", "dpo", "grpo", "specialise"):
         found = record.step(step)
-        names: list[Any] = []
-        if found is not None and found.result:
-            names = found.result.get("trained", []) if step == "specialise" else [found.result.get("model")]
+        result = found.result if found is not None else None
+        names: list[str | None] = []
+        if isinstance(result, SpecialiseResult):
+            names = list(result.trained)
+        elif isinstance(result, TrainResult):
+            names = [result.model]
         for name in filter(None, names):
-            model = find_model(project, str(name))
+            model = find_model(project, name)
             if model is None or model.run_id is None:
                 continue
             history = get_job(project, model.run_id).metrics
@@ -215,10 +220,9 @@ def _training_curves(project: Project, record: loop.TurnRecord) -> dict[str, lis
 
 def _turn_row(project: Project, record: loop.TurnRecord, measured: dict[str, Any],
               experiment_phase: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    built = record.step("datasets")
-    datasets = (built.result or {}).get("datasets", {}) if built is not None else {}
+    built, gate = record.step("datasets"), record.step("gate")
+    datasets = built.result.datasets if built is not None and isinstance(built.result, DatasetsResult) else {}
     decisions = (record.result or {}).get("decisions", {})
-    gate = record.step("gate")
     seconds = {s.step: round(s.seconds or 0.0, 2) for s in record.steps}
     seconds["measure"] = measured["seconds"]
     return {
@@ -232,8 +236,8 @@ def _turn_row(project: Project, record: loop.TurnRecord, measured: dict[str, Any
         "families": measured["families"],
         "requests": measured["requests"],
         "feedback": measured["feedback"],
-        "datasets": {k: v.get("rows", 0) for k, v in datasets.items()},
-        "gate": (gate.result or {}) if gate else {},
+        "datasets": {k: v.rows for k, v in datasets.items()},
+        "gate": gate.result.model_dump(mode="json") if gate is not None and gate.result is not None else {},
         "decisions": decisions,
         "experiment_traffic": experiment_phase,
         "training": _training_curves(project, record),
@@ -287,7 +291,7 @@ def run_demo(
         register_model(project, "base", base_path, description="the simulated product's base model")
         _suite(project, config)
         steps = recipe(config)
-        loop.runner.ensure_routes(project, steps, base="base")
+        ensure_routes(project, steps, base="base")
         report: dict[str, Any] = {
             "seed": config.seed,
             "config": config.model_dump(mode="json"),

@@ -1,9 +1,9 @@
 """Loop recipes: which stages a turn runs, their settings, the gate and the experiment (YAML).
 
-A recipe names the cohorts the product serves and the model name the product asks for
-(``requested_model``; the loop keeps one route per cohort from that name to the cohort's serving
-model). Every stage has a default that works on the tiny models of the demo; a YAML file overrides
-any of them, e.g.::
+A recipe names the cohorts the product serves (free text, as the gateway receives them) and the
+model name the product asks for (``requested_model``; the loop keeps one route per cohort from
+that name to the cohort's serving model). Every stage has a default that works on the tiny models
+of the demo; a YAML file overrides any of them, e.g.::
 
     name: sft-dpo
     grpo: {enabled: false}
@@ -24,6 +24,7 @@ from posttrain.errors import InvalidInput
 from posttrain.evals.scorers import check_scorer_name
 from posttrain.evals.verifiers import check_verifier_name
 from posttrain.experiments.records import Guardrail, Metric
+from posttrain.loop.names import Cohort
 from posttrain.names import Name
 from posttrain.train.rewards import parse_reward_spec
 
@@ -167,14 +168,19 @@ class Recipe(BaseModel):
     requested_model: str = Field(
         "assistant", max_length=512, description="The model name the product asks the gateway for."
     )
-    cohorts: list[Name] = Field(default_factory=lambda: ["adult", "minor"], min_length=1, max_length=64)
+    cohorts: list[Cohort] = Field(
+        default_factory=lambda: ["adult", "minor"],
+        min_length=1,
+        max_length=64,
+        description="The cohorts the product serves, as the gateway receives them (free text, 1-128 characters).",
+    )
     min_feedback: int = Field(20, ge=0, description="Feedback events a turn needs in its window.")
     seed: int = 0
     sft: SFTStage = Field(default_factory=SFTStage)
     reward: RewardStage = Field(default_factory=RewardStage)
     dpo: DPOStage = Field(default_factory=DPOStage)
     grpo: GRPOStage = Field(default_factory=GRPOStage)
-    specialise: dict[str, SpecialiseStage] = Field(
+    specialise: dict[Cohort, SpecialiseStage] = Field(
         default_factory=dict, description="Per-cohort extra SFT, e.g. {minor: {epochs: 2}}."
     )
     eval: EvalStage = Field(default_factory=EvalStage)
