@@ -75,6 +75,7 @@ class PairGate(BaseModel):
 
     @property
     def overall(self) -> GateCheck:
+        """The check over the whole suite."""
         return next(c for c in self.checks if c.cohort is None)
 
     def decisive(self, cohort: str) -> list[GateCheck]:

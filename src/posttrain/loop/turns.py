@@ -69,6 +69,7 @@ class TurnRecord(BaseModel):
 
 
 def to_json(value: Any) -> str:
+    """Return ``value`` as the JSON text a warehouse JSON column takes."""
     return orjson.dumps(value, default=str).decode()
 
 
