@@ -27,6 +27,7 @@ from posttrain.experiments.records import Guardrail, Metric
 from posttrain.loop.names import Cohort
 from posttrain.names import Name
 from posttrain.train.rewards import parse_reward_spec
+from posttrain.validation import invalid_input
 
 
 class _Stage(BaseModel):
@@ -204,6 +205,4 @@ def load_recipe(path: Path | None = None, **overrides: Any) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(f"recipe {field}: {str(err['msg']).removeprefix('Value error, ')}", field=field) from None
+        raise invalid_input(exc, prefix="recipe ") from None

@@ -172,8 +172,9 @@ def _latest_reward_model(turn: Turn) -> str | None:
     row = (
         turn.project.cursor()
         .execute(
-            "SELECT name FROM models WHERE kind = 'reward-model' AND name LIKE ? ORDER BY created_at DESC LIMIT 1",
-            [f"{turn.recipe.name}-t%-rm"],
+            "SELECT name FROM models WHERE kind = 'reward-model' AND starts_with(name, ?) "
+            "AND regexp_full_match(substr(name, length(?) + 1), 't[0-9]+-rm') ORDER BY created_at DESC LIMIT 1",
+            [f"{turn.recipe.name}-", f"{turn.recipe.name}-"],
         )
         .fetchone()
     )
