@@ -39,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, upstream:
     proj.close()
     env = {
         "POSTTRAIN_GATEWAY_UPSTREAM_URL": upstream,
-        "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": "stub-echo,broken,slow",
+        "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": "stub-echo,broken,slow,tools-echo",
         "POSTTRAIN_GATEWAY_UPSTREAM_API_KEY_ENV": "STUB_UPSTREAM_KEY",
         "STUB_UPSTREAM_KEY": "sk-stub",
         "POSTTRAIN_GATEWAY_BATCH_WINDOW_MS": "150",  # wide, so concurrent test requests surely meet
@@ -127,7 +127,7 @@ def test_chat_completions_batches_concurrent_requests(server: LiveServer, sdk: o
 
 def test_models_list_names_registered_and_upstream_models(sdk: openai.OpenAI) -> None:
     names = [m.id for m in sdk.models.list()]
-    assert names == ["tiny", "stub-echo", "broken", "slow"]
+    assert names == ["tiny", "stub-echo", "broken", "slow", "tools-echo"]
 
 
 def test_chat_completions_logs_the_interaction(server: LiveServer, sdk: openai.OpenAI) -> None:
@@ -248,6 +248,94 @@ def test_upstream_failure_is_502_with_its_message(sdk: openai.OpenAI, stream: bo
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.chat.completions.create(model="broken", messages=HELLO, stream=stream)
     assert caught.value.status_code == 502 and "upstream exploded" in caught.value.message
+
+
+ECHO_TOOL: Any = {"type": "function", "function": {"name": "echo", "parameters": {"type": "object"}}}
+
+
+def test_upstream_tool_calls_reach_the_client_and_are_stored_whole(server: LiveServer, sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(model="tools-echo", messages=HELLO, tools=[ECHO_TOOL])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == ("call_1", "echo", '{"text": "hello"}')  # type: ignore[union-attr]
+    assert Upstream.seen[-1]["body"]["tools"] == [ECHO_TOOL]
+    stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
+    message = stored["metadata"]["response_message"]
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "echo", "arguments": '{"text": "hello"}'}}
+    ]
+    assert stored["metadata"]["finish_reason"] == "tool_calls" and stored["metadata"]["usage"]["total_tokens"] == 12
+    assert (stored["prompt_tokens"], stored["completion_tokens"]) == (7, 5)
+
+
+def test_upstream_streamed_tool_calls_pass_and_are_stored_whole(server: LiveServer, sdk: openai.OpenAI) -> None:
+    with sdk.chat.completions.with_streaming_response.create(
+        model="tools-echo", messages=HELLO, tools=[ECHO_TOOL], stream=True
+    ) as reply:
+        header_id = reply.headers["X-Posttrain-Interaction-Id"]
+        chunks = list(reply.parse())
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    assert "".join(d.function.arguments or "" for d in deltas if d.function) == '{"text": "hello"}'
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    stored = _stored(server, header_id)
+    assert stored["metadata"]["finish_reason"] == "tool_calls" and stored["response"] == ""
+    assert stored["metadata"]["response_message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"type": "function", "id": "call_1", "function": {"name": "echo", "arguments": '{"text": "hello"}'}}
+        ],
+    }
+
+
+def test_local_model_ends_before_the_stop_string(sdk: openai.OpenAI) -> None:
+    def ask(**options: Any) -> Any:
+        return sdk.chat.completions.create(model="tiny", messages=HELLO, max_tokens=12, temperature=0, **options)
+
+    full = ask().choices[0].message.content
+    assert full is not None and len(full) >= 4, full
+    stop = full[2:4]
+    cut = ask(stop=["never said", stop]).choices[0]
+    assert (cut.message.content, cut.finish_reason) == (full[: full.find(stop)], "stop")
+
+
+def test_local_model_answers_n_choices(server: LiveServer, sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4, n=3, temperature=1.0)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(isinstance(c.message.content, str) for c in completion.choices)
+    stored = _stored(server, getattr(completion, "posttrain_interaction_id"))  # noqa: B009
+    assert stored["response"] == completion.choices[0].message.content
+    assert [c["message"]["content"] for c in stored["metadata"]["choices"]] == [
+        c.message.content for c in completion.choices[1:]
+    ]
+
+
+def test_local_model_streams_n_choices(sdk: openai.OpenAI) -> None:
+    chunks = list(sdk.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, n=2, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"tools": [ECHO_TOOL]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 9}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_local_model_refuses_what_it_cannot_honour(sdk: openai.OpenAI, options: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="tiny", messages=HELLO, **options)
+    assert caught.value.param == param and param in caught.value.message
+
+
+def test_local_model_takes_text_response_format(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2, response_format={"type": "text"})
+    assert isinstance(reply.choices[0].message.content, str)
 
 
 # --- in-process: the error formats ------------------------------------------------------------

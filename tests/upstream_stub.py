@@ -12,7 +12,10 @@ from typing import Any
 
 
 class Upstream(BaseHTTPRequestHandler):
-    """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500."""
+    """A stub OpenAI-compatible server: echoes the last message (streaming too); model 'broken' answers 500.
+
+    Model 'tools-echo' answers by calling the tool ``echo`` with the last message as its ``text``.
+    """
 
     seen: list[dict[str, Any]] = []
     aborted: list[int] = []  # for model 'slow': how many chunks were sent before the reader went away
@@ -30,6 +33,9 @@ class Upstream(BaseHTTPRequestHandler):
         if body["model"] == "slow" and body.get("stream"):
             self._slow()
             return
+        if body["model"] == "tools-echo":
+            self._tool_call(body, content)
+            return
         if body.get("stream"):
             self._stream(body["model"], ["echo: ", body["messages"][-1]["content"]])
             return
@@ -38,11 +44,29 @@ class Upstream(BaseHTTPRequestHandler):
         reply = {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"]}
         self._send(200, reply | {"choices": [choice], "usage": usage})
 
-    def _stream(self, model: str, pieces: list[str]) -> None:
+    def _tool_call(self, body: dict[str, Any], content: str) -> None:
+        arguments = json.dumps({"text": content})
+        call = {"id": "call_1", "type": "function", "function": {"name": "echo", "arguments": arguments}}
+        if body.get("stream"):  # OpenAI's deltas: id, type and name first, then the arguments in pieces
+            head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "echo", "arguments": ""}}
+            pieces = [arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]]
+            deltas = [{"role": "assistant", "content": None, "tool_calls": [head]}]
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+            self._stream(body["model"], [], deltas=deltas, finish="tool_calls")
+            return
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls", "logprobs": None}
+        usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        reply = {"id": "up-4", "object": "chat.completion", "created": 1, "model": body["model"]}
+        self._send(200, reply | {"choices": [choice], "usage": usage})
+
+    def _stream(
+        self, model: str, pieces: list[str], *, deltas: list[dict[str, Any]] | None = None, finish: str = "stop"
+    ) -> None:
         base = {"id": "up-2", "object": "chat.completion.chunk", "created": 1, "model": model}
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces] + [{}]
+        deltas = (deltas or [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]) + [{}]
         chunks = [
-            base | {"choices": [{"index": 0, "delta": d, "finish_reason": "stop" if not d else None}]} for d in deltas
+            base | {"choices": [{"index": 0, "delta": d, "finish_reason": finish if not d else None}]} for d in deltas
         ]
         chunks.append(base | {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
         self.send_response(200)

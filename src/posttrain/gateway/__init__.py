@@ -305,15 +305,11 @@ class Gateway:
         self, call: _Call, events: AsyncIterator[dict[str, Any]], include_usage: bool
     ) -> AsyncIterator[dict[str, Any]]:
         """Pass an upstream's chunks on under this interaction's id; log what was said once it ends."""
-        text: list[str] = []
-        finish, first = "incomplete", True
-        usage: dict[str, Any] = {}
+        said = _Said()
+        first = True
         try:
             async for event in events:
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
-                    finish = choice.get("finish_reason") or finish
+                said.add(event)
                 if not event.get("choices") and not include_usage:
                     continue  # the usage chunk the gateway asked for, not the client
                 event = event | {"id": f"chatcmpl-{call.interaction_id}", "model": call.route.model}
@@ -322,14 +318,7 @@ class Gateway:
                 yield event
         finally:  # a client that disconnects still leaves what it was sent in the log
             await events.aclose()  # type: ignore[attr-defined]  # closes the upstream's response too
-            completion = Completion(
-                text="".join(text),
-                pieces=[],
-                finish_reason=finish,
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            )
-            self._log(call, completion)
+            self._log(call, said.completion())
 
     def _log(self, call: _Call, completion: Completion) -> None:
         interaction_id, request, route = call.interaction_id, call.request, call.route
@@ -347,7 +336,7 @@ class Gateway:
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "tags": ["gateway"],
-            "metadata": metadata | _serving(route, completion),
+            "metadata": metadata | _serving(route, completion) | _answer(completion),
         }
         if call.assignment is not None:
             event |= {
@@ -409,6 +398,67 @@ def _serving(route: Route, completion: Completion) -> dict[str, Any]:
     """Return how a request was served, kept in the interaction's metadata."""
     served = {"backend": route.backend, "finish_reason": completion.finish_reason}
     return served | ({"batch_size": completion.batch_size} if completion.batch_size is not None else {})
+
+
+def _answer(completion: Completion) -> dict[str, Any]:
+    """Return what the response text cannot hold, kept in the metadata: the whole message, more choices."""
+    kept: dict[str, Any] = {}
+    message = completion.message
+    if set(message) - {"role", "content"} or not isinstance(message.get("content"), str | None):
+        kept["response_message"] = message  # tool calls, refusal, audio…: the message as served
+    if completion.choices and len(completion.choices) > 1:
+        kept["choices"] = completion.served_choices()[1:]
+    if completion.usage:
+        kept["usage"] = completion.usage
+    return kept
+
+
+class _Said:
+    """What an upstream's stream said in its first choice: text, refusal and tool calls, merged from deltas."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.refusal: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish = "incomplete"
+        self.usage: dict[str, Any] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Take in one chunk."""
+        self.usage = event.get("usage") or self.usage
+        for choice in event.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue  # n > 1 streams: the first choice is the response
+            delta = choice.get("delta") or {}
+            self.text.append(delta.get("content") or "")
+            self.refusal.append(delta.get("refusal") or "")
+            for part in delta.get("tool_calls") or []:
+                self._merge(part)
+            self.finish = choice.get("finish_reason") or self.finish
+
+    def _merge(self, part: dict[str, Any]) -> None:
+        """Join a tool call's deltas: its id, type and name come once, its arguments in pieces."""
+        call = self.calls.setdefault(part.get("index", len(self.calls)), {"function": {"name": "", "arguments": ""}})
+        for key in ("id", "type"):
+            if part.get(key):
+                call[key] = part[key]
+        function = part.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    def completion(self) -> Completion:
+        """Return what was said as a completion; a message with tool calls or a refusal is kept whole."""
+        text, refusal = "".join(self.text), "".join(self.refusal)
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.calls else "")}
+        if refusal:
+            message["refusal"] = refusal
+        if self.calls:
+            message["tool_calls"] = [{"type": "function"} | self.calls[i] for i in sorted(self.calls)]
+        choices = [{"message": message, "finish_reason": self.finish}] if refusal or self.calls else None
+        tokens = {"prompt_tokens": self.usage.get("prompt_tokens"),
+                  "completion_tokens": self.usage.get("completion_tokens")}  # fmt: skip
+        return Completion(text=text, pieces=[], finish_reason=self.finish, choices=choices, usage=self.usage or None,
+                          **tokens)  # fmt: skip
 
 
 def _warn_on_failure(interaction_id: str) -> Callable[[Future[list[str]]], None]:

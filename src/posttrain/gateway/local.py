@@ -4,6 +4,10 @@ Requests for one model that arrive within ``gateway.batch_window_ms`` are genera
 left-padded ``generate`` call on that model's worker thread. torch and transformers are imported
 only on those threads.
 
+A request asking what these models cannot do (``tools``, a ``response_format`` other than text,
+``logprobs``) is refused, naming the field; ``stop`` cuts the answer before the first stop string,
+and ``n`` choices are generated as ``n`` requests of one batch.
+
 A request fails alone, never its batch: its messages are checked before it is queued (text parts
 are joined; any other part is refused, as these models read text only), its prompt is templated
 and measured on its own, and a batch whose generation fails is generated again one request at a
@@ -52,6 +56,45 @@ def _text_message(i: int, message: Message) -> dict[str, Any]:
                                "(send it to a model that does, or send text parts)", field=field)  # fmt: skip
         texts.append(part["text"])  # type: ignore[typeddict-item]  # a "text" part is a TextPart
     return dict(message) | {"content": "\n".join(texts)}
+
+
+def refuse_unsupported(request: ChatRequest) -> None:
+    """Raise InvalidInput naming the first option a local model cannot honour (tools, response_format, logprobs)."""
+    extra = request.model_extra or {}
+    response_format = extra.get("response_format")
+    refused = {
+        "tools": bool(extra.get("tools")) or bool(extra.get("functions")),
+        "response_format": response_format is not None and response_format != {"type": "text"},
+        "logprobs": bool(extra.get("logprobs")),
+        "top_logprobs": extra.get("top_logprobs") is not None,
+    }
+    for field, asked in refused.items():
+        if asked:
+            raise InvalidInput(f"{field}: a model served locally cannot honour it; drop {field}, or ask a model "
+                               "served upstream (gateway.upstream_models)", field=field)  # fmt: skip
+
+
+def cut_at_stop(completion: Completion, stops: Sequence[str]) -> Completion:
+    """Return the completion ended before its first stop string (finish reason "stop"), if one occurs."""
+    found = [i for i in (completion.text.find(s) for s in stops) if i >= 0]
+    if not found:
+        return completion
+    text, pieces, length = completion.text[: min(found)], [], 0
+    for piece in completion.pieces:
+        if length + len(piece) >= len(text):
+            pieces.append(piece[: len(text) - length])
+            break
+        pieces.append(piece)
+        length += len(piece)
+    return completion.model_copy(update={"text": text, "pieces": [p for p in pieces if p], "finish_reason": "stop"})
+
+
+def _together(completions: list[Completion]) -> Completion:
+    """Return ``n`` completions of one request as one: the first, with every one as a choice."""
+    choices = [{"message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+               for c in completions]  # fmt: skip
+    tokens = sum(c.completion_tokens or 0 for c in completions)
+    return completions[0].model_copy(update={"choices": choices, "completion_tokens": tokens})
 
 
 class _Job:
@@ -285,13 +328,16 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     async def complete(self, path: str, request: ChatRequest) -> Completion:
-        """Generate a completion on the model in ``path``, batched with concurrent requests."""
-        messages = text_messages(request.messages)  # refused here, before it can share a batch
+        """Generate a completion (``n`` choices) on the model in ``path``, batched with concurrent requests."""
+        refuse_unsupported(request)  # refused here, before it can share a batch
+        messages = text_messages(request.messages)
         with self._lock:
             worker = self._workers.get(path)
             if worker is None:
                 worker = self._workers[path] = _ModelWorker(Path(path), self._settings)
-        return await asyncio.wrap_future(worker.submit(request, messages))
+        futures = [asyncio.wrap_future(worker.submit(request, messages)) for _ in range(request.n)]
+        done = [cut_at_stop(c, request.stops) for c in await asyncio.gather(*futures)]
+        return done[0] if len(done) == 1 else _together(done)
 
     def close(self) -> None:
         """Stop every model's worker."""

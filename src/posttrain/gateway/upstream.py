@@ -123,18 +123,21 @@ def _message(text: str, reply: aiohttp.ClientResponse) -> str:
 
 
 def _read_upstream(url: str, raw: bytes) -> Completion:
+    """Read an upstream's chat completion; its choices are kept as sent (tool calls, refusal, logprobs)."""
     try:
         data = orjson.loads(raw)
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
+        choices = data["choices"]
+        message = choices[0]["message"]
+        text = message.get("content") or ""
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         raise UpstreamFailed(f"upstream {url} sent no chat completion: {raw[:300]!r}", field="model") from None
-    usage = data.get("usage") or {}
-    finish = "length" if choice.get("finish_reason") == "length" else "stop"
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
     return Completion(
-        text=text,
-        pieces=[text] if text else [],
-        finish_reason=finish,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
+        text=text if isinstance(text, str) else "",
+        pieces=[text] if isinstance(text, str) and text else [],
+        finish_reason=str(choices[0].get("finish_reason") or "stop"),
+        prompt_tokens=(usage or {}).get("prompt_tokens"),
+        completion_tokens=(usage or {}).get("completion_tokens"),
+        choices=choices,
+        usage=usage,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from posttrain.errors import InvalidInput
 from posttrain.records import Message
@@ -15,6 +15,7 @@ FinishReason = str  # "stop" or "length" locally; an upstream may say "tool_call
 
 
 MAX_MESSAGES = 2048  # OpenAI's own bound on one request's messages
+MAX_CHOICES = 8  # the most choices (``n``) one request may ask for
 
 
 class ChatRequest(BaseModel):
@@ -32,7 +33,8 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description=f"Choices to generate, at most {MAX_CHOICES}.")
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings; the answer ends before the first.")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=512)
@@ -43,9 +45,27 @@ class ChatRequest(BaseModel):
         """Return the completion token limit the request asks for, if any."""
         return self.max_completion_tokens or self.max_tokens
 
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= 4:
+            raise ValueError("give 1 to 4 stop strings")
+        if any(s == "" for s in ([value] if isinstance(value, str) else value or [])):
+            raise ValueError("a stop string cannot be empty")
+        return value
+
+    @property
+    def stops(self) -> list[str]:
+        """Return the stop strings as a list."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 class Completion(BaseModel):
-    """What a backend produced for one request; ``pieces`` are the text in streamable deltas."""
+    """What a backend produced for one request; ``pieces`` are the text in streamable deltas.
+
+    ``choices`` holds every choice in OpenAI's shape when a backend made more than the text says:
+    an upstream's choices as it sent them (tool calls, refusal, logprobs), or ``n`` local ones.
+    """
 
     text: str
     pieces: list[str]
@@ -53,6 +73,22 @@ class Completion(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     batch_size: int | None = Field(None, description="Requests generated together with this one (local backend).")
+    choices: list[dict[str, Any]] | None = None
+    usage: dict[str, Any] | None = Field(None, description="The upstream's usage as it sent it.")
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """Return the first choice's assistant message as served."""
+        if self.choices and isinstance(self.choices[0].get("message"), dict):
+            return dict(self.choices[0]["message"])
+        return {"role": "assistant", "content": self.text}
+
+    def served_choices(self) -> list[dict[str, Any]]:
+        """Return the choices in OpenAI's shape, indexed in order."""
+        choices = self.choices or [
+            {"message": {"role": "assistant", "content": self.text}, "finish_reason": self.finish_reason}
+        ]
+        return [{"logprobs": None} | choice | {"index": i} for i, choice in enumerate(choices)]
 
 
 class Served(BaseModel):
@@ -86,15 +122,8 @@ def completion_body(served: Served) -> dict[str, Any]:
         "object": "chat.completion",
         "created": served.created,
         "model": served.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": _usage(c),
+        "choices": c.served_choices(),
+        "usage": c.usage or _usage(c),
         "posttrain_interaction_id": served.interaction_id,
     }
 
@@ -104,7 +133,7 @@ def pair_body(pair_id: str, answers: list[Served]) -> dict[str, Any]:
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": s.completion.text},
+            "message": s.completion.message,
             "finish_reason": s.completion.finish_reason,
             "logprobs": None,
             "posttrain_interaction_id": s.interaction_id,
@@ -147,6 +176,10 @@ def completion_chunks(served: Served, *, include_usage: bool = False) -> Iterato
     for piece in served.completion.pieces:
         yield chunk({"content": piece})
     yield chunk({}, served.completion.finish_reason)
+    for choice in served.completion.served_choices()[1:]:  # n > 1: each further choice in one delta
+        delta = {"role": "assistant", "content": choice["message"].get("content") or ""}
+        yield base | {"choices": [{"index": choice["index"], "delta": delta, "finish_reason": choice["finish_reason"],
+                                   "logprobs": None}]}  # fmt: skip
     if include_usage:
         yield base | {"choices": [], "usage": _usage(served.completion)}
 
