@@ -154,7 +154,10 @@ def test_analyse_matches_hand_counts(project: Project) -> None:
     assert control.metrics["edit_rate"].mean == pytest.approx(1 / 6)
     assert control.metrics["mean_rating"].n == 1 and control.metrics["mean_rating"].mean == 4
     assert control.metrics["latency_ms"].mean == pytest.approx(sum(100 + i % 7 for i in range(6)) / 6)
-    assert new.comparisons["thumbs_up_rate"].test is not None
+    assert control.users == 6 and new.users == 5
+    # every measured user of "new" liked it: zero variance is no certainty, so no test
+    assert new.comparisons["thumbs_up_rate"].test is None
+    assert "zero variance" in (new.comparisons["thumbs_up_rate"].reason or "")
     assert [(r.variant, r.cohort) for r in analysis.cohorts] == [("control", "free"), ("new", "pro")]
     assert ex.get_experiment(project, "exp").analyses == [analysis]
 
@@ -346,7 +349,11 @@ def test_check_guardrails_rolls_back_only_on_a_proven_breach(project: Project, t
     _traffic(project, "new", up=45, down=55)  # a little worse, not proven
     assert ex.check_guardrails(project, "exp") is None
     assert ex.get_experiment(project, "exp").state == "running"
-    _traffic(project, "new", up=20, down=380)  # now clearly worse
+    _traffic(project, "new", up=20, down=380)  # now clearly worse, but 400 users against 100
+    assert ex.check_guardrails(project, "exp") is None  # a failed SRM check blocks the rollback
+    blocked = ex.decide(project, "exp")
+    assert blocked.action == "continue" and "sample-ratio mismatch" in blocked.reasons[0]
+    _traffic(project, "control", up=200, down=200)  # 400 users each again
     decision = ex.check_guardrails(project, "exp")
     assert decision is not None and decision.action == "rollback" and decision.applied
     assert decision.reasons[0].startswith("automatic: thumbs_up_rate worse beyond margin 0.02")

@@ -43,8 +43,11 @@ __all__ = [
     "confidence_sequence",
     "fixed_horizon_n",
     "gavi_rho",
+    "holm",
     "msprt",
     "non_inferior",
+    "paired_test",
+    "ratio_summary",
     "srm_test",
     "two_proportion_test",
     "welch_test",
@@ -86,13 +89,43 @@ class MetricSummary(_Record):
         p = successes / trials
         return cls(n=trials, mean=p, variance=p * (1 - p))
 
+    @classmethod
+    def from_ratio_moments(cls, n: int, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> MetricSummary:
+        """Summarise a ratio metric Σx/Σy over n units (users) from the sums of x, y, x², y², xy.
+
+        The mean is R = Σx/Σy; the per-unit variance is the delta method's
+        (s_x² − 2R s_xy + R² s_y²)/ȳ² with sample (co)variances (ddof=1), so variance/n is the
+        variance of R with units, not their events, as the independent draws (GrowthBook, Eppo).
+        """
+        if n < 2 or sy <= 0:
+            raise InvalidInput("a ratio metric needs at least 2 units and a positive denominator", field="n")
+        ratio, x_bar, y_bar = sx / sy, sx / n, sy / n
+        s_xx = (sxx - n * x_bar * x_bar) / (n - 1)
+        s_yy = (syy - n * y_bar * y_bar) / (n - 1)
+        s_xy = (sxy - n * x_bar * y_bar) / (n - 1)
+        variance = max(0.0, (s_xx - 2 * ratio * s_xy + ratio * ratio * s_yy) / (y_bar * y_bar))
+        return cls(n=n, mean=ratio, variance=variance)
+
+
+def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) -> MetricSummary:
+    """Summarise a ratio metric from per-unit numerators and denominators (delta method).
+
+    For a per-user rate: numerator = the user's events with the outcome, denominator = the
+    user's events measured. See ``MetricSummary.from_ratio_moments``.
+    """
+    x, y = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if x.shape != y.shape:
+        raise InvalidInput("give one denominator per numerator", field="denominators")
+    return MetricSummary.from_ratio_moments(int(x.size), float(x.sum()), float(y.sum()), float(x @ x),
+                                            float(y @ y), float(x @ y))  # fmt: skip
+
 
 class TestResult(_Record):
     """A fixed-horizon two-sided test of treatment − control, absolute and relative."""
 
     __test__ = False  # not a pytest class
 
-    method: Literal["welch", "two-proportion"]
+    method: Literal["welch", "two-proportion", "paired"]
     effect: float
     se: float
     ci_low: float
@@ -318,8 +351,19 @@ def two_proportion_test(control: MetricSummary, treatment: MetricSummary, alpha:
     return _result("two-proportion", effect, se, *arms, z, None, p, alpha, _NORMAL.inv_cdf(1 - alpha / 2))
 
 
+def paired_test(differences: MetricSummary, alpha: float = 0.05) -> TestResult:
+    """Test whether paired differences (treatment − control within a pair or a unit) average 0.
+
+    A one-sample t-test: t = d̄/SE, SE² = s_d²/n, df = n − 1 (Welch's test against a zero-variance
+    arm reduces to exactly this). Use it for side-by-side choices, where both arms share each pair.
+    """
+    zero = MetricSummary(n=differences.n, mean=0.0, variance=0.0)
+    result = welch_test(zero, differences, alpha)
+    return result.model_copy(update={"method": "paired"})
+
+
 def _result(
-    method: Literal["welch", "two-proportion"],
+    method: Literal["welch", "two-proportion", "paired"],
     effect: float,
     se: float,
     control: MetricSummary,
@@ -505,6 +549,24 @@ def confidence_sequence(variance: float, n: int, alpha: float = 0.05, rho: float
     rho = gavi_rho(alpha) if rho is None else rho
     nr2 = n * rho**2
     return math.sqrt(variance * 2 * (nr2 + 1) / (n * nr2) * math.log(math.sqrt(nr2 + 1) / alpha))
+
+
+# --- multiple testing ---------------------------------------------------------------------
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Return which hypotheses Holm's step-down procedure rejects (family-wise error ≤ alpha).
+
+    Sort the p-values; reject the i-th smallest (i from 0) while p ≤ α/(m − i); stop at the first
+    that is not (Holm 1979). Valid for any dependence between the tests.
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    reject = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (len(p_values) - rank):
+            break
+        reject[i] = True
+    return reject
 
 
 # --- data quality -------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from posttrain import stats
 from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput
-from posttrain.experiments.analysis import analyse
+from posttrain.experiments.analysis import analyse, sequential
 from posttrain.experiments.records import (
     _LOWER_IS_BETTER,
     Action,
@@ -21,64 +22,126 @@ from posttrain.models.registry import find_model, get_model
 from posttrain.project import Project
 
 # --- decisions ----------------------------------------------------------------------------
+#
+# The error control, in one place (docs/guides/serving-and-ab.md, "Deciding"):
+# - the unit is the user, as randomised; a sample-ratio mismatch on users blocks every decision;
+# - promotion is on the pre-declared primary metric, overall (cohorts are descriptive), by the
+#   always-valid mSPRT p-value, Holm-corrected across treatments, so ``decide`` may be called at
+#   any time; every guardrail must then be non-inferior overall by the always-valid interval;
+# - rollback needs a guardrail's always-valid test to show a loss beyond its margin, Holm-corrected
+#   across treatments × (overall + cohorts) × guardrails.
 
 
-def _guardrail_verdicts(
-    rows: list[VariantStats], config: ExperimentConfig, *, sequential: bool = False
-) -> list[tuple[str, bool, str]]:
-    """Return (variant, breached, message) for every guardrail not yet shown non-inferior, in every row.
+def _srm_block(analysis: Analysis) -> str | None:
+    """Return why a sample-ratio mismatch forbids deciding, or None when the split of users fits."""
+    srm = analysis.srm
+    if srm is None or not srm.mismatch:
+        return None
+    users = ", ".join(f"{r.variant}={r.users}" for r in analysis.variants)
+    return (f"sample-ratio mismatch: users per variant ({users}) do not fit the planned shares "
+            f"(p = {srm.p_value:.2g} < {srm.threshold}); no promotion or rollback until its cause "
+            "(assignment, logging, bots) is found")  # fmt: skip
 
-    With ``sequential`` a breach also needs the always-valid p-value below alpha, so a monitor that
-    looks again and again keeps its false-rollback rate at alpha.
+
+def _where(row: VariantStats) -> str:
+    return f"{row.variant} in cohort {row.cohort}" if row.cohort else f"{row.variant} overall"
+
+
+def _breach_tests(analysis: Analysis, config: ExperimentConfig) -> list[tuple[float, str]]:
+    """Return (always-valid p, message) for "this guardrail lost more than its margin", every row.
+
+    The test is the mSPRT of treatment − control shifted by the margin (H0: the loss is exactly
+    the margin), so it rejects exactly when the always-valid interval lies beyond the margin.
     """
-    verdicts = []
-    for row in rows:
-        where = f"{row.variant} in cohort {row.cohort}" if row.cohort else f"{row.variant} overall"
+    controls = {r.cohort: r for r in analysis.variants + analysis.cohorts if r.variant == config.control.name}
+    tests = []
+    for row in analysis.variants + analysis.cohorts:
+        control = controls.get(row.cohort)
+        if row.variant == config.control.name or control is None:
+            continue
         for guard in config.guardrails:
             comparison = row.comparisons.get(guard.metric)
-            test = comparison.test if comparison else None
-            if test is None:
-                verdicts.append((row.variant, False, f"{guard.metric} untested for {where}"))
+            if comparison is None or comparison.test is None:
                 continue
+            c, t = control.metrics[guard.metric], row.metrics[guard.metric]
+            margin = guard.margin_for(c.mean)
             sign = -1 if guard.metric in _LOWER_IS_BETTER else 1
-            low, high = sorted((sign * test.ci_low, sign * test.ci_high))
-            valid = comparison is not None and comparison.always_valid_p is not None
-            proven = not sequential or (valid and comparison.always_valid_p < config.alpha)  # type: ignore[union-attr,operator]
-            if test.significant and proven and high < -guard.margin:
-                verdicts.append((row.variant, True, f"{guard.metric} worse beyond margin {guard.margin} for {where}"))
-            elif low <= -guard.margin:
-                verdicts.append(
-                    (row.variant, False, f"{guard.metric} not shown within margin {guard.margin} for {where}")
-                )
-    return verdicts
+            look = sequential(c, t, config.alpha, shift=sign * margin)
+            p = look.p_value if sign * look.effect < 0 else 1.0
+            tests.append((p, f"{guard.metric} worse beyond margin {margin:.4g} for {_where(row)}"))
+    return tests
+
+
+def _breaches(analysis: Analysis, config: ExperimentConfig) -> list[str]:
+    tests = _breach_tests(analysis, config)
+    rejected = stats.holm([p for p, _ in tests], config.alpha)
+    return [f"{message} (always-valid p = {p:.2g}, Holm over {len(tests)} tests)"
+            for (p, message), hit in zip(tests, rejected, strict=True) if hit]  # fmt: skip
+
+
+def _unproven_guardrails(row: VariantStats, control: VariantStats, config: ExperimentConfig) -> list[str]:
+    """Return why a treatment's guardrails are not yet shown non-inferior overall (always-valid interval)."""
+    reasons = []
+    for guard in config.guardrails:
+        comparison = row.comparisons.get(guard.metric)
+        margin = guard.margin_for(control.metrics[guard.metric].mean)
+        low, high = (comparison.always_valid_ci_low, comparison.always_valid_ci_high) if comparison else (None, None)
+        if low is None or high is None:
+            reason = comparison.reason if comparison else None
+            reasons.append(f"{guard.metric} untested for {_where(row)}" + (f": {reason}" if reason else ""))
+            continue
+        sign = -1 if guard.metric in _LOWER_IS_BETTER else 1
+        if min(sign * low, sign * high) <= -margin:
+            reasons.append(f"{guard.metric} not shown within margin {margin:.4g} for {_where(row)}")
+    return reasons
 
 
 def _judge(analysis: Analysis, config: ExperimentConfig) -> tuple[Action, str | None, list[str]]:
-    control = config.control.name
-    verdicts = _guardrail_verdicts([r for r in analysis.variants + analysis.cohorts if r.variant != control], config)
-    breaches = [message for _, breached, message in verdicts if breached]
+    blocked = _srm_block(analysis)
+    if blocked:
+        return "continue", None, [blocked]
+    breaches = _breaches(analysis, config)
     if breaches:
         return "rollback", None, breaches
-    reasons = [message for _, _, message in verdicts]
-    unguarded = {variant for variant, _, _ in verdicts}
-    winners = []
-    control_n = next((r.metrics[config.metric].n for r in analysis.variants if r.variant == control), 0)
-    for row in analysis.variants:
-        n = min(row.metrics[config.metric].n, control_n)
-        if row.variant == control:
-            continue
+    control = next((r for r in analysis.variants if r.variant == config.control.name), None)
+    treatments = [r for r in analysis.variants if r.variant != config.control.name]
+    if control is None or not treatments:
+        return "continue", None, ["no data for the control and a treatment yet"]
+    return _pick_winner(control, treatments, config)
+
+
+def _win_p(row: VariantStats, config: ExperimentConfig) -> float:
+    """The always-valid p-value for "this treatment wins the primary metric" (1 when it loses)."""
+    comparison = row.comparisons.get(config.metric)
+    if comparison is None or comparison.test is None or comparison.always_valid_p is None:
+        return 1.0
+    sign = -1 if config.metric in _LOWER_IS_BETTER else 1
+    return comparison.always_valid_p if sign * comparison.test.effect > 0 else 1.0
+
+
+def _pick_winner(
+    control: VariantStats, treatments: list[VariantStats], config: ExperimentConfig
+) -> tuple[Action, str | None, list[str]]:
+    wins = stats.holm([_win_p(r, config) for r in treatments], config.alpha)
+    reasons, winners = [], []
+    for row, won in zip(treatments, wins, strict=True):
+        n = min(row.metrics[config.metric].n, control.metrics[config.metric].n)
+        unproven = _unproven_guardrails(row, control, config)
         if n < config.min_samples:
-            reasons.append(
-                f"{row.variant} vs control: {n} units of {config.metric}, below min_samples {config.min_samples}"
-            )
-        elif not row.comparisons[config.metric].better:
-            reasons.append(f"{row.variant} does not significantly win {config.metric}")
-        elif row.variant not in unguarded:
+            reasons.append(f"{row.variant} vs control: {n} users measured on {config.metric}, "
+                           f"below min_samples {config.min_samples}")  # fmt: skip
+        elif not won:
+            p = _win_p(row, config)
+            reasons.append(f"{row.variant} does not significantly win {config.metric} "
+                           f"(always-valid p = {p:.2g}, Holm over {len(treatments)} treatments)")  # fmt: skip
+        elif unproven:
+            reasons.extend(unproven)
+        else:
             winners.append(row)
     if not winners:
         return "continue", None, reasons or ["no treatment wins yet"]
     best = max(winners, key=lambda r: abs(r.comparisons[config.metric].test.effect))  # type: ignore[union-attr]
-    return "promote", best.variant, [f"{best.variant} wins {config.metric} and holds every guardrail in every cohort"]
+    return "promote", best.variant, [f"{best.variant} wins {config.metric} and holds every guardrail"]
 
 
 def _record(project: Project, experiment: Experiment, decision: Decision, **fields: Any) -> Experiment:
@@ -89,7 +152,9 @@ def _record(project: Project, experiment: Experiment, decision: Decision, **fiel
 def decide(project: Project, name: str, *, apply: bool = False) -> Decision:
     """Analyse and decide: promote a clear, guarded winner, roll back a guardrail breach, else continue.
 
-    The decision is recorded with its analysis; with ``apply=True`` a promote or rollback is carried out.
+    Safe to call at any time: it decides on always-valid p-values and intervals per user, with
+    Holm's correction, and refuses to act on a sample-ratio mismatch. The decision is recorded
+    with its analysis; with ``apply=True`` a promote or rollback is carried out.
     """
     experiment = get_experiment(project, name)
     _require(experiment, ("running", "stopped"), "decide")
@@ -153,16 +218,17 @@ def rollback(project: Project, name: str) -> Experiment:
 def check_guardrails(project: Project, name: str) -> Decision | None:
     """Roll back a running experiment whose guardrail is breached (always-valid test); else return None.
 
-    Safe to call as often as one likes: the breach needs the sequential test as well as the
-    fixed-horizon one, and nothing is stored unless it acts.
+    Safe to call as often as one likes: a breach needs the always-valid test (Holm-corrected over
+    treatments, cohorts and guardrails) to show a loss beyond the margin, nothing is done while the
+    split of users fails the SRM check, and nothing is stored unless it acts.
     """
     experiment = get_experiment(project, name)
     if experiment.state != "running" or not experiment.config.guardrails:
         return None
     analysis = analyse(project, name, keep=False)
-    control = experiment.config.control.name
-    rows = [r for r in analysis.variants + analysis.cohorts if r.variant != control]
-    breaches = [m for _, breached, m in _guardrail_verdicts(rows, experiment.config, sequential=True) if breached]
+    if _srm_block(analysis):
+        return None  # a mismatched split proves nothing; ``decide`` says so
+    breaches = _breaches(analysis, experiment.config)
     if not breaches:
         return None
     decision = Decision(action="rollback", variant=None, reasons=[f"automatic: {m}" for m in breaches], at=utc_now(),

@@ -52,13 +52,28 @@ class Variant(BaseModel):
     share: float = Field(gt=0, le=1)
 
 
+# The default non-inferiority margin of a guardrail: a loss of 10% of the control's mean.
+DEFAULT_MARGIN = 0.10
+
+
 class Guardrail(BaseModel):
-    """A metric that must not get worse by more than ``margin`` (absolute, on the metric's scale)."""
+    """A metric that must not get worse by more than ``margin`` (absolute, on the metric's scale).
+
+    ``margin`` is a non-inferiority margin: promotion needs the always-valid interval to exclude a
+    loss of ``margin``, rollback needs it to show a loss beyond ``margin``. Left out, it is 10% of
+    the control's mean (``DEFAULT_MARGIN``); 0 would demand that the guardrail significantly improve.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     metric: Metric
-    margin: float = Field(0.0, ge=0)
+    margin: float | None = Field(None, ge=0)
+
+    def margin_for(self, control_mean: float | None) -> float:
+        """Return the margin in the metric's units: the given one, or 10% of the control's mean."""
+        if self.margin is not None:
+            return self.margin
+        return DEFAULT_MARGIN * abs(control_mean or 0.0)
 
 
 class ExperimentConfig(BaseModel):
@@ -74,7 +89,7 @@ class ExperimentConfig(BaseModel):
     metric: Metric = "thumbs_up_rate"
     direction: Direction | None = None
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=len(METRICS))
-    min_samples: int = Field(100, ge=2)
+    min_samples: int = Field(100, ge=2, description="Users per arm measured on the metric before a decision.")
     alpha: float = Field(0.05, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -96,7 +111,12 @@ class ExperimentConfig(BaseModel):
 
 
 class MetricStats(BaseModel):
-    """One metric in one variant (and cohort): units measured, mean and a 95% normal CI."""
+    """One metric in one variant (and cohort): users measured, the ratio mean and a 95% CI.
+
+    ``n`` counts users (the unit of randomisation) with at least one measurement; ``mean`` is the
+    events' mean (Σ over users of the metric / Σ of their measured events); ``variance`` is the
+    per-user delta-method variance, so ``variance / n`` is the variance of ``mean``.
+    """
 
     n: int
     mean: float | None
@@ -111,6 +131,8 @@ class Comparison(BaseModel):
     test: stats.TestResult | None
     chance_to_win: float | None
     always_valid_p: float | None
+    always_valid_ci_low: float | None = None  # the mSPRT interval at alpha, valid at any look
+    always_valid_ci_high: float | None = None
     better: bool
     worse: bool
     reason: str | None = None  # why no test, when there is none
@@ -122,6 +144,7 @@ class VariantStats(BaseModel):
     variant: str
     cohort: str | None
     interactions: int
+    users: int = 0  # distinct users served (the unit of randomisation and of the SRM check)
     metrics: dict[str, MetricStats]
     comparisons: dict[str, Comparison] = Field(default_factory=dict)
 
