@@ -43,6 +43,7 @@ from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
+from posttrain.stored_paths import load_path, store_path
 from posttrain.validation import invalid_input
 from posttrain.warehouse.rows import fetch_all, fetch_one
 
@@ -111,7 +112,7 @@ def write_version(
         created_at=utc_now(),
     )
     (folder / "manifest.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2))
-    data = record.model_dump()
+    data = _stored(project, record.model_dump())
     for field in _JSON:
         data[field] = orjson.dumps(data[field]).decode()
     cur.execute(
@@ -135,6 +136,28 @@ def resolve(project: Project, ref: str) -> DatasetVersion:
     if data is None:
         what = f"dataset {name!r} has no version {version}" if version else f"no dataset {name!r}"
         raise NotFound(f"{what}; run 'posttrain datasets list'", field="dataset")
+    return _version(project, data)
+
+
+def _stored(project: Project, data: dict[str, Any]) -> dict[str, Any]:
+    """Return a version's row with its paths relative to the project (so the project can move)."""
+    sources = data["source_ids"]
+    return {
+        **data,
+        "path": store_path(project.root, data["path"]),
+        "manifest_path": data["manifest_path"] and store_path(project.root, data["manifest_path"]),
+        "source_ids": {**sources, "file": store_path(project.root, sources["file"])} if "file" in sources else sources,
+    }
+
+
+def _version(project: Project, data: dict[str, Any]) -> DatasetVersion:
+    """Return a version from its row, its stored paths resolved against this project's folder."""
+    sources = data.get("source_ids") or {}
+    if isinstance(sources.get("file"), str):
+        data["source_ids"] = {**sources, "file": load_path(project.root, sources["file"])}
+    data["path"] = load_path(project.root, data["path"])
+    if data.get("manifest_path"):
+        data["manifest_path"] = load_path(project.root, data["manifest_path"])
     return DatasetVersion(**data)
 
 
@@ -142,7 +165,7 @@ def list_versions(project: Project, *, name: str | None = None) -> list[DatasetV
     """Return every dataset version (of ``name`` if given), newest first."""
     where, params = ("WHERE name = ?", [name]) if name else ("", [])
     sql = f"SELECT * FROM dataset_versions {where} ORDER BY created_at DESC, version DESC"
-    return [DatasetVersion(**r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
+    return [_version(project, r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
 
 
 def read_rows(version: DatasetVersion) -> pa.Table:

@@ -19,6 +19,7 @@ import duckdb
 from posttrain import settings as settings_mod
 from posttrain.errors import Conflict, NotFound
 from posttrain.warehouse import connect, migrate
+from posttrain.warehouse.recovery import fail_stale_jobs
 
 CONFIG_FILE = "posttrain.toml"
 WAREHOUSE_FILE = "warehouse.duckdb"
@@ -74,6 +75,7 @@ class Project:
                 if self.warehouse_path.stat().st_mode & 0o077:
                     self.warehouse_path.chmod(PRIVATE_FILE)
                 migrate(con)
+                fail_stale_jobs(con)  # a job whose process was killed would stay 'running' forever
                 self._con = con
             return self._con
 

@@ -379,6 +379,10 @@ class Job(BaseModel):
     created_at: UtcTime
     started_at: UtcTime | None = None
     finished_at: UtcTime | None = None
+    owner_pid: int | None = None  # the process running it; a dead one's job is failed on next open
+    owner_host: str | None = None
+    heartbeat_at: UtcTime | None = None  # its last write to the row
+    cancel_requested: bool = False  # it stops at its next progress report
 
 
 # --- routing rules (stored by posttrain.routing, declared in settings) -----------------------

@@ -57,6 +57,7 @@ EXPECTED: dict[Route, frozenset[str]] = {
     ("GET", "/api/models/{name}/lineage"): READERS,
     ("GET", "/api/jobs"): ADMIN_VIEWER,  # jobs.read
     ("GET", "/api/jobs/{job_id}"): ADMIN_VIEWER,
+    ("POST", "/api/jobs/{job_id}/cancel"): ADMIN,  # train
     ("POST", "/api/train/{method}"): ADMIN,  # train
     ("GET", "/api/evals"): ADMIN_VIEWER,  # evals.read
     ("POST", "/api/evals/run"): ADMIN,  # evals.write

@@ -14,6 +14,7 @@ from posttrain.ids import new_id
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import ModelKind, ModelRecord
+from posttrain.stored_paths import load_path, store_path
 from posttrain.warehouse.rows import fetch_all, fetch_one
 
 _JSON = ("recipe", "dataset_versions", "metrics")
@@ -66,6 +67,7 @@ def register_model(
         created_at=utc_now(),
     )
     data = record.model_dump()
+    data["path"] = store_path(project.root, folder)  # relative inside the project, so the project can move
     for field in _JSON:
         data[field] = orjson.dumps(data[field]).decode()
     columns = ", ".join(data)
@@ -85,7 +87,11 @@ def check_name_free(project: Project, name: str) -> None:
 def _find(project: Project, name_or_id: str) -> ModelRecord | None:
     sql = "SELECT * FROM models WHERE name = ? OR id = ?"
     data = fetch_one(project.cursor(), sql, [name_or_id, name_or_id], json=_JSON)
-    return None if data is None else ModelRecord(**data)
+    return None if data is None else _record(project, data)
+
+
+def _record(project: Project, data: dict[str, Any]) -> ModelRecord:
+    return ModelRecord(**{**data, "path": load_path(project.root, data["path"])})
 
 
 def find_model(project: Project, name: str) -> ModelRecord | None:
@@ -104,4 +110,4 @@ def get_model(project: Project, name: str) -> ModelRecord:
 def list_models(project: Project) -> list[ModelRecord]:
     """Return every registered model, newest first."""
     rows = fetch_all(project.cursor(), "SELECT * FROM models ORDER BY created_at DESC, id DESC", json=_JSON)
-    return [ModelRecord(**r) for r in rows]
+    return [_record(project, r) for r in rows]

@@ -31,11 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from posttrain.datasets import read_rows, resolve
 from posttrain.errors import Conflict, InvalidInput, JobFailed, NotFound, PosttrainError
-from posttrain.jobs import JobHandle, list_jobs, start_job
+from posttrain.jobs import JobCancelled, JobHandle, list_jobs, start_job
 from posttrain.models.registry import check_name_free, get_model, register_model
 from posttrain.names import Name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, ModelKind, ModelRecord
+from posttrain.stored_paths import store_path
 from posttrain.validation import error_field, error_message
 
 if TYPE_CHECKING:
@@ -258,6 +259,10 @@ def run_training(
     except KeyboardInterrupt:
         _abandon(run, output, "interrupted")
         raise
+    except JobCancelled as exc:
+        job.cancelled(exc.message)
+        shutil.rmtree(output, ignore_errors=True)
+        raise
     except Exception as exc:
         job.log(traceback.format_exc())
         reason = exc.message if isinstance(exc, PosttrainError) else f"{type(exc).__name__}: {exc}"
@@ -353,7 +358,7 @@ def _train(
         metrics=metrics,
     )
     result = {"model": record.name, "model_id": record.id, "metrics": metrics}
-    run.job.succeed(output=str(output), result=result)
+    run.job.succeed(output=store_path(run.project.root, output), result=result)
     return record
 
 

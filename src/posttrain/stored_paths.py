@@ -1,0 +1,36 @@
+"""Paths as the warehouse stores them: relative to the project, so a project folder can move.
+
+A model, dataset file or checkpoint inside the project is stored relative to its root
+(``artifacts/models/m1``) and resolved against the root it is opened at. A path outside the
+project (a model registered from elsewhere) stays absolute. Warehouses written before paths were
+relative hold absolute ones; one that no longer exists but lies under an ``artifacts`` folder is
+taken to be the same file under this project's ``artifacts`` (the project was copied or restored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+_ARTIFACTS = "artifacts"
+
+
+def store_path(root: Path, path: Path | str) -> str:
+    """Return ``path`` as the warehouse stores it: relative to ``root`` when inside it."""
+    absolute = Path(path).expanduser().resolve()
+    try:
+        return absolute.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def load_path(root: Path, stored: str) -> str:
+    """Return the absolute path a stored path means for the project at ``root``."""
+    path = Path(stored)
+    if not path.is_absolute():
+        return str(root / PurePosixPath(stored))
+    if path.exists() or _ARTIFACTS not in path.parts:
+        return stored
+    parts = path.parts
+    last = len(parts) - 1 - parts[::-1].index(_ARTIFACTS)
+    moved = root.joinpath(*parts[last:])
+    return str(moved) if moved.exists() else stored
