@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from posttrain.errors import InvalidInput
 from posttrain.records import CohortRule, RouteRule
 from posttrain.validation import invalid_input
 
@@ -177,17 +178,29 @@ def describe() -> Iterator[tuple[str, Any, str]]:
             yield f"{section}.{name}", field.default, field.description or ""
 
 
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the sections of ``posttrain.toml``; refuse a file that does not parse or a section we do not know."""
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path} is not valid TOML: {exc}; fix the file (see docs/reference/settings.md)") from None
+    known = ", ".join(f"[{name}]" for name in Settings.model_fields)
+    for section, value in raw.items():
+        if section not in Settings.model_fields:
+            raise InvalidInput(f"{path}: unknown section [{section}]; the sections are {known}", field=section)
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{path}: {section} must be a table, as in [{section}]; got a value", field=section)
+    return {section: dict(value) for section, value in raw.items()}
+
+
 def load(
     toml_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Resolve settings from ``posttrain.toml``, ``POSTTRAIN_*`` variables and overrides."""
-    data: dict[str, dict[str, Any]] = {}
-    if toml_path is not None and toml_path.exists():
-        with toml_path.open("rb") as f:
-            raw = tomllib.load(f)
-        data = {k: dict(v) for k, v in raw.items() if k in Settings.model_fields}
+    data = _read_toml(toml_path) if toml_path is not None and toml_path.exists() else {}
     for name, _default, _help in describe():
         section, key = name.split(".")
         var = f"POSTTRAIN_{section}_{key}".upper()

@@ -45,7 +45,7 @@ def import_(
     project: ProjectOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Bulk-load a JSONL file; records already stored (same id) are skipped."""
+    """Bulk-load a JSONL file; records already stored (same id) are skipped. Exits 2 if every line is rejected."""
     proj = load(project)
     remote = remote_for(proj)
     with _progress() as progress:
@@ -62,6 +62,8 @@ def import_(
             with proj:
                 report = library.import_file(proj, file, kind=_kind(kind), on_progress=on_progress)
     _show_import(report, json)
+    if report.rejected and not (report.created or report.duplicates):
+        raise InvalidInput(f"every line of {file} was rejected ({report.rejected}); nothing was imported")
 
 
 def remote_sender(remote: Remote, kind: library.Kind) -> library.Sender:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 
 from posttrain import keys
@@ -35,27 +36,41 @@ def init(
 
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only statement: SELECT (SHOW, DESCRIBE) or EXPLAIN SELECT.")],
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Most rows to return (at most the setting sql.max_rows).")
+    ] = None,
     project: ProjectOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Run read-only SQL over the warehouse; statements that write are refused."""
+    """Run read-only SQL over the warehouse; statements that write are refused.
+
+    JSON columns (messages, metadata) print as JSON; a note on stderr says when the row limit cut the result.
+    """
     proj = load(project)
+    max_rows = sandbox.row_limit(limit, proj.settings.sql.max_rows)
     remote = remote_for(proj)
     if remote is not None:
-        result = SqlResult(**remote.call("POST", "/api/sql", json={"sql": query}))
+        body = {"sql": query} if limit is None else {"sql": query, "limit": limit}
+        result = SqlResult(**remote.call("POST", "/api/sql", json=body))
     else:
         con = connect(proj.warehouse_path, read_only=True, busy_hint="wait for it to finish")
         try:
             con.execute("SET enable_external_access = false")  # the same walls as the server's
-            result = sandbox.run_read_only(con, query, admin=True, max_rows=proj.settings.sql.max_rows)
+            result = sandbox.run_read_only(con, query, admin=True, max_rows=max_rows)
         finally:
             con.close()
     if json:
         render.as_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     else:
-        render.table(result.columns, result.rows)
+        render.table(result.columns, [[_cell(v) for v in row] for row in result.rows])
     if result.truncated:
-        typer.echo(f"note: stopped at {len(result.rows):,} rows (setting sql.max_rows)", err=True)
+        why = "--limit" if limit is not None else "setting sql.max_rows"
+        typer.echo(f"note: stopped at {len(result.rows):,} rows ({why}); there are more", err=True)
+
+
+def _cell(value: object) -> object:
+    """Show a JSON value (a decoded JSON column) as JSON in a table, not as Python's repr."""
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import duckdb
@@ -133,10 +133,45 @@ def run_read_only(
             raise
         except duckdb.Error as exc:
             raise _refuse(f"SQL failed: {exc}") from None
-        columns = [d[0] for d in result.description] if result.description else []
+        description = result.description or []
     finally:
         _rollback(cur)
-    return SqlResult(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=len(rows) > max_rows)
+    decoders = [_JSON_DECODERS.get(str(d[1])) for d in description]
+    return SqlResult(
+        columns=[d[0] for d in description],
+        rows=[_decoded(decoders, row) for row in rows[:max_rows]],
+        truncated=len(rows) > max_rows,
+    )
+
+
+def _decoded(decoders: list[Callable[[Any], Any] | None], row: tuple[Any, ...]) -> list[Any]:
+    return [v if f is None or v is None else f(v) for f, v in zip(decoders, row, strict=True)]
+
+
+# DuckDB hands JSON columns (messages, metadata ...) to Python as text; a result carries them as JSON.
+_JSON_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "JSON": orjson.loads,
+    "JSON[]": lambda values: [None if v is None else orjson.loads(v) for v in values],
+}
+
+
+def row_limit(limit: int | None, max_rows: int) -> int:
+    """Return the rows a query may return: ``limit`` if given, refused above the setting ``sql.max_rows``."""
+    if limit is None:
+        return max_rows
+    if not 1 <= limit <= max_rows:
+        raise InvalidInput(
+            f"limit {limit}: give 1 to {max_rows:,} rows (the setting sql.max_rows is the most)",
+            field="limit",
+        )
+    return limit
+
+
+def first_rows(result: SqlResult, limit: int | None) -> SqlResult:
+    """Return ``result`` cut to its first ``limit`` rows, marked truncated if rows were cut."""
+    if limit is None or len(result.rows) <= limit:
+        return result
+    return SqlResult(columns=result.columns, rows=result.rows[:limit], truncated=True)
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
