@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -154,7 +155,10 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         description="Capture, warehouse and flywheel API of a posttrain project.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load their scripts from a CDN: blank offline
+        redoc_url=None,
     )
+    app.add_route("/docs", _docs_page, methods=["GET"], include_in_schema=False)
     _ = project.con  # open and migrate before the first request
     if sandbox_sql:
         project.con.execute("SET enable_external_access = false")
@@ -180,6 +184,23 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
     app.include_router(gateway_routes.router)  # OpenAI's wire format: not in posttrain's OpenAPI document
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>posttrain API</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>posttrain API</h1>
+<p>The API is described by its OpenAPI document: <a href="/openapi.json">/openapi.json</a>.
+Every route, its roles and its parameters are also in the project's <code>docs/reference/http.md</code>.</p>
+<p>Send the key of a role as <code>Authorization: Bearer &lt;key&gt;</code>; load the document into any
+OpenAPI viewer you have installed to try the routes.</p>
+</body></html>
+"""
+
+
+async def _docs_page(request: Request) -> HTMLResponse:
+    """Serve a page that links the OpenAPI document; it loads nothing from the network (works offline)."""
+    return HTMLResponse(_DOCS_PAGE)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
