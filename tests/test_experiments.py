@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,85 @@ def test_create_at_the_bounds_is_accepted(client: Any) -> None:
     body = {"name": "widest", "variants": _variants(MAX_VARIANTS), "cohorts": [f"c{i}" for i in range(MAX_COHORTS)],
             "guardrails": [{"metric": m} for m in ex.METRICS[1:]]}  # fmt: skip
     assert client.post("/api/experiments", json=body).status_code == 201
+
+
+# --- per user: the unit the gateway randomises ----------------------------------------------
+
+
+def _user_traffic(project: Project, variant: str, thumbs: dict[str, list[bool]]) -> None:
+    """Capture, per user, one interaction per thumb (True = up)."""
+    events = [
+        {"messages": [{"role": "user", "content": "hi"}], "experiment": "exp", "variant": variant, "user_id": user}
+        for user, ups in thumbs.items()
+        for _ in ups
+    ]
+    ids = [r.id for r in capture(project, "interactions", events)]
+    ups = [up for values in thumbs.values() for up in values]
+    capture(project, "feedback", [{"interaction_id": i, "kind": "thumb", "value": "up" if u else "down"}
+                                  for i, u in zip(ids, ups, strict=True)])  # fmt: skip
+
+
+def test_analyse_counts_users_for_srm_and_the_delta_method_for_rates(project: Project) -> None:
+    from posttrain import stats
+
+    _running(project)
+    control = {f"c{i}": [i % 3 == 0] for i in range(100)}
+    # as many users, but each sends 4 requests: 400 interactions against 100
+    new = {f"n{i}": [(i + k) % 2 == 0 or i % 5 == 0 for k in range(4)] for i in range(100)}
+    _user_traffic(project, "control", control)
+    _user_traffic(project, "new", new)
+    analysis = ex.analyse(project, "exp")
+    assert analysis.srm is not None and not analysis.srm.mismatch  # 100 users each: no mismatch
+    assert [v.users for v in analysis.variants] == [100, 100]
+    rate = analysis.variants[1].metrics["thumbs_up_rate"]
+    expected = stats.ratio_summary([sum(v) for v in new.values()], [len(v) for v in new.values()])
+    assert rate.n == 100 and rate.mean == pytest.approx(expected.mean)
+    assert rate.variance == pytest.approx(expected.variance)
+    control_variance = analysis.variants[0].metrics["thumbs_up_rate"].variance or 0.0
+    test = analysis.variants[1].comparisons["thumbs_up_rate"].test
+    assert test is not None and test.se == pytest.approx(math.sqrt((expected.variance + control_variance) / 100))
+
+
+def test_decide_early_uses_the_always_valid_p_value(project: Project) -> None:
+    # 0.40 → 0.49 on 300 users each: p ≈ 0.03 at a fixed horizon, not yet always-valid
+    _running(project, min_samples=200)
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=146, down=154)
+    decision = ex.decide(project, "exp")
+    comparison = decision.analysis.variants[1].comparisons["thumbs_up_rate"]
+    assert comparison.test is not None and comparison.test.p_value < 0.05
+    assert comparison.always_valid_p is not None and comparison.always_valid_p > 0.05
+    assert decision.action == "continue" and "always-valid p" in decision.reasons[0]
+
+
+def test_guardrail_rollback_needs_the_always_valid_interval_beyond_the_margin(project: Project) -> None:
+    # thumbs 0.50 → 0.39 with margin 0.02: the fixed interval lies beyond the margin, the always-valid one not
+    _running(project, metric="mean_rating", guardrails=[ex.Guardrail(metric="thumbs_up_rate", margin=0.02)])
+    _traffic(project, "control", up=150, down=150)
+    _traffic(project, "new", up=117, down=183)
+    decision = ex.decide(project, "exp")
+    comparison = decision.analysis.variants[1].comparisons["thumbs_up_rate"]
+    assert comparison.test is not None and comparison.test.ci_high < -0.02
+    assert comparison.always_valid_ci_high is not None and comparison.always_valid_ci_high > -0.02
+    assert decision.action == "continue"
+
+
+def test_default_guardrail_margin_is_non_inferiority(project: Project, tmp_path: Path) -> None:
+    assert ex.Guardrail(metric="latency_ms").margin_for(200.0) == pytest.approx(20.0)
+    _register(project, tmp_path, "base", "cand")
+    _running(project, min_samples=200, guardrails=[ex.Guardrail(metric="latency_ms")])
+    _traffic(project, "control", up=120, down=180)
+    _traffic(project, "new", up=190, down=110)  # a clear win; latency unchanged
+    decision = ex.decide(project, "exp")
+    assert (decision.action, decision.variant) == ("promote", "new")
+
+
+def test_side_by_side_win_rate_is_tested_as_paired_choices(project: Project) -> None:
+    _running(project, metric="win_rate")
+    _pairs(project, [("control", "new", "new")] * 60 + [("control", "new", "control")] * 40)
+    comparison = ex.analyse(project, "exp").variants[1].comparisons["win_rate"]
+    test = comparison.test
+    # d = ±½ per pair: effect 0.6 − ½, SE = sd(d)/√100, not two arms of 100 each (which doubles the effect)
+    assert test is not None and test.method == "paired" and test.effect == pytest.approx(0.1)
+    assert test.se == pytest.approx(math.sqrt((0.25 - 0.1**2) * 100 / 99 / 100))
+    assert 0.04 < test.p_value < 0.06
