@@ -481,3 +481,97 @@ def test_build_preference_side_by_side_choice_on_the_chosen_answer(project: Proj
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"], r["source"]) for r in got] == [
         ("5", "4", "choice")
     ]
+
+
+# --- agent trajectories and content parts: kept as recorded --------------------------------
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+TRAJECTORY = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
+]
+PICTURE = [
+    {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                 {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]},
+]  # fmt: skip
+
+
+def _as_sent(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Drop the null keys Arrow gives a message for the keys other messages of its column have."""
+    if messages is None:
+        return None
+    return [{k: _as_sent(v) if k == "content" and isinstance(v, list) else v for k, v in m.items() if v is not None}
+            for m in messages]  # fmt: skip
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def test_build_sft_keeps_an_agent_trajectory_as_recorded(project: Project) -> None:
+    store(
+        project,
+        [turn("a", "Sunny in Paris.", TRAJECTORY), turn("b", "4")],
+        [thumb("f1", "a", True), thumb("f2", "b", True)],
+    )
+    found = {r["interaction_id"]: r for r in rows(datasets.build(project, "sft", "agent"))}
+    assert _strip(found["a"]["prompt"]) == _strip(TRAJECTORY)
+    assert found["a"]["prompt"][1]["tool_calls"] == [CALL] and found["a"]["prompt"][2]["tool_call_id"] == "call_1"
+    assert _strip(found["a"]["completion"]) == [{"role": "assistant", "content": "Sunny in Paris."}]
+    assert _strip(found["b"]["prompt"]) == Q1  # a text-only row shares the column's shape
+
+
+def test_build_sft_completion_is_a_tool_calling_reply_kept_whole(project: Project) -> None:
+    reply = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    event = turn("a", "", TRAJECTORY[:1], metadata={"response_message": reply, "finish_reason": "tool_calls"})
+    store(project, [event], [thumb("f1", "a", True)])
+    (row,) = rows(datasets.build(project, "sft", "calls"))
+    assert _strip(row["completion"]) == [{"role": "assistant", "tool_calls": [CALL]}]
+
+
+def test_build_keeps_content_parts_and_gives_text_rows_parts_too(project: Project) -> None:
+    store(project, [turn("a", "A cat.", PICTURE), turn("b", "4")], [thumb("f1", "a", True), thumb("f2", "b", True)])
+    found = {r["interaction_id"]: r for r in rows(datasets.build(project, "sft", "parts"))}
+    assert _strip(found["a"]["prompt"]) == PICTURE
+    assert _strip(found["b"]["prompt"])[1] == {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}
+    assert _strip(found["a"]["completion"]) == [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+
+
+def test_build_preference_keeps_the_trajectory_in_the_prompt(project: Project) -> None:
+    store(project, [turn("a", "Sunny.", TRAJECTORY), turn("b", "No idea.", TRAJECTORY)],
+          [thumb("f1", "a", True), thumb("f2", "b", False)])  # fmt: skip
+    (row,) = rows(datasets.build(project, "preference", "agent-pairs"))
+    assert _strip(row["prompt"]) == _strip(TRAJECTORY)
+    assert (_strip(row["chosen"])[0]["content"], _strip(row["rejected"])[0]["content"]) == ("Sunny.", "No idea.")
+
+
+@pytest.mark.parametrize("kind", ["prompts", "eval"])
+def test_build_prompt_kinds_keep_tool_messages(project: Project, kind: str) -> None:
+    store(project, [turn("a", "Sunny.", TRAJECTORY)])
+    config = datasets.BuildConfig(fraction=0.999999) if kind == "eval" else None
+    (row,) = rows(datasets.build(project, kind, f"agent-{kind}", config))  # type: ignore[arg-type]
+    assert _strip(row["prompt"]) == _strip(TRAJECTORY)
+
+
+def test_build_scrubs_pii_in_parts_and_tool_call_arguments(project: Project) -> None:
+    leaky = {**CALL, "function": {"name": "mail", "arguments": '{"to": "ann@example.com"}'}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "mail bob@example.com"}]},
+                {"role": "assistant", "content": None, "tool_calls": [leaky]}]  # fmt: skip
+    store(project, [turn("a", "Sent.", messages)], [thumb("f1", "a", True)])
+    version = datasets.build(project, "sft", "scrubbed")
+    text = json.dumps(rows(version))
+    assert "example.com" not in text and version.stats["pii_scrubbed"]["email"] == 2
+
+
+def test_export_loads_a_trajectory_with_hf_datasets(project: Project, tmp_path: Path) -> None:
+    hf = pytest.importorskip("datasets")
+    store(project, [turn("a", "Sunny.", TRAJECTORY)], [thumb("f1", "a", True)])
+    version = datasets.build(project, "sft", "agent")
+    out = datasets.export(project, version.ref, "jsonl", tmp_path / "agent.jsonl")
+    loaded = hf.load_dataset("json", data_files=str(out), split="train")
+    assert loaded[0]["prompt"][1]["tool_calls"][0]["function"]["name"] == "weather"

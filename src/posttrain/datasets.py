@@ -1,6 +1,9 @@
 """Dataset versions: immutable Parquet files with a manifest, built from warehouse rows.
 
-Row formats (conversational, as TRL's trainers take them; a message is ``{"role", "content"}``):
+Row formats (conversational, as TRL's trainers take them; a message is OpenAI's, as recorded:
+``role``, ``content`` — a string, or a list of parts where any message of the version has parts —
+and ``tool_calls`` / ``tool_call_id`` / ``name`` where a message has them, so an agent's
+trajectory trains as it ran; a reply kept whole in ``metadata.response_message`` is the completion):
 
 - ``sft``: ``prompt`` (messages), ``completion`` (one assistant message), ``source``
   (``accepted`` | ``edit``), ``interaction_id``.
@@ -181,6 +184,11 @@ def read_rows(version: DatasetVersion) -> pa.Table:
 PairSource = Literal["choice", "edit", "accepted_vs_rejected"]
 PAIR_SOURCES: tuple[PairSource, ...] = ("choice", "edit", "accepted_vs_rejected")
 _MESSAGES = """'[{"role": "VARCHAR", "content": "VARCHAR"}]'"""
+_TEXT_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_MESSAGE_COLUMNS = ("prompt", "completion", "chosen", "rejected")
+# A message with more than a role and text content; such keys cannot occur inside a JSON string
+# (its quotes are escaped there), so this finds rich rows without parsing any
+_RICH = r'"content"\s*:\s*\[|"(?:tool_calls|tool_call_id|name|refusal|audio|function_call)"\s*:'
 _ANSWER_FROM = re.compile(r"^(response|metadata(\.[A-Za-z_][A-Za-z0-9_]*)+)$")
 
 
@@ -356,8 +364,10 @@ def _common_ctes(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
     # only what the kind needs: each column costs at a million rows; preference pairs carry ids and
     # hashes until the end, when the texts of the pairs kept join back
     columns = "i.id, i.messages::VARCHAR AS messages, hash(i.messages::VARCHAR) AS prompt_key, i.response"
+    if kind in ("sft", "eval"):
+        columns += f", {_reply('i')} AS reply"
     if kind == "preference":
-        columns = "i.id, hash(i.messages::VARCHAR) AS prompt_key, hash(i.response) AS response_key"
+        columns = f"i.id, hash(i.messages::VARCHAR) AS prompt_key, {_response_key('i')} AS response_key"
         columns += ", i.response IS NOT NULL AS answered, i.metadata ->> '$.pair_id' AS pair_id"
     elif kind in ("prompts", "eval"):
         columns += f", i.user_id, i.session_id, i.cohort, {_answer(config, p)} AS answer"
@@ -415,7 +425,21 @@ def _verdicts(config: BuildConfig, p: _Sql, kind: DatasetKind) -> str:
 
 
 def _assistant(expr: str) -> str:
-    return f"CASE WHEN {expr} IS NULL THEN NULL ELSE [{{'role': 'assistant', 'content': {expr}}}] END"
+    """Return SQL for a text as a one-assistant-message list, in JSON."""
+    return f"CASE WHEN {expr} IS NULL THEN NULL ELSE to_json([{{'role': 'assistant', 'content': {expr}}}])::VARCHAR END"
+
+
+def _reply(alias: str) -> str:
+    """Return SQL for an interaction's reply as a message list in JSON: the message kept whole, else its text."""
+    kept = f"({alias}.metadata -> '$.response_message')"
+    text = _assistant(f"{alias}.response")
+    return f"CASE WHEN json_type({kept}) = 'OBJECT' THEN '[' || {kept}::VARCHAR || ']' ELSE {text} END"
+
+
+def _response_key(alias: str) -> str:
+    """Return SQL for a hash of an interaction's reply: its text's, unless a whole message was kept."""
+    kept = f"({alias}.metadata -> '$.response_message')"
+    return f"CASE WHEN json_type({kept}) = 'OBJECT' THEN hash({kept}::VARCHAR) ELSE hash({alias}.response) END"
 
 
 def _sft_sql(config: BuildConfig, p: _Sql) -> str:
@@ -425,7 +449,8 @@ def _sft_sql(config: BuildConfig, p: _Sql) -> str:
     return f"""
     WITH {_common_ctes(config, p, "sft")},
     candidates AS (
-        SELECT b.id AS interaction_id, b.messages, coalesce({edit_text}, b.response) AS completion_text,
+        SELECT b.id AS interaction_id, b.messages,
+               CASE WHEN {edit_text} IS NOT NULL THEN {_assistant(edit_text)} ELSE b.reply END AS completion,
                CASE WHEN {edit_text} IS NOT NULL THEN 'edit' ELSE 'accepted' END AS source,
                CASE WHEN {edit_id} IS NULL THEN j.feedback_ids ELSE [{edit_id}] END AS feedback_ids
         FROM base b LEFT JOIN judged j ON j.interaction_id = b.id LEFT JOIN verdicts v ON v.id = b.id {edits}
@@ -433,11 +458,10 @@ def _sft_sql(config: BuildConfig, p: _Sql) -> str:
     ),
     firsts AS (  -- one row per identical (prompt, completion), keyed by two 64-bit hashes: the lowest id
         SELECT min(interaction_id) AS interaction_id FROM candidates
-        GROUP BY hash(messages), hash(completion_text)
+        GROUP BY hash(messages), hash(completion)
     ),
     picked AS (SELECT * FROM candidates {"SEMI JOIN firsts USING (interaction_id)" if config.dedupe else ""})
-    SELECT from_json(messages, {_MESSAGES}) AS prompt, {_assistant("completion_text")} AS completion, source,
-           interaction_id, feedback_ids
+    SELECT messages AS prompt, completion, source, interaction_id, feedback_ids
     FROM picked ORDER BY interaction_id"""
 
 
@@ -513,8 +537,9 @@ def _preference_sql(config: BuildConfig, p: _Sql) -> str:
         FROM pairs GROUP BY prompt_key, chosen_key, rejected_key
     ),
     kept AS (SELECT * FROM pairs SEMI JOIN firsts USING (pair_id))
-    SELECT from_json(pi.messages::VARCHAR, {_MESSAGES}) AS prompt,
-           {_assistant("coalesce(k.chosen_text, pi.response)")} AS chosen, {_assistant("ri.response")} AS rejected,
+    SELECT pi.messages::VARCHAR AS prompt,
+           CASE WHEN k.chosen_text IS NOT NULL THEN {_assistant("k.chosen_text")} ELSE {_reply("pi")} END AS chosen,
+           {_reply("ri")} AS rejected,
            k.source, k.confidence::DOUBLE AS confidence, k.interaction_ids, k.feedback_ids
     FROM kept k JOIN interactions pi ON pi.id = k.prompt_id JOIN interactions ri ON ri.id = k.rejected_id
     ORDER BY k.interaction_ids[1], k.interaction_ids[2] NULLS FIRST, k.priority"""
@@ -523,14 +548,14 @@ def _preference_sql(config: BuildConfig, p: _Sql) -> str:
 def _prompts_sql(config: BuildConfig, p: _Sql) -> str:
     return f"""
     WITH {_common_ctes(config, p, "prompts")},
-    parsed AS (SELECT id, answer, from_json(messages, {_MESSAGES}) AS m FROM base),
     trimmed AS (
-        SELECT id, answer, CASE WHEN m[-1].role = 'assistant' THEN list_slice(m, 1, len(m) - 1) ELSE m END AS prompt
-        FROM parsed
+        SELECT id, answer, CASE WHEN messages->>'$[#-1].role' = 'assistant'
+                                THEN to_json(json_extract(messages, '$[*]')[:-2])::VARCHAR ELSE messages END AS prompt
+        FROM base
     ),
     picked AS (
-        SELECT id AS interaction_id, prompt, answer FROM trimmed WHERE len(prompt) > 0
-        QUALIFY row_number() OVER (PARTITION BY md5(to_json(prompt)::VARCHAR) ORDER BY answer IS NULL, id) = 1
+        SELECT id AS interaction_id, prompt, answer FROM trimmed WHERE json_array_length(prompt) > 0
+        QUALIFY row_number() OVER (PARTITION BY md5(prompt) ORDER BY answer IS NULL, id) = 1
     )
     SELECT prompt, answer, {p("verifier", config.verifier)}::VARCHAR AS verifier, interaction_id,
            []::VARCHAR[] AS feedback_ids
@@ -540,7 +565,7 @@ def _prompts_sql(config: BuildConfig, p: _Sql) -> str:
 def _eval_sql(config: BuildConfig, p: _Sql) -> str:
     return f"""
     WITH {_common_ctes(config, p, "eval")}
-    SELECT from_json(messages, {_MESSAGES}) AS prompt, answer, {_assistant("response")} AS completion,
+    SELECT messages AS prompt, answer, reply AS completion,
            cohort, user_id, session_id, id AS interaction_id, []::VARCHAR[] AS feedback_ids
     FROM base ORDER BY id"""
 
@@ -595,6 +620,10 @@ def _mean_chars(column: pa.ChunkedArray) -> float:
     values = column.combine_chunks()
     if pa.types.is_list(values.type):
         values = values.flatten().field("content")
+    if pa.types.is_list(values.type):  # content parts: count their text
+        values = values.flatten().field("text")
+    if pa.types.is_null(values.type):  # no text at all (tool calls only)
+        return 0.0
     total = pc.sum(pc.utf8_length(values)).as_py() or 0
     return round(total / max(len(column), 1), 1)
 
@@ -650,7 +679,85 @@ def query(project: Project, kind: DatasetKind, config: BuildConfig) -> pa.Table:
     sql = _BUILDERS[kind](config, params)
     cur = project.cursor()
     _check_where_binds(cur, config.where)
-    return cur.sql(sql, params=params.params).to_arrow_table()
+    return _conversations(cur.sql(sql, params=params.params).to_arrow_table())
+
+
+def _conversations(table: pa.Table) -> pa.Table:
+    """Turn the JSON message columns into lists of messages: typed by DuckDB when every message is
+    role and text, else inferred from the messages as recorded (parts, tool calls, tool results)."""
+    names = [n for n in _MESSAGE_COLUMNS if n in table.column_names]
+    rich = any(pc.any(pc.match_substring_regex(table.column(n), _RICH)).as_py() for n in names)
+    if not rich:
+        con = duckdb.connect()  # private, default settings: the scan keeps the rows in order
+        try:
+            con.register("_rows", table)
+            casts = ", ".join(f"from_json({n}, {_MESSAGES}) AS {n}" for n in names)
+            return con.sql(f"SELECT * REPLACE ({casts}) FROM _rows").to_arrow_table()
+        finally:
+            con.close()
+    rows = {n: [None if v is None else orjson.loads(v) for v in table.column(n).to_pylist()] for n in names}
+    parts = any(isinstance(m.get("content"), list) for n in names for row in rows[n] for m in row or [])
+    for n in names:
+        for row in rows[n]:
+            for message in row or []:
+                _normalise(message, parts=parts)
+        try:
+            array = pa.array(rows[n]) if any(rows[n]) else pa.array(rows[n], type=_TEXT_MESSAGES)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InvalidInput(f"{n}: the recorded messages do not share one shape ({exc}); narrow the "
+                               "filters to interactions whose messages agree", field="filters") from None  # fmt: skip
+        table = table.set_column(table.column_names.index(n), n, array)
+    return table
+
+
+def _scrub_parts_and_calls(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """Scrub PII from the text that ``curate.scrub_table`` does not reach: content parts, tool call arguments."""
+    counts: dict[str, int] = {}
+    for n in [n for n in _MESSAGE_COLUMNS if n in table.column_names and _has_parts_or_calls(table.schema.field(n))]:
+        rows = table.column(n).to_pylist()
+        leaves = [leaf for row in rows for message in row or [] for leaf in _texts_beyond_content(message)]
+        if not leaves:
+            continue
+        scrubbed, found = curate.scrub_strings(pa.array([holder[key] for holder, key in leaves], pa.string()))
+        for (holder, key), text in zip(leaves, scrubbed.to_pylist(), strict=True):
+            holder[key] = text
+        counts = {kind: counts.get(kind, 0) + found[kind] for kind in found}
+        table = table.set_column(table.column_names.index(n), n, pa.array(rows, type=table.schema.field(n).type))
+    return table, counts
+
+
+def _has_parts_or_calls(field: pa.Field) -> bool:
+    """Return whether a message-list column has content parts or tool calls (else curate scrubbed it all)."""
+    message = field.type.value_type if pa.types.is_list(field.type) else None
+    if message is None or not pa.types.is_struct(message):
+        return False
+    content = message.field("content").type if message.get_field_index("content") >= 0 else pa.string()
+    return pa.types.is_list(content) or message.get_field_index("tool_calls") >= 0
+
+
+def _texts_beyond_content(message: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Return (holder, key) of each text part and tool call argument string of a message."""
+    found = []
+    content = message.get("content")
+    for part in content if isinstance(content, list) else []:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            found.append((part, "text"))
+    for call in message.get("tool_calls") or []:
+        function = (call or {}).get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            found.append((function, "arguments"))
+    return found
+
+
+def _normalise(message: dict[str, Any], *, parts: bool) -> None:
+    """Give one message the shape every row of a column shares: text as a part where any message has
+    parts, tool call arguments as OpenAI's JSON string."""
+    if parts and isinstance(message.get("content"), str):
+        message["content"] = [{"type": "text", "text": message["content"]}]
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and not isinstance(function.get("arguments"), str | None):
+            function["arguments"] = orjson.dumps(function["arguments"]).decode()
 
 
 def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | None = None) -> DatasetVersion:
@@ -666,6 +773,8 @@ def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | 
         raise InvalidInput(f"no rows match: {_describe(kind, config)}; loosen the filters", field="filters")
     sources = _lineage(table)
     table, pii = curate.scrub_table(table.drop_columns(_LINEAGE[kind]))
+    table, more = _scrub_parts_and_calls(table)
+    pii = {key: n + more.get(key, 0) for key, n in pii.items()}
     dropped = 0
     if kind == "eval" and config.exclude:
         table, dropped = _drop_seen(project, table, config.exclude)
