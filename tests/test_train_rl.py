@@ -101,7 +101,7 @@ def test_build_rewards_mixes_kinds_with_weights(project: Project) -> None:
     rewards = build_rewards(project, ["verifier:exact_match", "function:brevity@0.25"])
     assert rewards.weights == [1.0, 0.25]
     assert rewards.processing_classes == [None, None]
-    assert rewards.funcs[1](completions=["ab", "a"]) == reward_length(completions=["ab", "a"])
+    assert rewards.funcs[1](prompts=["p", "p"], completions=["ab", "a"]) == reward_length(completions=["ab", "a"])
     assert rewards.funcs[1].__name__ == "brevity"
     assert rewards.funcs[0].__name__ == "verifier_exact_match"
 
@@ -269,7 +269,7 @@ def test_train_distill_no_accepted_sample_names_fix(project: Project, tiny: Mode
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"verifier": "fuzzy"}, "verifier: unknown verifier 'fuzzy'"),
+        ({"verifier": "python:m:f"}, "verifier: verifier 'python:m:f': module paths are not accepted"),
         ({"verifier": "exact_match", "reward_model": "rm"}, "a verifier or a reward_model"),
         ({"samples_per_prompt": 0}, "samples_per_prompt: must be at least 1"),
         ({"model": "other"}, "give the student as student; model is set from it"),

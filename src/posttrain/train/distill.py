@@ -107,7 +107,9 @@ def train_distill(
 
 
 def _check_inputs(project: Project, config: DistillConfig) -> ModelRecord:
-    """Fail before sampling: unknown models, a wrong dataset kind, a taken output name."""
+    """Fail before sampling: unknown models or verifier, a wrong dataset kind, a taken output name."""
+    if config.verifier:
+        get_verifier(config.verifier, project.settings.functions.verifiers)
     teacher = get_model(project, config.teacher)
     if teacher.kind != "causal-lm":
         raise InvalidInput(f"teacher {teacher.name!r} is a {teacher.kind}; use a causal-lm", field="teacher")

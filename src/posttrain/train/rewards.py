@@ -57,7 +57,10 @@ def parse_reward_spec(spec: str) -> RewardSpec:
             field="reward",
         )
     if prefix == "verifier" and name != "row":
-        check_verifier_name(name)
+        try:
+            check_verifier_name(name)
+        except InvalidInput as exc:
+            raise InvalidInput(f"reward {spec!r}: {exc.message}", field="reward") from None
     elif prefix == "function":
         functions.check_name(name, what="reward", field="reward")
     return RewardSpec(kind=prefix, name=name, weight=weight)  # type: ignore[arg-type]
@@ -119,7 +122,7 @@ def _registered_reward(project: Project, spec: RewardSpec) -> Callable[..., Any]
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         try:
-            return function(prompts, completions, **columns)  # type: ignore[no-any-return]
+            return function(prompts=prompts, completions=completions, **columns)  # type: ignore[no-any-return]
         except Exception as exc:  # the registered function's own failure: name it, not a 500
             raise InvalidInput(f"reward function:{spec.name} failed: {type(exc).__name__}: {exc}") from None
 
