@@ -18,8 +18,11 @@ from posttrain.stats import (
     confidence_sequence,
     fixed_horizon_n,
     gavi_rho,
+    holm,
     msprt,
     non_inferior,
+    paired_test,
+    ratio_summary,
     srm_test,
     two_proportion_test,
     welch_test,
@@ -266,3 +269,45 @@ def test_sequential_monitor_detects_a_real_lift() -> None:
         if monitor.stopped:
             assert monitor.ci[0] > 0
     assert detected >= 36
+
+
+# --- per-user ratio metrics, paired tests, multiple testing ---------------------------------
+
+
+def test_ratio_summary_matches_the_cluster_robust_variance() -> None:
+    # Var(Σx/Σy) by the delta method = Σ(x − R·y)²/(Σy)² · n/(n − 1), the cluster-robust (CR1-style)
+    # variance of an events-weighted mean with users as clusters
+    rng = np.random.default_rng(0)
+    y = rng.integers(1, 30, 500).astype(float)
+    x = rng.binomial(y.astype(int), rng.beta(2, 3, 500)).astype(float)
+    summary = ratio_summary(x, y)
+    r = x.sum() / y.sum()
+    robust = np.sum((x - r * y) ** 2) / y.sum() ** 2 * 500 / 499
+    assert summary.mean == pytest.approx(r) and summary.variance / summary.n == pytest.approx(robust, rel=1e-10)
+
+
+def test_ratio_summary_with_one_event_per_user_is_the_sample_variance() -> None:
+    values = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    summary = ratio_summary(values, [1.0] * len(values))
+    assert summary.variance == pytest.approx(np.var(values, ddof=1))
+
+
+def test_paired_test_is_the_one_sample_t_test() -> None:
+    d = np.array([0.5, -0.5, 0.5, 0.5, 0.0, 0.5, -0.5, 0.5])
+    result = paired_test(MetricSummary.from_values(d.tolist()))
+    se = d.std(ddof=1) / math.sqrt(d.size)
+    assert result.method == "paired" and result.df == pytest.approx(d.size - 1)
+    assert result.statistic == pytest.approx(d.mean() / se) and result.se == pytest.approx(se)
+
+
+@pytest.mark.parametrize(
+    ("p_values", "rejected"),
+    [
+        ([0.01, 0.04, 0.03], [True, False, False]),  # 0.01 ≤ 0.05/3; then 0.03 > 0.05/2 stops
+        ([0.01, 0.02, 0.04], [True, True, True]),  # 0.01 ≤ 0.0167, 0.02 ≤ 0.025, 0.04 ≤ 0.05
+        ([0.2, 0.01], [False, True]),
+        ([], []),
+    ],
+)
+def test_holm_steps_down(p_values: list[float], rejected: list[bool]) -> None:
+    assert holm(p_values, 0.05) == rejected
