@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -20,6 +20,9 @@ __all__ = ["DPOConfig", "train_dpo"]
 
 class DPOConfig(TrainConfig):
     """Settings for ``train_dpo``: the shared ones, the loss, and the collapse guard's thresholds."""
+
+    trl_config: ClassVar[str] = "DPOConfig"
+    trl_owned: ClassVar[frozenset[str]] = frozenset({"loss_type", "loss_weights"})  # from loss and sft_weight
 
     learning_rate: float = Field(5e-6, description="Peak learning rate; DPO collapses quickly when it is too high.")
     beta: float = Field(0.1, description="Strength of the pull towards the reference model (tau for ipo).")

@@ -9,7 +9,7 @@ the mean of the other completions as the baseline, with a KL penalty to the star
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -27,6 +27,8 @@ __all__ = ["GRPOConfig", "RLOOConfig", "train_grpo", "train_rloo"]
 
 class _SampledRewardConfig(TrainConfig):
     """What GRPO and RLOO share: rewards and how completions are sampled."""
+
+    trl_owned: ClassVar[frozenset[str]] = frozenset({"reward_weights"})  # from the rewards given
 
     reward: list[str] = Field(
         default_factory=lambda: ["verifier:row"],
@@ -77,9 +79,13 @@ class _SampledRewardConfig(TrainConfig):
 class GRPOConfig(_SampledRewardConfig):
     """Settings for ``train_grpo``."""
 
+    trl_config: ClassVar[str] = "GRPOConfig"
+
 
 class RLOOConfig(_SampledRewardConfig):
     """Settings for ``train_rloo``."""
+
+    trl_config: ClassVar[str] = "RLOOConfig"
 
     beta: float = Field(0.05, description="KL coefficient to the start model (RLOO folds it into the reward).")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -18,6 +18,9 @@ __all__ = ["RewardConfig", "train_reward"]
 
 class RewardConfig(TrainConfig):
     """Settings for ``train_reward``: the shared ones plus the held-out fraction."""
+
+    trl_config: ClassVar[str] = "RewardConfig"
+    trl_owned: ClassVar[frozenset[str]] = frozenset({"center_rewards_coefficient", "eval_strategy"})
 
     learning_rate: float = Field(1e-3, description="Peak learning rate (the score head starts random).")
     eval_fraction: float = Field(0.2, description="Fraction of pairs held out to measure pairwise accuracy.")

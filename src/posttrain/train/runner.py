@@ -25,7 +25,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -57,6 +57,25 @@ ProgressFn = Callable[[int, int], None]
 JobFn = Callable[[str], None]  # told the job id as soon as the job row exists
 C = TypeVar("C", bound="TrainConfig")
 
+# TrainingArguments posttrain sets from its own settings (the setting to use instead), or for itself (None)
+_SET_BY_POSTTRAIN: dict[str, str | None] = {
+    "output_dir": None,
+    "overwrite_output_dir": None,
+    "resume_from_checkpoint": "resume",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "learning_rate": "learning_rate",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "batch_size",
+    "seed": "seed",
+    "data_seed": "seed",
+    "use_cpu": "device",
+    "save_steps": "save_steps",
+    "save_strategy": None,
+    "logging_steps": "logging_steps",
+    "disable_tqdm": None,
+}
+
 
 class TrainConfig(BaseModel):
     """Settings every training method shares; a method's config subclasses this."""
@@ -79,6 +98,25 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(100, description="Write a checkpoint every this many steps.")
     resume: bool = Field(False, description="Continue the last failed run of this output from its checkpoint.")
     device: Device = Field("auto", description="auto (CUDA when available), cpu or cuda.")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More TRL/Transformers training arguments (gradient_accumulation_steps, warmup_ratio, "
+        "lr_scheduler_type, weight_decay, bf16, report_to ...); names are checked against the method's TRL config.",
+        json_schema_extra={"cli": False},
+    )
+
+    trl_config: ClassVar[str] = "SFTConfig"  # the trl class whose fields trainer_args may set
+    trl_owned: ClassVar[frozenset[str]] = frozenset()  # its fields this method sets from its own settings
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
+        fields = _trl_fields(cls.trl_config)
+        for key in value:
+            _check_trainer_arg(cls, key, fields)
+        return value
 
     @field_validator("epochs")
     @classmethod
@@ -114,6 +152,24 @@ class TrainConfig(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+
+def _trl_fields(name: str) -> set[str]:
+    import dataclasses
+
+    import trl
+
+    return {f.name for f in dataclasses.fields(getattr(trl, name))}
+
+
+def _check_trainer_arg(cls: type[TrainConfig], key: str, fields: set[str]) -> None:
+    """Raise ValueError naming ``key`` when trainer_args may not set it, and what to do instead."""
+    if key not in fields:
+        raise ValueError(f"{key!r} is not a field of trl.{cls.trl_config}; see its documentation for the names")
+    instead = _SET_BY_POSTTRAIN.get(key, key if key in cls.model_fields else None)
+    if key in _SET_BY_POSTTRAIN or key in cls.model_fields or key in cls.trl_owned:
+        hint = f"use the {instead!r} setting instead" if instead else "remove it"
+        raise ValueError(f"{key!r} is set by posttrain itself; {hint}")
 
 
 def parse_config(cls: type[C], data: dict[str, Any]) -> C:
@@ -208,6 +264,7 @@ class TrainingRun:
             "logging_first_step": True,
             "gradient_checkpointing": False,  # TRL turns it on by default; it only slows small models
             "dataloader_num_workers": 0,
+            **cfg.trainer_args,  # checked when the config was parsed: known, and not set above or by the method
         }
 
     def peft_config(self, task_type: str = "CAUSAL_LM") -> Any:
