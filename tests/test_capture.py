@@ -229,3 +229,39 @@ def test_import_feedback_follows_the_capture_rules(project: Project, tmp_path: P
     assert got == {"t1": 1.0, "t2": -1.0, "r1": 4.5}
     values = dict(project.cursor().execute("SELECT id, value::VARCHAR FROM feedback WHERE kind = 'thumb'").fetchall())
     assert values == {"t1": "1", "t2": "-1"}
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+TRAJECTORY = [
+    {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                 {"type": "image_url", "image_url": {"url": "https://example.com/street.png"}}]},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
+]  # fmt: skip
+
+
+def test_capture_keeps_tool_calls_tool_results_and_parts_as_sent(project: Project) -> None:
+    capture.capture(project, "interactions", [{"id": "t1", "messages": TRAJECTORY, "response": "Sunny."}])
+    stored = queries.list_interactions(project.cursor()).interactions[0]
+    assert stored.messages == TRAJECTORY and stored.response == "Sunny."
+
+
+@pytest.mark.parametrize("through", ["file", "sender"])
+def test_import_keeps_a_final_tool_calling_message_whole(project: Project, tmp_path: Path, through: str) -> None:
+    reply = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    parts = {"role": "assistant", "content": [{"type": "text", "text": "It is"}, {"type": "text", "text": "sunny."}]}
+    path = tmp_path / "agent.jsonl"
+    lines = [
+        {"id": "a", "messages": [*TRAJECTORY[:1], reply], "metadata": {"k": 1}},
+        {"id": "b", "messages": [*TRAJECTORY, parts]},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    if through == "file":
+        capture.import_file(project, path)
+    else:
+        capture.import_through(lambda batch: [r.status for r in capture.capture(project, "interactions", batch)], path)
+    found = {i.id: i for i in queries.list_interactions(project.cursor()).interactions}
+    assert found["a"].messages == TRAJECTORY[:1] and found["a"].metadata["response_message"] == reply
+    assert found["a"].response in ("", None) and found["a"].metadata["k"] == 1
+    assert found["b"].messages == TRAJECTORY and found["b"].metadata["response_message"] == parts
+    assert found["b"].response == "It is\nsunny."

@@ -402,18 +402,33 @@ _IMPORT_COLUMNS = {
 }
 
 # Records without an id get one derived from their content, so importing a file twice adds nothing.
-# OpenAI-style chat logs carry the response as the last assistant message: it is split off.
+# OpenAI-style chat logs carry the response as the last assistant message: it is split off, as
+# openai_to_record does: its text is the response; one with more (tool calls, parts) is also kept
+# whole in metadata.response_message.
 _IMPORT_SELECT = {
     "interactions": """
         WITH src AS (
             SELECT *, response IS NULL AND json_type(messages) = 'ARRAY'
-                      AND messages->>'$[#-1].role' = 'assistant' AS _openai
+                      AND messages->>'$[#-1].role' = 'assistant' AS _openai,
+                   coalesce(json_type(messages, '$[#-1].content'), 'NULL') AS _content_type,
+                   len(list_filter(json_keys(messages, '$[#-1]'), lambda k: k NOT IN ('role', 'content'))) > 0
+                       OR _content_type NOT IN ('VARCHAR', 'NULL') AS _whole
             FROM {reader}
         ), norm AS (
-            SELECT * EXCLUDE (messages, response, _openai),
+            SELECT * EXCLUDE (messages, response, metadata, _openai, _content_type, _whole),
                 CASE WHEN _openai THEN to_json(json_extract(messages, '$[*]')[:-2])
                      ELSE messages END AS messages,
-                CASE WHEN _openai THEN messages->>'$[#-1].content' ELSE response END AS response
+                CASE WHEN NOT _openai THEN response
+                     WHEN _content_type = 'ARRAY' THEN array_to_string(
+                         json_extract_string(messages, '$[#-1].content[*].text'), chr(10))
+                     ELSE messages->>'$[#-1].content' END AS response,
+                -- spliced as text: json_merge_patch would drop the message's null members
+                CASE WHEN NOT (_openai AND _whole) OR coalesce(json_type(metadata), 'OBJECT') <> 'OBJECT'
+                         THEN metadata
+                     WHEN metadata IS NULL OR len(json_keys(metadata)) = 0
+                         THEN ('{{"response_message":' || (messages->'$[#-1]')::VARCHAR || '}}')::JSON
+                     ELSE ('{{"response_message":' || (messages->'$[#-1]')::VARCHAR || ','
+                           || ltrim(metadata::VARCHAR, ' {{'))::JSON END AS metadata
             FROM src
         )
         SELECT
@@ -609,12 +624,23 @@ Sender = Callable[[list[dict[str, Any]]], list[str]]
 
 
 def openai_to_record(raw: dict[str, Any]) -> dict[str, Any]:
-    """Split an OpenAI-style chat log's last assistant message off as the response."""
+    """Split an OpenAI-style chat log's last assistant message off as the response.
+
+    Its text is the response (text parts joined by newlines); a message with more than text (tool
+    calls, refusal, other parts) is also kept whole in ``metadata.response_message``.
+    """
     messages = raw.get("messages")
     if raw.get("response") is None and isinstance(messages, list) and messages:
         last = messages[-1]
         if isinstance(last, dict) and last.get("role") == "assistant":
-            raw = {**raw, "messages": messages[:-1], "response": last.get("content")}
+            content = last.get("content")
+            text = content if not isinstance(content, list) else "\n".join(
+                str(part["text"]) for part in content if isinstance(part, dict) and "text" in part)  # fmt: skip
+            raw = {**raw, "messages": messages[:-1], "response": text}
+            if set(last) - {"role", "content"} or isinstance(content, list):
+                metadata = raw.get("metadata") or {}
+                if isinstance(metadata, dict):  # anything else is refused by validation, as sent
+                    raw["metadata"] = {**metadata, "response_message": last}
     return raw
 
 

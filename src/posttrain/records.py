@@ -129,7 +129,12 @@ BigInt = Annotated[int, Field(ge=0, lt=2**63)]  # what a BIGINT column holds
 
 
 class Interaction(BaseModel):
-    """One model call: the conversation, the response and the serving decision behind it."""
+    """One model call: the conversation, the response and the serving decision behind it.
+
+    ``response`` is the reply's text; a reply with more (tool calls, a refusal, content parts) is
+    kept whole, as an OpenAI assistant message, in ``metadata.response_message``, and dataset
+    versions train on that message.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
