@@ -37,7 +37,10 @@ def _guardrail(text: str) -> lib.Guardrail:
     metric, _, margin = text.partition(":")
     if metric not in lib.METRICS:
         raise InvalidInput(f"--guardrail {text!r}: metric must be one of {', '.join(lib.METRICS)}", field="guardrail")
-    return lib.Guardrail(metric=metric, margin=float(margin or 0))  # type: ignore[arg-type]
+    try:
+        return lib.Guardrail(metric=metric, margin=float(margin) if margin else None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidInput(f"--guardrail {text!r}: MARGIN must be a number >= 0", field="guardrail") from exc
 
 
 @app.command()
@@ -46,8 +49,11 @@ def create(
     variant: Annotated[list[str], typer.Option(help="NAME=MODEL:SHARE; repeat; the first is the control.")],
     cohort: Annotated[list[str] | None, typer.Option(help="A targeted cohort; repeat; none means everyone.")] = None,
     metric: Annotated[lib.Metric, typer.Option(help="The primary metric.")] = "thumbs_up_rate",
-    guardrail: Annotated[list[str] | None, typer.Option(help="METRIC:MARGIN that must not get worse; repeat.")] = None,
-    min_samples: Annotated[int, typer.Option(help="Units per variant before a winner can be called.")] = 100,
+    guardrail: Annotated[
+        list[str] | None,
+        typer.Option(help="METRIC[:MARGIN]: no worse by more than MARGIN (default 10% of the control's mean); repeat."),
+    ] = None,
+    min_samples: Annotated[int, typer.Option(help="Users per variant measured before a winner can be called.")] = 100,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
     project: ProjectOption = None,
     json: JsonOption = False,
