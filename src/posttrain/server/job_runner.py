@@ -3,6 +3,8 @@
 ``create_app`` builds one ``JobRunner``; the train, loop and evals routes hand it a function that
 does the work and reports its job's id through ``on_job`` as soon as the job row exists. The route
 answers 202 with that id; errors before it (a bad config, an unknown model) are the route's 4xx.
+A second run while one is in progress is refused (409), or, with ``wait``, waits for the slot and
+then starts (the request is answered once it has its job id).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class JobStarted(BaseModel):
 
 
 class JobRunner:
-    """Admits one heavy run per server; a second is refused at once (409)."""
+    """Admits one heavy run per server; a second is refused at once (409) or waits its turn."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -39,9 +41,24 @@ class JobRunner:
         """Give the run slot back."""
         self._lock.release()
 
-    async def start(self, name: str, work: Callable[[OnJob], Any]) -> JobStarted:
-        """Run ``work(on_job)`` in a worker thread; return once it names its job, or raise what stopped it first."""
-        self.claim()
+    async def claim_waiting(self) -> None:
+        """Wait for the run slot; a request that goes away meanwhile gives it back once taken."""
+        taken = asyncio.ensure_future(asyncio.to_thread(self._lock.acquire))
+        try:
+            await asyncio.shield(taken)
+        except asyncio.CancelledError:
+            taken.add_done_callback(lambda _: self.release())
+            raise
+
+    async def start(self, name: str, work: Callable[[OnJob], Any], *, wait: bool = False) -> JobStarted:
+        """Run ``work(on_job)`` in a worker thread; return once it names its job, or raise what stopped it first.
+
+        With ``wait`` a run in progress is waited for instead of refused.
+        """
+        if wait:
+            await self.claim_waiting()
+        else:
+            self.claim()
         started: dict[str, Any] = {}
         ready = threading.Event()
 
