@@ -50,16 +50,24 @@ def _analyse(config: ex.ExperimentConfig, arm: np.ndarray, x: np.ndarray, y: np.
                     direction="higher", variants=rows, cohorts=[], srm=_srm(rows, config))  # fmt: skip
 
 
-def _config(arms: int) -> ex.ExperimentConfig:
+def _config(arms: int, guardrails: list[ex.Guardrail] | None = None) -> ex.ExperimentConfig:
     variants = [ex.Variant(name=f"v{i}", model=f"m{i}", share=1 / arms) for i in range(arms)]
-    return ex.ExperimentConfig(name="sim", variants=variants, min_samples=100)
+    return ex.ExperimentConfig(name="sim", variants=variants, min_samples=100, guardrails=guardrails or [])
 
 
-def _rates(reps: int, arms: int = 2, lift: float = 0.0, seed: int = 0, users: int = USERS) -> dict[str, float]:
+def _rates(
+    reps: int,
+    arms: int = 2,
+    lift: float = 0.0,
+    seed: int = 0,
+    users: int = USERS,
+    guardrails: list[ex.Guardrail] | None = None,
+) -> dict[str, float]:
     """Run ``reps`` experiments; return the share flagged by each rule."""
-    config = _config(arms)
+    config = _config(arms, guardrails)
     arm, x, y = _world(np.random.default_rng(seed), reps, arms, lift, users)
-    flags: dict[str, list[bool]] = {k: [] for k in ("fixed", "sequential", "bayesian", "promote", "srm", "agree")}
+    keys = ("fixed", "sequential", "bayesian", "promote", "rollback", "srm", "agree")
+    flags: dict[str, list[bool]] = {k: [] for k in keys}
     for r in range(reps):
         analysis = _analyse(config, arm[r], x[r], y[r])
         c = analysis.variants[1].comparisons["thumbs_up_rate"]
@@ -67,7 +75,9 @@ def _rates(reps: int, arms: int = 2, lift: float = 0.0, seed: int = 0, users: in
         flags["fixed"].append(c.test.significant)
         flags["sequential"].append(c.always_valid_p <= ALPHA)
         flags["bayesian"].append(not ALPHA / 2 < c.chance_to_win < 1 - ALPHA / 2)
-        flags["promote"].append(_judge(analysis, config)[0] == "promote")
+        action = _judge(analysis, config)[0]
+        flags["promote"].append(action == "promote")
+        flags["rollback"].append(action == "rollback")
         flags["srm"].append(analysis.srm is not None and analysis.srm.mismatch)
         flags["agree"].append(c.test.significant == (c.test.ci_low > 0 or c.test.ci_high < 0))
     return {k: float(np.mean(v)) for k, v in flags.items()}
@@ -84,6 +94,14 @@ def test_aa_false_positives_and_srm_per_user_stay_at_alpha() -> None:
 def test_aa_with_three_treatments_holds_the_family_wise_rate() -> None:
     rates = _rates(reps=400, arms=4, seed=2)
     assert rates["promote"] <= 0.06 and rates["srm"] <= 0.01
+
+
+def test_guardrail_at_a_loss_equal_to_its_margin_is_rarely_rolled_back() -> None:
+    # the true loss is exactly the tolerated margin: a rollback there is a false one
+    guard = [ex.Guardrail(metric="thumbs_up_rate", margin=0.02)]
+    assert _rates(reps=400, lift=-0.02, seed=6, guardrails=guard)["rollback"] <= 0.05
+    # a loss of six margins (0.40 → 0.28) is caught; at four (→ 0.32) about half the time at 2,000 users
+    assert _rates(reps=50, lift=-0.12, seed=7, guardrails=guard)["rollback"] >= 0.9
 
 
 def _ever_promoted(reps: int, looks: int, seed: int) -> float:
