@@ -14,11 +14,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import LiveServer
+from posttrain import keys
 from posttrain.datasets import write_version
 from posttrain.jobs import get_job, list_jobs
 from posttrain.models.generation import generate
 from posttrain.models.registry import get_model, register_model
-from posttrain.project import Project, open_project
+from posttrain.project import Project, init_project, open_project
 from posttrain.train.sft import SFTConfig, train_sft
 
 pytest.importorskip("trl")
@@ -74,3 +76,31 @@ def test_a_copied_project_generates_with_its_trained_model(project: Project, tin
         assert get_model(moved, "speller").path == str(copy / "artifacts" / "models" / "speller")
         report = generate(moved, model="speller", prompts="p", samples=1, output="o", max_new_tokens=4)
         assert report.interactions == 1
+
+
+def test_train_wait_queues_behind_the_run_in_progress(tmp_path: Path, tiny_model: Path) -> None:
+    proj = init_project(tmp_path / "queued")
+    admin = keys.create_key(proj, "admin").key
+    _spell(proj, tiny_model)
+    proj.close()
+    server = LiveServer(root=proj.root, admin_key=admin).start()
+    try:
+
+        def train(output: str, steps: int, *extra: str) -> subprocess.Popen[str]:
+            flags = f"--model base --dataset spell --output {output} --max-steps {steps} --batch-size 2 --json"
+            cmd = [sys.executable, "-m", "posttrain", "train", "sft", "-p", str(proj.root), *flags.split(), *extra]
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        first = train("first", 40)
+        with server.http() as http:
+            deadline = time.monotonic() + 60
+            while not http.get("/api/jobs").json() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            refused = train("refused", 2)
+            assert refused.wait(120) != 0 and "in progress" in (refused.stderr.read() if refused.stderr else "")
+            second = train("second", 2, "--wait")
+            assert first.wait(300) == 0 and second.wait(300) == 0
+            jobs = {j["config"]["output"]: j for j in http.get("/api/jobs").json()}
+        assert jobs["second"]["started_at"] >= jobs["first"]["finished_at"]
+    finally:
+        server.stop()

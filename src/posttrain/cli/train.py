@@ -36,6 +36,10 @@ app = typer.Typer(
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="A YAML file of settings; flags override it.", show_default=False)
 ]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="When 'posttrain serve' is running another job, wait for it instead of failing."),
+]
 TrainFn = Callable[..., ModelRecord]
 
 
@@ -51,7 +55,7 @@ def _progress() -> Progress:
 
 
 def _run(method: str, config_cls: type[TrainConfig], train: TrainFn, options: dict[str, Any]) -> None:
-    project, json = options.pop("project"), options.pop("json")
+    project, json, wait = options.pop("project"), options.pop("json"), options.pop("wait")
     config = load_config(config_cls, options.pop("config"), options)
     proj = load(project)
     remote = remote_for(proj)
@@ -59,7 +63,7 @@ def _run(method: str, config_cls: type[TrainConfig], train: TrainFn, options: di
         task = progress.add_task("training", total=None)
         if remote is not None:  # the server owns the warehouse: the run happens there
             record = _train_remote(
-                remote, method, config, lambda done: progress.update(task, completed=done, total=100)
+                remote, method, config, lambda done: progress.update(task, completed=done, total=100), wait=wait
             )
         else:
             with proj:
@@ -75,9 +79,13 @@ def _run(method: str, config_cls: type[TrainConfig], train: TrainFn, options: di
         typer.echo(f"guard tripped: {guard['reason']}; kept the weights of step {guard['restored_step']}")
 
 
-def _train_remote(remote: Remote, method: str, config: TrainConfig, advance: Callable[[float], None]) -> ModelRecord:
+def _train_remote(
+    remote: Remote, method: str, config: TrainConfig, advance: Callable[[float], None], *, wait: bool = False
+) -> ModelRecord:
     """Start the run on the server that owns the warehouse and follow its job until it ends."""
-    started = remote.call("POST", f"/api/train/{method}", json=config.model_dump(mode="json"))
+    # waiting for the run in progress can outlast any request timeout
+    queued: dict[str, Any] = {"params": {"wait": "true"}, "timeout": None} if wait else {}
+    started = remote.call("POST", f"/api/train/{method}", json=config.model_dump(mode="json"), **queued)
     remote.follow_job(started, on_progress=lambda fraction: advance(fraction * 100))
     return ModelRecord(**remote.call("GET", f"/api/models/{config.output}"))
 
@@ -119,6 +127,7 @@ def _add(name: str, config_cls: type[TrainConfig], train: TrainFn, help_text: st
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOption),
         inspect.Parameter("project", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ProjectOption),
         inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOption),
+        inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=WaitOption),
     ]
     fields = [_option(n, f) for n, f in config_cls.model_fields.items() if _on_cli(f)]
     command.__signature__ = inspect.Signature([*fields, *shared])  # type: ignore[attr-defined]
