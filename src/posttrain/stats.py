@@ -11,6 +11,9 @@ Sources, as summarised in ``notes/curation-ab-scale-reliability.md`` §2:
   of means, delta-method relative lift) shared by the Welch test and the Gaussian Bayesian model;
   GAVI confidence sequences (Waudby-Smith et al. 2023, arXiv:2103.06476, eq. 9).
 - Optimizely's mSPRT (Johari, Pekelis, Walsh, "Always Valid Inference", arXiv:1512.04922).
+- Per-unit ratio metrics (Σx/Σy over users, the randomised unit) with the delta-method variance,
+  as GrowthBook and Eppo analyse them; the paired one-sample test for side-by-side choices.
+- Holm's (1979) step-down correction for several treatments, cohorts or guardrails.
 - Wilson (1927) score interval; Pearson chi-square for sample-ratio mismatch.
 - Bradley–Terry as in FastChat's ``elo_analysis.py``: P(i beats j) = 1/(1 + 10^((R_j − R_i)/400)),
   R = 400β + 1000, bootstrap CIs over battles.
