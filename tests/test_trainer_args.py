@@ -67,3 +67,28 @@ def test_trainer_args_override_posttrain_defaults(project: Project, tmp_path: Pa
     args = run.trainer_args()
     assert args["report_to"] == "tensorboard" and args["gradient_accumulation_steps"] == 4
     assert args["output_dir"] == str(tmp_path)
+
+
+def test_loop_stages_take_training_settings(tmp_path: Path) -> None:
+    from posttrain.loop.recipe import load_recipe
+
+    yaml = tmp_path / "loop.yaml"
+    yaml.write_text(
+        "name: l\ndpo:\n  train: {lora: true, loss: ipo, guard_probes: 4, trainer_args: {warmup_steps: 2}}\n"
+    )
+    assert load_recipe(yaml).dpo.train["trainer_args"] == {"warmup_steps": 2}
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"trainer_args": {"bogus": 1}}, "'bogus' is not a field of trl.SFTConfig"),
+        ({"learning_rate": 0.1}, "train.learning_rate is set by the loop or by the stage's own setting"),
+        ({"output": "x"}, "train.output is set by the loop"),
+    ],
+)
+def test_loop_stage_training_settings_are_checked(tmp_path: Path, train: dict[str, Any], message: str) -> None:
+    from posttrain.loop.recipe import SFTStage
+
+    with pytest.raises(ValueError, match=message):
+        SFTStage(train=train)

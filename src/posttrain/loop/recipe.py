@@ -7,18 +7,21 @@ of the demo; a YAML file overrides any of them, e.g.::
 
     name: sft-dpo
     grpo: {enabled: false}
-    dpo: {learning_rate: 1.0e-5}
+    dpo: {learning_rate: 1.0e-5, train: {lora: true, loss: ipo, trainer_args: {warmup_steps: 2}}}
     eval: {dataset: suite, margin: 0.03}
+
+A training stage's ``train`` mapping sets any other setting of its method's config (``posttrain
+train METHOD --help``), ``trainer_args`` included; it is checked when the recipe loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posttrain.errors import InvalidInput
 from posttrain.evals.scorers import check_scorer_name
@@ -36,8 +39,32 @@ class _Stage(BaseModel):
     enabled: bool = True
 
 
-class SFTStage(_Stage):
+class _TrainingStage(_Stage):
+    method: ClassVar[str]
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More settings of the stage's training config (lora, max_length, loss, guard_*, trainer_args ...).",
+    )
+
+    @model_validator(mode="after")
+    def _train_settings(self) -> Self:
+        from posttrain.train.methods import METHODS
+        from posttrain.train.runner import parse_config
+
+        taken = sorted(self.train.keys() & {"model", "dataset", "output", "seed", "resume", *type(self).model_fields})
+        if taken:
+            raise ValueError(f"train.{taken[0]} is set by the loop or by the stage's own setting; remove it from train")
+        try:
+            parse_config(METHODS[self.method][0], {"model": "m", "dataset": "d", "output": "o", **self.train})
+        except InvalidInput as exc:
+            raise ValueError(f"train.{exc.message}") from None
+        return self
+
+
+class SFTStage(_TrainingStage):
     """Fine-tune on accepted and edited answers of the turn's window."""
+
+    method = "sft"
 
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -45,8 +72,10 @@ class SFTStage(_Stage):
     min_rows: int = Field(20, ge=1, description="Skip the stage with fewer rows than this.")
 
 
-class RewardStage(_Stage):
+class RewardStage(_TrainingStage):
     """Retrain the reward model when enough new preference pairs came in."""
+
+    method = "reward"
 
     learning_rate: float = Field(1e-3, gt=0)
     epochs: float = Field(2.0, gt=0)
@@ -54,8 +83,10 @@ class RewardStage(_Stage):
     min_pairs: int = Field(50, ge=2, description="New pairs needed to retrain it.")
 
 
-class DPOStage(_Stage):
+class DPOStage(_TrainingStage):
     """Preference-tune on the turn's pairs (collapse guard on)."""
+
+    method = "dpo"
 
     learning_rate: float = Field(2e-5, gt=0)
     epochs: float = Field(2.0, gt=0)
@@ -72,8 +103,10 @@ def _no_code(check: Callable[[str], object], value: str) -> None:
         raise ValueError(exc.message) from None
 
 
-class GRPOStage(_Stage):
+class GRPOStage(_TrainingStage):
     """Reinforce with verifiers (or the reward model) on the turn's prompts."""
+
+    method = "grpo"
 
     reward: list[str] = Field(
         default_factory=lambda: ["verifier:row"],

@@ -148,7 +148,8 @@ def sft(turn: Turn) -> TrainResult:
     if skipped := _skip(stage.enabled, "sft", data.rows, stage.min_rows, "sft rows", "min_rows"):
         return skipped
     return _train(turn, "sft", turn.name("sft"), model=turn.parent, dataset=data.ref,
-                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size,
+                  **stage.train)  # fmt: skip
 
 
 def reward(turn: Turn) -> TrainResult:
@@ -156,7 +157,8 @@ def reward(turn: Turn) -> TrainResult:
     if skipped := _skip(stage.enabled, "the reward model", data.rows, stage.min_pairs, "new pairs", "min_pairs"):
         return skipped
     return _train(turn, "reward", turn.name("rm"), model=turn.candidate(), dataset=data.ref,
-                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size)  # fmt: skip
+                  learning_rate=stage.learning_rate, epochs=stage.epochs, batch_size=stage.batch_size,
+                  **stage.train)  # fmt: skip
 
 
 def dpo(turn: Turn) -> TrainResult:
@@ -165,7 +167,7 @@ def dpo(turn: Turn) -> TrainResult:
         return skipped
     return _train(turn, "dpo", turn.name("dpo"), model=turn.candidate(), dataset=data.ref,
                   learning_rate=stage.learning_rate, epochs=stage.epochs, beta=stage.beta,
-                  batch_size=stage.batch_size)  # fmt: skip
+                  batch_size=stage.batch_size, **stage.train)  # fmt: skip
 
 
 def _latest_reward_model(turn: Turn) -> str | None:
@@ -198,7 +200,7 @@ def grpo(turn: Turn) -> TrainResult:
     return _train(turn, "grpo", turn.name("grpo"), model=turn.candidate(), dataset=data.ref, reward=rewards,
                   learning_rate=stage.learning_rate, max_steps=stage.max_steps, batch_size=stage.batch_size,
                   num_generations=stage.num_generations,
-                  max_completion_length=stage.max_completion_length)  # fmt: skip
+                  max_completion_length=stage.max_completion_length, **stage.train)  # fmt: skip
 
 
 def _cohort_model(turn: Turn, cohort: str, candidate: str) -> str | None:
