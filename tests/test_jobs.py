@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from posttrain.cli import app
 from posttrain.clock import utc_now
 from posttrain.errors import Conflict
-from posttrain.jobs import JobCancelled, cancel_job, get_job, run_as_job, start_job
+from posttrain.jobs import JobCancelled, cancel_job, get_job, list_jobs, run_as_job, start_job
 from posttrain.project import Project, open_project
 from posttrain.warehouse.recovery import STALE_AFTER
 
@@ -110,3 +111,29 @@ def test_cancel_route_cancels_a_job(project: Project, client: TestClient) -> Non
     response = client.post(f"/api/jobs/{job.id}/cancel")
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
     assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 409
+
+
+def test_a_cancelled_training_run_stops_cleanly_and_resumes(project: Project, tiny_model: Path) -> None:
+    pytest.importorskip("trl")
+    import pyarrow as pa
+
+    from posttrain.datasets import write_version
+    from posttrain.models.registry import list_models, register_model
+    from posttrain.train.sft import SFTConfig, train_sft
+
+    register_model(project, "base", tiny_model)
+    rows = [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}] * 8
+    write_version(project, "d", "sft", pa.Table.from_pylist(rows), recipe={}, sources={})
+    config = SFTConfig(model="base", dataset="d", output="o", max_steps=6, batch_size=2, save_steps=2, device="cpu")
+
+    def cancel_at_two(step: int, total: int) -> None:
+        if step == 2:
+            cancel_job(project, list_jobs(project, kind="train.sft")[0].id)
+
+    with pytest.raises(JobCancelled):
+        train_sft(project, config, on_progress=cancel_at_two)
+    [job] = list_jobs(project, kind="train.sft")
+    assert job.state == "cancelled" and job.checkpoint and job.checkpoint.endswith("checkpoint-2")
+    assert [m.name for m in list_models(project)] == ["base"]
+    resumed = train_sft(project, config.model_copy(update={"resume": True}))
+    assert resumed.metrics["step"] == 6
