@@ -156,9 +156,10 @@ def test_analyse_matches_hand_counts(project: Project) -> None:
     assert control.metrics["mean_rating"].n == 1 and control.metrics["mean_rating"].mean == 4
     assert control.metrics["latency_ms"].mean == pytest.approx(sum(100 + i % 7 for i in range(6)) / 6)
     assert control.users == 6 and new.users == 5
-    # every measured user of "new" liked it: zero variance is no certainty, so no test
-    assert new.comparisons["thumbs_up_rate"].test is None
-    assert "zero variance" in (new.comparisons["thumbs_up_rate"].reason or "")
+    # every measured user of "new" liked it: zero variance is no certainty; it borrows the control's
+    test = new.comparisons["thumbs_up_rate"].test
+    assert test is not None and test.se > 0 and not test.significant
+    assert test.se == pytest.approx((0.25 * 4 / 3 / 4 * 2) ** 0.5)  # both arms at the control's variance, 4 users each
     assert [(r.variant, r.cohort) for r in analysis.cohorts] == [("control", "free"), ("new", "pro")]
     assert ex.get_experiment(project, "exp").analyses == [analysis]
 

@@ -155,13 +155,18 @@ def _compare(control: MetricStats, treatment: MetricStats, metric: Metric, alpha
     """Test treatment − control; ``better``/``worse`` are significant moves in the metric's good direction.
 
     The fixed-horizon test, the Bayesian posterior and the mSPRT share one standard error (per
-    user, delta method). An arm whose users all measure alike (say 0 successes) has no variance
-    to trust: the comparison refuses rather than call the difference certain.
+    user, delta method). An arm whose users all measure alike (say 0 successes) has no variance of
+    its own to trust: it borrows the other arm's per-user variance (the pooled view, as a test
+    under "no difference" would), so it is never taken as certain; when both arms are alike there
+    is nothing to test.
     """
     if control.mean is None or treatment.mean is None or control.n < 2 or treatment.n < 2:
         return _no_test("fewer than 2 measured users in an arm")
-    if not control.variance or not treatment.variance:
-        return _no_test("an arm has zero variance (every user alike, e.g. 0 successes); collect more data")
+    if not control.variance and not treatment.variance:
+        return _no_test("both arms have zero variance (every user alike); collect more data")
+    shared = control.variance or treatment.variance
+    control = control.model_copy(update={"variance": control.variance or shared})
+    treatment = treatment.model_copy(update={"variance": treatment.variance or shared})
     c, t = _summary(control), _summary(treatment)
     test = stats.welch_test(c, t, alpha)
     win = stats.bayesian(c, t, relative=False).chance_to_win
