@@ -19,7 +19,7 @@ import duckdb
 from posttrain import settings as settings_mod
 from posttrain.errors import Conflict, NotFound
 from posttrain.warehouse import connect, migrate
-from posttrain.warehouse.recovery import fail_stale_jobs
+from posttrain.warehouse.recovery import fail_stale_jobs, pid_alive
 
 CONFIG_FILE = "posttrain.toml"
 WAREHOUSE_FILE = "warehouse.duckdb"
@@ -89,7 +89,7 @@ class Project:
             info = json.loads(self.server_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
-        return info if _pid_alive(int(info.get("pid", 0))) else None
+        return info if pid_alive(int(info.get("pid", 0))) else None
 
     def _busy_hint(self) -> str:
         server = self.running_server()
@@ -113,18 +113,6 @@ class Project:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve_root(path: Path | str | None, env: dict[str, str] | None = None) -> Path:

@@ -21,6 +21,16 @@ from posttrain.records import CohortRule, RouteRule
 from posttrain.validation import invalid_input
 
 
+def _from_json(value: Any, expected: str) -> Any:
+    """Parse a setting given as JSON text (an environment variable); other values pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise ValueError(expected) from None
+
+
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,12 +100,7 @@ class GatewaySettings(BaseModel):
     @field_validator("cohort_rules", "routes", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return orjson.loads(value)
-            except orjson.JSONDecodeError:
-                raise ValueError("must be a JSON list of objects") from None
-        return value
+        return _from_json(value, "must be a JSON list of objects")
 
 
 class SqlSettings(BaseModel):
@@ -137,12 +142,7 @@ class FunctionSettings(BaseModel):
     @field_validator("verifiers", "rewards", "judges", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return orjson.loads(value)
-            except orjson.JSONDecodeError:
-                raise ValueError("must be a JSON object of NAME: module:function") from None
-        return value
+        return _from_json(value, "must be a JSON object of NAME: module:function")
 
     @field_validator("verifiers", "rewards", "judges")
     @classmethod
