@@ -13,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(900)  # builds the base model from an empty cache first
 def test_fast_demo_runs_and_reports_every_turn(tmp_path: Path) -> None:
     folder = tmp_path / "demo"
     env = {**os.environ, "POSTTRAIN_SIM_CACHE": os.environ.get("POSTTRAIN_SIM_CACHE", str(tmp_path / "cache"))}
