@@ -41,6 +41,11 @@ def _spell(project: Project, tiny_model: Path) -> None:
     write_version(project, "spell", "sft", pa.Table.from_pylist(rows), recipe={}, sources={})
 
 
+def _checkpoint_at_least(root: Path, step: int) -> bool:
+    steps = [int(p.name.rsplit("-", 1)[1]) for p in root.glob("artifacts/runs/*/checkpoint-*")]
+    return any(s >= step for s in steps)
+
+
 def test_a_killed_train_is_failed_on_open_and_resumes(project: Project, tiny_model: Path) -> None:
     _spell(project, tiny_model)
     root = project.root
@@ -49,8 +54,11 @@ def test_a_killed_train_is_failed_on_open_and_resumes(project: Project, tiny_mod
     cmd = [sys.executable, "-m", "posttrain", "train", "sft", "-p", str(root), *flags.split()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.monotonic() + 180
-    while not list(root.glob("artifacts/runs/*/checkpoint-4")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # a checkpoint of step 4 or later means step 2's was saved and recorded; checkpoints rotate
+    # (save_total_limit 2), so look for any, not one by name
+    while not _checkpoint_at_least(root, 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
