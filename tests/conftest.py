@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -58,6 +61,7 @@ class LiveServer:
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     port: int = 0
+    log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=2000))
 
     def start(self, timeout: float = 30.0) -> LiveServer:
         server_file = self.root / ".posttrain" / "server.json"
@@ -66,10 +70,15 @@ class LiveServer:
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        # drain stderr as it comes: a full pipe would block the server's next log line, and so the server
+        self.log = collections.deque(maxlen=2000)
+        reader = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                reader.join(5)
+                raise RuntimeError(f"server exited: {self.stderr()}")
             if server_file.exists():
                 try:
                     self.url = json.loads(server_file.read_text())["url"]
@@ -80,6 +89,14 @@ class LiveServer:
                     pass
             time.sleep(0.05)
         raise RuntimeError("server did not start in time")
+
+    def _drain(self, stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            self.log.append(line.decode(errors="replace"))
+
+    def stderr(self) -> str:
+        """Return what the server wrote to stderr so far (its last 2,000 lines)."""
+        return "".join(self.log)
 
     def kill(self) -> None:
         """kill -9: no shutdown hooks, no checkpoint."""

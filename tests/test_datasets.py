@@ -575,3 +575,14 @@ def test_export_loads_a_trajectory_with_hf_datasets(project: Project, tmp_path: 
     out = datasets.export(project, version.ref, "jsonl", tmp_path / "agent.jsonl")
     loaded = hf.load_dataset("json", data_files=str(out), split="train")
     assert loaded[0]["prompt"][1]["tool_calls"][0]["function"]["name"] == "weather"
+
+
+@pytest.mark.parametrize("kind", ["sft", "prompts", "eval"])
+def test_build_with_empty_content_parts_counts_no_characters(project: Project, kind: str) -> None:
+    """Messages whose content is an empty list of parts (valid OpenAI) once made the stats a 500."""
+    asked = [{"role": "user", "content": []}]
+    capture(project, "interactions", [{"id": "a", "messages": asked, "response": "x"},
+                                      {"id": "b", "messages": asked, "response": "y"}])  # fmt: skip
+    capture(project, "feedback", [{"id": "f", "interaction_id": "a", "kind": "thumb", "value": "up"}])
+    version = datasets.build(project, kind, f"empty-{kind}")  # type: ignore[arg-type]
+    assert version.row_count >= 1 and version.stats["mean_prompt_chars"] == 0.0

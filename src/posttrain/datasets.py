@@ -616,16 +616,21 @@ def _flat(table: pa.Table, name: str) -> pa.Array | None:
 
 
 def _mean_chars(column: pa.ChunkedArray) -> float:
-    """Return the mean characters per row of a string or message-list column."""
-    values = column.combine_chunks()
-    if pa.types.is_list(values.type):
-        values = values.flatten().field("content")
-    if pa.types.is_list(values.type):  # content parts: count their text
-        values = values.flatten().field("text")
-    if pa.types.is_null(values.type):  # no text at all (tool calls only)
-        return 0.0
+    """Return the mean characters per row of a string or message-list column (content parts' text counted)."""
+    values: pa.Array | None = column.combine_chunks()
+    for name in ("content", "text"):  # messages, then their content parts
+        if values is not None and pa.types.is_list(values.type):
+            values = _struct_field(values.flatten(), name)
+    if values is None or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return 0.0  # no text at all (tool calls only, or every value null)
     total = pc.sum(pc.utf8_length(values)).as_py() or 0
     return round(total / max(len(column), 1), 1)
+
+
+def _struct_field(values: pa.Array, name: str) -> pa.Array | None:
+    if not pa.types.is_struct(values.type) or values.type.get_field_index(name) < 0:
+        return None
+    return values.field(name)
 
 
 def _stats(kind: DatasetKind, table: pa.Table, pii: dict[str, int], dropped: int) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,14 +109,11 @@ class Server:
     def __init__(self, live: LiveServer, role_keys: dict[str, str], revoked: str) -> None:
         self.live, self.role_keys, self.revoked = live, role_keys, revoked
         self.http = httpx.Client(base_url=live.url, timeout=30)
-        self.stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
 
-    def _drain(self) -> None:
-        """Read the server's stderr so its pipe never fills, keeping it for failure messages."""
-        assert self.live.proc is not None and self.live.proc.stderr is not None
-        for line in self.live.proc.stderr:
-            self.stderr.append(line.decode(errors="replace"))
+    @property
+    def stderr(self) -> list[str]:
+        """The server's stderr so far (LiveServer drains it, so its pipe never fills)."""
+        return list(self.live.log)
 
     def call(
         self, route: Route, key: str | None, *, header: str | None = None, content: bytes | None = None, **params: str
