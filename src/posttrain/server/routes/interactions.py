@@ -56,7 +56,6 @@ def get_interaction(request: Request, interaction_id: str) -> StoredInteraction:
     project = request.app.state.project
     try:
         return queries.get_interaction(project.cursor(), interaction_id)
-    except NotFound:
-        if not request.app.state.ingestor.wait_for(interaction_id, timeout=_COMMIT_WAIT_SECONDS):
-            raise
+    except NotFound:  # queued behind the group commit? wait for it; it may also have just landed
+        request.app.state.ingestor.wait_for(interaction_id, timeout=_COMMIT_WAIT_SECONDS)
     return queries.get_interaction(project.cursor(), interaction_id)
