@@ -204,7 +204,7 @@ def _operators(sql: str) -> list[str]:
     return found
 
 
-def _check_where(where: str | None) -> str | None:
+def check_where(where: str | None) -> str | None:
     """Accept one boolean expression: no ';', comments or parameters; parentheses balanced outside strings."""
     if where is None or not where.strip():
         return None
@@ -273,7 +273,7 @@ class BuildConfig(BaseModel):
     @field_validator("where")
     @classmethod
     def _where_is_one_condition(cls, value: str | None) -> str | None:
-        return _check_where(value)
+        return check_where(value)
 
     @field_validator("verifier")
     @classmethod

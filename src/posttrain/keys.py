@@ -47,6 +47,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "routes.read": frozenset({"admin", "viewer"}),
     "routes.write": frozenset({"admin"}),
     "gateway": frozenset({"admin", "ingest"}),
+    "annotate.read": frozenset({"admin", "annotator", "viewer"}),
+    "annotate.label": frozenset({"admin", "annotator"}),
+    "annotate.admin": frozenset({"admin"}),
 }
 
 FEEDBACK_SOURCES: dict[Role, frozenset[FeedbackSource]] = {

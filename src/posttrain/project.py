@@ -51,6 +51,8 @@ class Project:
         self.settings = settings
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
+        # serialises annotation leases: two annotators pulling at once never get the same item
+        self.lease_lock = threading.Lock()
 
     @property
     def warehouse_path(self) -> Path:
