@@ -11,10 +11,10 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posttrain.errors import InvalidInput
 from posttrain.records import CohortRule, RouteRule
@@ -157,6 +157,78 @@ class FunctionSettings(BaseModel):
         return value
 
 
+_JUDGE_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
+
+
+class JudgeSpec(BaseModel):
+    """One AI judge of ``[annotate.judges.NAME]``: what pre-labels a queue's items, by name, never code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["reward-model", "pairwise", "verifier", "chat"]
+    model: str | None = Field(
+        None, max_length=200, description="reward-model: a registered reward model; chat: the upstream's model name."
+    )
+    judge: str | None = Field(None, description="pairwise: a judge of [functions.judges], by name.")
+    verifier: str | None = Field(None, description="verifier: a built-in verifier or one of [functions.verifiers].")
+    boundary: float = Field(0.0, description="reward-model: the score at which reject flips to accept.")
+    upstream: str | None = Field(
+        None, max_length=500, description="chat: base URL of an OpenAI-compatible server (default gateway's)."
+    )
+    api_key_env: str | None = Field(
+        None, max_length=100, description="chat: variable holding the upstream's key (default gateway's)."
+    )
+    prompt: str = Field("", max_length=4000, description="chat: the instruction the judge model gets.")
+
+    @model_validator(mode="after")
+    def _by_kind(self) -> JudgeSpec:
+        from posttrain import functions
+        from posttrain.evals.verifiers import check_verifier_name
+
+        needs = {"reward-model": "model", "pairwise": "judge", "verifier": "verifier", "chat": "model"}[self.kind]
+        if getattr(self, needs) is None:
+            raise ValueError(f"a {self.kind} judge needs {needs}")
+        try:
+            if self.judge is not None:
+                functions.check_name(self.judge, what="judge", field="judge")
+            if self.verifier is not None:
+                check_verifier_name(self.verifier)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        if self.model is not None and not _JUDGE_MODEL.match(self.model):
+            raise ValueError(f"model {self.model[:60]!r}: letters, digits and . _ - : / @")
+        if self.upstream is not None and not re.match(r"^https?://[^\s]+$", self.upstream):
+            raise ValueError("upstream: give an http(s):// base URL, as in http://vllm:8000/v1")
+        return self
+
+
+class AnnotateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trust_threshold: float = Field(
+        0.8, ge=0, le=1, description="A judge is trusted when its agreement with people (95% CI low) is at least this."
+    )
+    sure: float = Field(0.9, ge=0.5, le=1, description="Confidence from which a trusted judge labels an item alone.")
+    judges: dict[str, JudgeSpec] = Field(
+        {}, description="AI judges `[annotate.judges.NAME]` (kind, model/judge/verifier ...) queues name to pre-label."
+    )
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return _from_json(value, "must be a JSON object of NAME: {kind, ...}")
+
+    @field_validator("judges")
+    @classmethod
+    def _names(cls, value: dict[str, JudgeSpec]) -> dict[str, JudgeSpec]:
+        if len(value) > 64:
+            raise ValueError("at most 64 judges")
+        for name in value:
+            if not _FUNCTION_NAME.match(name):
+                raise ValueError(f"{name!r}: a name is letters, digits, _ and -, starting with a letter or _")
+        return value
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -167,6 +239,7 @@ class Settings(BaseModel):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
+    annotate: AnnotateSettings = Field(default_factory=AnnotateSettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:
