@@ -74,7 +74,11 @@ def list_queues(project: Project, *, state: QueueState | None = None) -> list[Qu
     where, params = ("WHERE q.state = ?", [state]) if state else ("", [])
     rows = fetch_all(project.cursor(), f"{_COUNTS} {where} ORDER BY q.created_at DESC", [utc_now(), *params],
                      json=("config",))  # fmt: skip
-    return [QueueSummary(**_to_queue(dict(r)).model_dump(), **{k: r[k] for k in _COUNT_NAMES}) for r in rows]
+    return [
+        QueueSummary(**_to_queue({k: v for k, v in r.items() if k not in _COUNT_NAMES}).model_dump(),
+                     **{k: r[k] for k in _COUNT_NAMES})
+        for r in rows
+    ]  # fmt: skip
 
 
 _COUNT_NAMES = ("items", "done", "gold", "labels", "active_leases")
