@@ -25,6 +25,7 @@ from posttrain.server.job_runner import JobRunner
 from posttrain.server.limits import BodyLimit, ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
+    annotate,
     capture,
     datasets,
     evals,
@@ -41,6 +42,7 @@ from posttrain.server.routes import (
 from posttrain.server.routes import gateway as gateway_routes
 from posttrain.server.schemas import extra_schemas
 from posttrain.server.sql_runner import SqlRunner
+from posttrain.server.ui import router as ui_router
 from posttrain.validation import error_message
 
 log = logging.getLogger("posttrain.server")
@@ -54,6 +56,7 @@ _ROUTERS = (
     train.router,
     evals.router,
     experiments.router,
+    annotate.router,
     routing.router,
     loop.router,
     keys.router,
@@ -182,6 +185,7 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
     for router in _ROUTERS:
         app.include_router(router)
     app.include_router(gateway_routes.router)  # OpenAI's wire format: not in posttrain's OpenAPI document
+    app.include_router(ui_router, include_in_schema=False)  # the web pages (/ui): signed in by a session cookie
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
