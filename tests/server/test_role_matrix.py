@@ -39,6 +39,7 @@ ADMIN_INGEST = frozenset({"admin", "ingest"})
 ADMIN_VIEWER = frozenset({"admin", "viewer"})
 READERS = frozenset({"admin", "annotator", "viewer"})  # every role but ingest
 LABELLERS = frozenset({"admin", "ingest", "annotator"})
+ANNOTATORS = frozenset({"admin", "annotator"})
 
 # The roles each route admits, from its require("...") action. /health needs no key at all.
 EXPECTED: dict[Route, frozenset[str]] = {
@@ -72,6 +73,18 @@ EXPECTED: dict[Route, frozenset[str]] = {
     ("POST", "/api/experiments/{name}/decide"): ADMIN,  # experiments.decide
     ("POST", "/api/experiments/{name}/promote"): ADMIN,
     ("POST", "/api/experiments/{name}/rollback"): ADMIN,
+    ("POST", "/api/annotate/queues"): ADMIN,  # annotate.admin
+    ("GET", "/api/annotate/queues"): READERS,  # annotate.read
+    ("GET", "/api/annotate/queues/{name}"): READERS,
+    ("POST", "/api/annotate/queues/{name}/state"): ADMIN,  # annotate.admin
+    ("PUT", "/api/annotate/queues/{name}/guidelines"): ADMIN,
+    ("POST", "/api/annotate/queues/{name}/fill"): ADMIN,
+    ("POST", "/api/annotate/queues/{name}/gold"): ADMIN,
+    ("POST", "/api/annotate/queues/{name}/next"): ANNOTATORS,  # annotate.label
+    ("POST", "/api/annotate/leases/{lease_id}/submit"): ANNOTATORS,
+    ("POST", "/api/annotate/leases/{lease_id}/skip"): ANNOTATORS,
+    ("GET", "/api/annotate/queues/{name}/stats"): READERS,  # annotate.read
+    ("GET", "/api/annotate/queues/{name}/export"): READERS,
     ("GET", "/api/routes"): ADMIN_VIEWER,  # routes.read
     ("POST", "/api/routes"): ADMIN,  # routes.write
     ("POST", "/api/routes/cohorts"): ADMIN,

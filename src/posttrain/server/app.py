@@ -25,6 +25,7 @@ from posttrain.server.job_runner import JobRunner
 from posttrain.server.limits import BodyLimit, ConcurrencyLimit
 from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
+    annotate,
     capture,
     datasets,
     evals,
@@ -55,6 +56,7 @@ _ROUTERS = (
     train.router,
     evals.router,
     experiments.router,
+    annotate.router,
     routing.router,
     loop.router,
     keys.router,
