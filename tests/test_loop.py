@@ -105,7 +105,7 @@ def test_a_turn_trains_runs_an_experiment_per_cohort_and_promotes(served: Projec
                       on_event=lambda s, m: events.append((s, m)))  # fmt: skip
     assert turn.state == "done" and turn.turn == 1
     assert [s.step for s in turn.steps] == list(loop.STEPS)
-    assert {s.step for s in turn.steps if s.state == "skipped"} == {"reward", "dpo", "grpo", "evaluate"}
+    assert {s.step for s in turn.steps if s.state == "skipped"} == {"annotate", "reward", "dpo", "grpo", "evaluate"}
     assert turn.serving == {"adult": "base", "minor": "base"}
     assert turn.result is not None and turn.result["serving"] == {"adult": "t-t1-sft", "minor": "t-t1-sft"}
     assert turn.result["decisions"]["adult"]["action"] == "promote"

@@ -273,3 +273,20 @@ def test_dataset_builders_use_the_consensus(project: Project) -> None:
         .fetchall()
     )
     assert len(feedback_ids) == 3 and labels == [("ann-1",)]
+
+
+def test_lineage_walks_from_a_dataset_to_the_labels_behind_it(project: Project) -> None:
+    from posttrain import datasets
+    from posttrain.models.lineage import dataset_sources
+
+    ids = _interactions(project, 2)
+    _queue(project, task="accept", overlap=2, gold_share=0)
+    annotate.fill(project, "q-accept", interaction_ids=ids)
+    for who in ("ann-1", "ann-2"):
+        while (got := annotate.next_item(project, "q-accept", who)) is not None:
+            annotate.submit(project, got.lease_id, who, {"accept": True})
+    version = datasets.build(project, "sft", "accepted", datasets.BuildConfig(min_agreement=0))
+    sources = dataset_sources(project, version.ref)
+    assert [s.model_dump() for s in sources.labels] == [
+        {"queue": "q-accept", "feedback": 2, "labels": 4, "annotators": ["ann-1", "ann-2"]}
+    ]

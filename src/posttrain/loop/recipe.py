@@ -193,6 +193,26 @@ class ExperimentStage(_Stage):
     )
 
 
+class AnnotateStage(_Stage):
+    """Ask people (and trusted judges) for labels on the window's most valuable interactions.
+
+    The step fills a queue by active selection with ``budget`` items, lets the turn's annotators
+    label them (simulated ones in the demo and benchmark; people through ``/ui/annotate`` or the
+    API, for up to ``max_wait_seconds``), and the consensus lands as annotator (or judge) feedback
+    that the ``datasets`` step reads like any other.
+    """
+
+    enabled: bool = Field(False, description="Off by default: a turn then uses the feedback users gave.")
+    queue: Name | None = Field(None, description="The queue to fill (default: LOOP-annotate, created if missing).")
+    task: Literal["accept", "rating"] = Field("accept", description="What annotators are asked of each answer.")
+    budget: int = Field(100, ge=1, le=100_000, description="Items a turn asks people about.")
+    overlap: int = Field(1, ge=1, le=10, description="Distinct annotators per item.")
+    judges: list[Name] = Field(
+        default_factory=list, max_length=10, description="Judges of posttrain.toml [annotate.judges] that pre-label."
+    )
+    max_wait_seconds: float = Field(0, ge=0, le=7 * 86_400, description="How long to wait for people to label.")
+
+
 class Recipe(BaseModel):
     """A whole turn: cohorts, stages, the gate and the experiment."""
 
@@ -210,6 +230,7 @@ class Recipe(BaseModel):
     )
     min_feedback: int = Field(20, ge=0, description="Feedback events a turn needs in its window.")
     seed: int = 0
+    annotate: AnnotateStage = Field(default_factory=AnnotateStage)
     sft: SFTStage = Field(default_factory=SFTStage)
     reward: RewardStage = Field(default_factory=RewardStage)
     dpo: DPOStage = Field(default_factory=DPOStage)

@@ -30,6 +30,17 @@ class CollectResult(StepResult):
     feedback: dict[str, int] = Field(default_factory=dict)
 
 
+class AnnotateResult(StepResult):
+    """The turn's annotation: the queue, what active selection added, and how much got labelled."""
+
+    queue: str | None = None
+    added: int = 0
+    judge_resolved: int = Field(0, description="Items a trusted judge was sure about, labelled by it alone")
+    resolved: int = Field(0, description="Items of the queue with a consensus when the step ended")
+    open: int = Field(0, description="Items still waiting for labels when the step ended")
+    labels: int = 0
+
+
 class BuiltDataset(BaseModel):
     """A dataset version the turn built (``ref`` None: no row matched)."""
 
@@ -155,6 +166,7 @@ class DecideResult(StepResult):
 
 RESULTS: dict[str, type[StepResult]] = {
     "collect": CollectResult,
+    "annotate": AnnotateResult,
     "datasets": DatasetsResult,
     "sft": TrainResult,
     "reward": TrainResult,
@@ -171,6 +183,7 @@ STEPS = tuple(RESULTS)
 
 AnyStepResult = (
     CollectResult
+    | AnnotateResult
     | DatasetsResult
     | TrainResult
     | SpecialiseResult

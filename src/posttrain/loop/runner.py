@@ -1,6 +1,7 @@
 """One turn of the flywheel, step by step, each step recorded so a killed loop resumes where it stopped.
 
 A turn: ``collect`` (the window of new interactions and feedback since the last turn) →
+``annotate`` (when the recipe turns it on: a queue filled by active selection, labelled) →
 ``datasets`` (SFT rows, preference pairs, RL prompts, per-cohort SFT rows) → ``sft`` → ``reward``
 (when enough new pairs) → ``dpo`` → ``grpo`` → ``specialise`` (a cohort's own model) →
 ``evaluate`` + ``gate`` (against each cohort's serving model) → ``experiment`` (an A/B test per
@@ -151,14 +152,16 @@ def run_turn(
     base: str | None = None,
     traffic: Callable[[Turn], None] | None = None,
     on_event: Events | None = None,
+    annotators: Callable[[Turn, str], None] | None = None,
 ) -> TurnRecord:
     """Run (or resume) one turn; raise LoopStepFailed naming the step and the cause if one fails.
 
     ``traffic(turn)`` is called while the turn's experiments run, to send (simulated) traffic; without
     it the step waits until every arm has ``experiment.min_samples`` measured units or
-    ``experiment.max_wait_seconds`` pass.
+    ``experiment.max_wait_seconds`` pass. ``annotators(turn, queue)`` labels the queue the annotate
+    step filled; without it the step waits up to ``annotate.max_wait_seconds`` for people.
     """
-    turn = Turn(project, recipe, _start_turn(project, recipe, base), traffic, on_event)
+    turn = Turn(project, recipe, _start_turn(project, recipe, base), traffic, on_event, annotators)
     for name in STEPS:
         done = turn.record.step(name)
         if done is not None and done.state in ("done", "skipped"):
@@ -201,8 +204,12 @@ def run(
     base: str | None = None,
     traffic: Callable[[Turn], None] | None = None,
     on_event: Events | None = None,
+    annotators: Callable[[Turn, str], None] | None = None,
 ) -> list[TurnRecord]:
     """Run ``turns`` turns (resuming an unfinished one first); return their records."""
     if turns < 1:
         raise InvalidInput("turns must be at least 1", field="turns")
-    return [run_turn(project, recipe, base=base, traffic=traffic, on_event=on_event) for _ in range(turns)]
+    return [
+        run_turn(project, recipe, base=base, traffic=traffic, on_event=on_event, annotators=annotators)
+        for _ in range(turns)
+    ]

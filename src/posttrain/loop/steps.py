@@ -15,9 +15,10 @@ from typing import Any
 
 from posttrain import datasets, experiments, routing
 from posttrain.clock import utc_now
-from posttrain.errors import InvalidInput
+from posttrain.errors import InvalidInput, NotFound
 from posttrain.loop.names import cohort_part, loop_name, route_name
 from posttrain.loop.results import (
+    AnnotateResult,
     AnyStepResult,
     Arm,
     BuiltDataset,
@@ -69,6 +70,55 @@ def collect(turn: Turn) -> CollectResult:
         )
     return CollectResult(interactions=int(interactions), feedback=feedback,
                          summary=f"{interactions} interactions, {total} feedback events")  # fmt: skip
+
+
+# --- annotate -------------------------------------------------------------------------------------
+
+
+def _annotation_queue(turn: Turn) -> str:
+    """Return the stage's queue, created with the stage's task, overlap and judges when missing."""
+    from posttrain import annotate
+
+    stage = turn.recipe.annotate
+    name = stage.queue or loop_name(turn.recipe.name, "annotate")
+    try:
+        annotate.get_queue(turn.project, name)
+    except NotFound:
+        config = annotate.QueueConfig(name=name, task=stage.task, overlap=stage.overlap, judges=stage.judges,
+                                      priority="active", gold_share=0)  # fmt: skip
+        annotate.create_queue(turn.project, config, author=f"loop:{turn.recipe.name}")
+    return name
+
+
+def _window_condition(turn: Turn) -> str:
+    """Return the turn's window as one SQL condition over ``i`` (literals: a fill takes no parameters)."""
+    start, end = turn.record.window_start, turn.record.window_end
+    assert end is not None
+    after = f"i.\"timestamp\" > TIMESTAMP '{start.isoformat(sep=' ')}' AND " if start is not None else ""
+    return f"{after}i.\"timestamp\" <= TIMESTAMP '{end.isoformat(sep=' ')}'"
+
+
+def annotate_(turn: Turn) -> AnnotateResult:
+    """Fill the turn's queue by active selection, have it labelled, and report what resolved."""
+    stage = turn.recipe.annotate
+    if not stage.enabled:
+        return AnnotateResult(skipped="annotate is off in the recipe (annotate.enabled)")
+    from posttrain import annotate
+    from posttrain.annotate import active
+
+    name = _annotation_queue(turn)
+    chosen = active.select(turn.project, name, stage.budget, where=_window_condition(turn),
+                           seed=turn.recipe.seed * 1000 + turn.number)  # fmt: skip
+    if turn.annotators is not None:
+        turn.annotators(turn, name)
+    else:
+        deadline = time.monotonic() + stage.max_wait_seconds
+        while time.monotonic() < deadline and annotate.summarise(turn.project, name).done < chosen.added:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    queue = annotate.summarise(turn.project, name)
+    summary = f"{name}: {chosen.added} items asked, {chosen.judge_resolved} by judges alone, {queue.done} resolved"
+    return AnnotateResult(queue=name, added=chosen.added, judge_resolved=chosen.judge_resolved, resolved=queue.done,
+                          open=queue.items - queue.done, labels=queue.labels, summary=summary)  # fmt: skip
 
 
 def _until(turn: Turn) -> datetime:
@@ -435,6 +485,7 @@ def decide(turn: Turn) -> DecideResult:
 
 FUNCTIONS: dict[str, Callable[[Turn], AnyStepResult]] = {
     "collect": collect,
+    "annotate": annotate_,
     "datasets": datasets_,
     "sft": sft,
     "reward": reward,

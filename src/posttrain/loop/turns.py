@@ -130,9 +130,11 @@ class Turn:
         record: TurnRecord,
         traffic: Callable[[Turn], None] | None,
         on_event: Events | None,
+        annotators: Callable[[Turn, str], None] | None = None,
     ) -> None:
         self.project, self.recipe, self.record = project, recipe, record
         self.traffic, self.on_event = traffic, on_event
+        self.annotators = annotators  # labels the queue the annotate step filled (simulated annotators)
 
     @property
     def number(self) -> int:

@@ -36,6 +36,15 @@ class RunSummary(BaseModel):
     error: str | None = None
 
 
+class LabelSources(BaseModel):
+    """The labels of one annotation queue behind a dataset version's feedback, and who gave them."""
+
+    queue: str
+    feedback: int = Field(description="Consensus feedback rows of this queue among the version's sources")
+    labels: int = Field(description="Labels those consensus rows were resolved from")
+    annotators: list[str] = Field(default_factory=list, description="Who labelled (key ids, judge:NAME)")
+
+
 class DatasetSources(BaseModel):
     """A dataset version a model was trained on, and the records it was built from."""
 
@@ -45,6 +54,9 @@ class DatasetSources(BaseModel):
     content_hash: str | None = None
     counts: dict[str, int] = Field(default_factory=dict, description="Source records by kind")
     sample_ids: dict[str, list[str]] = Field(default_factory=dict, description="The first few ids by kind")
+    labels: list[LabelSources] = Field(
+        default_factory=list, description="Annotation queues whose consensus labels the version was built from"
+    )
     missing: str | None = Field(None, description="Why the version or its sources could not be read")
 
 
@@ -96,7 +108,28 @@ def dataset_sources(project: Project, ref: str, *, sample: int = 5) -> DatasetSo
         ids = table.filter(pc.equal(table.column("kind"), kind)).column("id")
         out.counts[kind] = len(ids)
         out.sample_ids[kind] = ids.slice(0, sample).to_pylist()
+    feedback = table.filter(pc.equal(table.column("kind"), "feedback")).column("id").to_pylist()
+    out.labels = label_sources(project, feedback)
     return out
+
+
+_LABELS = """
+WITH f AS (
+    SELECT f.author[7:] AS queue, f.id, CAST(f.metadata->'$.labels' AS VARCHAR[]) AS labels
+    FROM feedback f WHERE list_contains($ids, f.id) AND f.author LIKE 'queue:%'
+)
+SELECT f.queue, count(DISTINCT f.id) AS feedback, count(l.id) AS labels, list(DISTINCT l.annotator ORDER BY l.annotator)
+FROM f LEFT JOIN (SELECT f.id AS fid, u.label_id FROM f, unnest(f.labels) u(label_id)) x ON x.fid = f.id
+LEFT JOIN labels l ON l.id = x.label_id
+GROUP BY f.queue ORDER BY f.queue"""
+
+
+def label_sources(project: Project, feedback_ids: list[str]) -> list[LabelSources]:
+    """Return, per annotation queue, the consensus feedback among ``feedback_ids`` and the labels behind it."""
+    if not feedback_ids:
+        return []
+    rows = project.cursor().execute(_LABELS, {"ids": feedback_ids}).fetchall()
+    return [LabelSources(queue=q, feedback=f, labels=n, annotators=[a for a in who if a]) for q, f, n, who in rows]
 
 
 def _step(project: Project, model: ModelRecord, sample: int, via: Via) -> ModelLineage:
