@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from posttrain import annotate
-from posttrain.annotate import export
+from posttrain.annotate import export, stats
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.server.auth import require
@@ -198,16 +198,12 @@ def skip_item(request: Request, lease_id: str, body: SkipRequest | None = None) 
     return Skipped(skipped=lease_id)
 
 
-def _queue_stats(project: Project, name: str, bootstrap: int) -> Any:
-    from posttrain.annotate.stats import queue_stats
-
-    return queue_stats(project, name, bootstrap=bootstrap)
-
-
-@router.get("/queues/{name}/stats", dependencies=_READ)
-def queue_stats(request: Request, name: str, bootstrap: Annotated[int, Query(ge=0, le=2000)] = 1000) -> Any:
+@router.get("/queues/{name}/stats", response_model=stats.QueueStats, dependencies=_READ)
+def queue_stats(
+    request: Request, name: str, bootstrap: Annotated[int, Query(ge=0, le=stats.MAX_BOOTSTRAP)] = 1000
+) -> stats.QueueStats:
     """Label quality: counts, agreement per field, each annotator's speed and gold accuracy, judge calibration."""
-    return _queue_stats(_project(request), name, bootstrap)
+    return stats.queue_stats(_project(request), name, bootstrap=bootstrap)
 
 
 @router.get(
