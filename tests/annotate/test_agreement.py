@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from posttrain.annotate.agreement import (
+    alpha_of_counts,
     annotator_agreement,
     calibration,
     cohen_kappa,
     fleiss_kappa,
+    fleiss_of_weights,
     gold_accuracy,
     krippendorff_alpha,
 )
@@ -234,3 +236,30 @@ def test_annotator_agreement_of_two_equals_their_cohen_kappa() -> None:
     assert pair["coder1"].value == pytest.approx(weighted.value)
     nominal = annotator_agreement(labels, "nominal", bootstrap=0)
     assert nominal["coder0"].value == pytest.approx(cohen_kappa(labels, "coder0", "coder1").value)
+
+
+@pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
+def test_alpha_of_counts_equals_the_package_on_random_data(level: str) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 6, size=(4, 40)).astype(float)
+    data[rng.random(data.shape) < 0.3] = np.nan
+    pairable = data[:, (~np.isnan(data)).sum(axis=0) >= 2]
+    counts = np.stack([(pairable == v).sum(axis=0) for v in range(1, 6)], axis=1).astype(float)
+    codes = np.arange(1, 6, dtype=float)
+    expected = krippendorff.alpha(reliability_data=pairable, level_of_measurement=level, value_domain=codes)
+    assert alpha_of_counts(counts, codes, level, np.ones(len(counts))) == pytest.approx(expected)  # type: ignore[arg-type]
+    # drawing an item twice is the same as listing it twice
+    twice = np.concatenate([counts, counts[:5]])
+    weights = np.ones(len(counts))
+    weights[:5] = 2
+    again = alpha_of_counts(twice, codes, level, np.ones(len(twice)))  # type: ignore[arg-type]
+    assert alpha_of_counts(counts, codes, level, weights) == pytest.approx(again)  # type: ignore[arg-type]
+
+
+def test_fleiss_of_weights_equals_statsmodels() -> None:
+    from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
+
+    rng = np.random.default_rng(12)
+    table = np.stack([rng.multinomial(4, [0.5, 0.3, 0.2]) for _ in range(30)]).astype(float)
+    [kappa] = fleiss_of_weights(table, np.ones((1, 30)))
+    assert kappa == pytest.approx(statsmodels_fleiss(table, method="fleiss"))

@@ -9,6 +9,7 @@ last label counts. Bootstrap intervals resample items (the unit of sampling) and
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -108,6 +109,41 @@ def _alpha(counts: np.ndarray, domain: np.ndarray, level: Level) -> float | None
             return None
 
 
+def _distance(level: Level, codes: np.ndarray, marginals: np.ndarray) -> np.ndarray:
+    """Return Krippendorff's squared difference between every two values at a level of measurement."""
+    import numpy as np
+
+    if level == "nominal":
+        return 1 - np.eye(len(codes))
+    if level == "interval":
+        return (codes[:, None] - codes[None, :]) ** 2
+    # ordinal: the marginals from one value through the other, less half of each end, squared
+    cumulative, positions = np.cumsum(marginals), np.arange(len(codes))
+    low, high = np.minimum.outer(positions, positions), np.maximum.outer(positions, positions)
+    between = cumulative[high] - cumulative[low] + marginals[low]
+    return (between - (marginals[:, None] + marginals[None, :]) / 2) ** 2
+
+
+def alpha_of_counts(counts: np.ndarray, codes: np.ndarray, level: Level, weights: np.ndarray) -> float | None:
+    """Return Krippendorff's alpha of weighted items from their coincidence matrix (the bootstrap's fast path).
+
+    ``counts`` holds each pairable item's count of each value; ``weights`` how often each item was drawn.
+    Alpha = 1 - (n - 1) * sum(o * d) / sum(n_c * n_k * d), the coincidences o summing each item's
+    (n_uc * n_uk - [c = k] * n_uc) / (m_u - 1).
+    """
+    import numpy as np
+
+    scaled = counts * (weights / (counts.sum(axis=1) - 1))[:, None]
+    coincidence = counts.T @ scaled - np.diag(scaled.sum(axis=0))
+    marginals = coincidence.sum(axis=1)
+    total = marginals.sum()
+    distance = _distance(level, codes, marginals)
+    expected = float((np.outer(marginals, marginals) * distance).sum())
+    if total <= 1 or expected <= 1e-12:
+        return None
+    return 1 - (total - 1) * float((coincidence * distance).sum()) / expected
+
+
 def krippendorff_alpha(
     labels: Sequence[LabelTuple],
     level: Level,
@@ -142,8 +178,8 @@ def krippendorff_alpha(
     if value is not None:
         rng = np.random.default_rng(seed)
         for _ in range(bootstrap):
-            sample = _alpha(counts[rng.integers(0, len(grouped), len(grouped))], codes, level)
-            if sample is not None:
+            drawn = np.bincount(rng.integers(0, len(grouped), len(grouped)), minlength=len(grouped))
+            if (sample := alpha_of_counts(counts, codes, level, drawn.astype(float))) is not None:
                 samples.append(sample)
     low, high = _percentiles(samples, confidence)
     return Estimate(value=value, low=low, high=high, n_items=len(grouped), n_labels=n_labels, method=method)
@@ -258,23 +294,55 @@ def fleiss_kappa(
         for value in votes.values():
             table[i, index[value_key(value)]] += 1
 
-    def compute(rows: np.ndarray) -> float | None:
-        if (rows.sum(axis=0) > 0).sum() < 2:
-            return None
-        with np.errstate(all="ignore"):
-            return _finite(statsmodels_fleiss(rows, method="fleiss"))
-
-    value = compute(table)
+    with np.errstate(all="ignore"):
+        value = _finite(statsmodels_fleiss(table, method="fleiss")) if (table.sum(axis=0) > 0).sum() >= 2 else None
     if value is None:
         return empty
     rng = np.random.default_rng(seed)
-    samples = [
-        sample
-        for _ in range(bootstrap)
-        if (sample := compute(table[rng.integers(0, len(kept), len(kept))])) is not None
-    ]
+    drawn = [np.bincount(rng.integers(0, len(kept), len(kept)), minlength=len(kept)) for _ in range(bootstrap)]
+    samples = fleiss_of_weights(table, np.array(drawn, dtype=float)) if drawn else []
     low, high = _percentiles(samples, confidence)
     return Estimate(value=value, low=low, high=high, n_items=len(kept), n_labels=m * len(kept), method=method)
+
+
+def fleiss_of_weights(table: np.ndarray, weights: np.ndarray) -> list[float]:
+    """Return Fleiss' kappa of each row of item weights (how often each item was drawn); skip undefined ones.
+
+    kappa = (P - Pe) / (1 - Pe): P the weighted mean agreement of an item's rater pairs, Pe the sum
+    of squared category shares.
+    """
+    raters = table[0].sum()
+    agreement_of_item = ((table**2).sum(axis=1) - raters) / (raters * (raters - 1))
+    drawn = weights.sum(axis=1)
+    observed = weights @ agreement_of_item / drawn
+    shares = weights @ table / (drawn * raters)[:, None]
+    chance = (shares**2).sum(axis=1)
+    defined = 1 - chance > 1e-12
+    return [float(x) for x in (observed[defined] - chance[defined]) / (1 - chance[defined])]
+
+
+def _weighted_tables(rows: np.ndarray, weights_of_items: np.ndarray, size: int) -> np.ndarray:
+    """Return one contingency table per row of item weights, from (item, first code, second code) rows."""
+    import numpy as np
+
+    cells, position = np.unique(rows[:, 1] * size + rows[:, 2], return_inverse=True)
+    one_hot = np.zeros((len(rows), len(cells)))
+    one_hot[np.arange(len(rows)), position.ravel()] = 1
+    tables = np.zeros((len(weights_of_items), size * size))
+    tables[:, cells] = weights_of_items[:, rows[:, 0]] @ one_hot
+    return tables.reshape(len(weights_of_items), size, size)
+
+
+def kappas_of_tables(tables: np.ndarray, disagreement: np.ndarray) -> np.ndarray:
+    """Return (weighted) Cohen's kappa of each table of a stack; nan where kappa is undefined."""
+    import numpy as np
+
+    total = tables.sum(axis=(1, 2))
+    with np.errstate(all="ignore"):
+        expected = tables.sum(axis=2)[:, :, None] * tables.sum(axis=1)[:, None, :] / total[:, None, None]
+        denominator = (disagreement * expected).sum(axis=(1, 2))
+        kappa = 1 - (disagreement * tables).sum(axis=(1, 2)) / denominator
+    return np.where((total > 0) & (denominator > 1e-12), kappa, np.nan)
 
 
 def annotator_agreement(
@@ -316,22 +384,22 @@ def annotator_agreement(
                     partners[other].append((i, index[value_key(votes[annotator])], index[value_key(value)]))
         shared = {other: np.array(rows) for other, rows in partners.items() if len(rows) >= 2}
 
-        def mean_kappa(weight_of_item: np.ndarray, shared: dict[str, np.ndarray] = shared) -> float | None:
-            kappas = []
-            for rows in shared.values():
-                table = np.zeros((len(domain), len(domain)))
-                np.add.at(table, (rows[:, 1], rows[:, 2]), weight_of_item[rows[:, 0]])
-                if (kappa := kappa_of_table(table, disagreement)) is not None:
-                    kappas.append(kappa)
-            return float(np.mean(kappas)) if kappas else None
+        def mean_kappa(weights_of_items: np.ndarray, shared: dict[str, np.ndarray] = shared) -> np.ndarray:
+            """Return the mean defined pairwise kappa for each row of item weights (nan where none is)."""
+            kappas = [kappas_of_tables(_weighted_tables(rows, weights_of_items, len(domain)), disagreement)
+                      for rows in shared.values()]  # fmt: skip
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no pair is defined
+                return np.asarray(np.nanmean(np.stack(kappas), axis=0))
 
-        value = mean_kappa(np.ones(len(own))) if shared and len(domain) >= 2 else None
+        value = _finite(float(mean_kappa(np.ones((1, len(own))))[0])) if shared and len(domain) >= 2 else None
         samples: list[float] = []
         if value is not None:
-            for _ in range(bootstrap):
-                weight = np.bincount(rng.integers(0, len(own), len(own)), minlength=len(own)).astype(float)
-                if (sample := mean_kappa(weight)) is not None:
-                    samples.append(sample)
+            for start in range(0, bootstrap, 100):
+                drawn = [np.bincount(rng.integers(0, len(own), len(own)), minlength=len(own))
+                         for _ in range(min(100, bootstrap - start))]  # fmt: skip
+                means = mean_kappa(np.array(drawn, dtype=float))
+                samples.extend(float(x) for x in means[np.isfinite(means)])
         low, high = _percentiles(samples, confidence)
         n_labels = sum(len(rows) for rows in shared.values())
         result[annotator] = Estimate(
