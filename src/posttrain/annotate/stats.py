@@ -4,7 +4,10 @@ Agreement is computed per label field (``label_fields``): a rating is one numeri
 alpha at the interval and ordinal levels), accept, pairwise and single-choice classify are one
 nominal field, a multi-choice classify queue has one yes/no field per category, and free text
 (rewrite, comment) has none. Pairwise labels compare on the interaction chosen, never on the shown
-position ("a"/"b" is randomised per lease). Gold items count only for gold accuracy, not agreement.
+position ("a"/"b" is randomised per lease); for agreement the chosen interaction is coded as the
+item's first or second (the order stored at fill, the same for every annotator) or tie, so answers
+pool across items into three values rather than one value per interaction. Gold items count only
+for gold accuracy, not agreement.
 
 An annotator's active time is the time spent on its submitted labels plus its skipped leases;
 throughput is labels per hour of it. A judge is trusted when the lower bound of its agreement with
@@ -140,6 +143,8 @@ def _per_field(queue: Queue, labels: list[dict[str, Any]]) -> dict[str, list[tup
     fields: dict[str, list[tuple[str, str, Any]]] = defaultdict(list)
     for label in labels:
         for field, value in label_fields(queue.task, label["value"], schema).items():
+            if field == "chosen" and value != "tie":  # the item's stored order, never the order shown
+                value = "first" if value == label["interaction_id"] else "second"
             fields[field].append((label["item_id"], label["annotator"], value))
     return fields
 
@@ -233,7 +238,7 @@ def queue_stats(project: Project, name: str, *, trust_threshold: float = 0.8, bo
             json=("gold",),
         )  # fmt: skip
     }
-    human = fetch_all(cur, "SELECT item_id, annotator, value, seconds FROM labels WHERE queue_id = ? "
+    human = fetch_all(cur, "SELECT item_id, interaction_id, annotator, value, seconds FROM labels WHERE queue_id = ? "
                       "AND source = 'annotator' ORDER BY created_at, id", [queue.id], json=("value",))  # fmt: skip
     fields = _per_field(queue, [x for x in human if x["item_id"] not in gold])
     levels = _levels(queue.task)
