@@ -7,6 +7,7 @@ feedback with the SDK; ``evaluate_model`` scores any model offline. torch is imp
 the functions that train or generate.
 """
 
+from posttrain.sim.annotators import AnnotationRun, AnnotatorProfile, SimAnnotator, make_annotators, run_annotators
 from posttrain.sim.base import BaseRecipe, build_base_model, cached_base_model, default_cache_dir, noisy_rows
 from posttrain.sim.cohorts import ADULT, DEFAULT_COHORTS, MINOR, CohortConfig
 from posttrain.sim.evaluation import Evaluation, FamilyScore, draw_tasks, evaluate_model
@@ -30,6 +31,11 @@ from posttrain.sim.traffic import CohortTraffic, Outcome, Rate, TrafficReport, r
 from posttrain.sim.users import FeedbackEvent, User, choose, feedback_for, make_users, rate
 
 __all__ = [
+    "AnnotationRun",
+    "AnnotatorProfile",
+    "SimAnnotator",
+    "make_annotators",
+    "run_annotators",
     "ADULT",
     "DEFAULT_COHORTS",
     "FAMILIES",
