@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 
 from conftest import LiveServer
 from posttrain import keys
 from posttrain.project import init_project
 from posttrain.records import ROLES
-from posttrain.server import create_app, routes
+from posttrain.server import create_app, routes, ui
 
 Route = tuple[str, str]  # (method, OpenAPI path template)
 
@@ -211,9 +211,10 @@ def _hidden_routes(tmp_path: Path) -> set[Route]:
 
 
 def test_expected_table_lists_every_route(server: Server, tmp_path: Path) -> None:
-    served = _documented(server) | _hidden_routes(tmp_path)
-    assert sorted(served - EXPECTED.keys()) == [], "routes missing from EXPECTED: add them with their roles"
-    assert sorted(EXPECTED.keys() - served) == [], "EXPECTED lists routes the server no longer has"
+    served = _documented(server) | _hidden_routes(tmp_path) | _ui_routes()
+    expected = EXPECTED.keys() | UI_PAGES.keys()
+    assert sorted(served - expected) == [], "routes missing from EXPECTED or UI_PAGES: add them with their roles"
+    assert sorted(expected - served) == [], "EXPECTED or UI_PAGES lists routes the server no longer has"
 
 
 def test_gateway_routes_stay_out_of_the_openapi_document(server: Server) -> None:
@@ -243,6 +244,89 @@ def test_role_matrix_refuses_a_request_without_a_live_key(server: Server, route:
         "basic": "Basic dXNlcjpwYXNz",
     }[who]
     assert_error(server, server.call(route, None, header=header), 401, "Unauthorized")
+
+
+# --- the web pages (/ui): signed in by a session cookie (from an API key), never a bearer header ---
+# Each role signs in at /ui/login and sends its session's CSRF token; the status of each page per role.
+# Queue names that do not exist: an allowed role gets the 404 page, a refused one 403 before any lookup.
+ANNOTATE_POSTS = {"admin": 404, "annotator": 404, "viewer": 403, "ingest": 403}
+UI_PAGES: dict[Route, dict[str, int]] = {
+    ("GET", "/ui"): dict.fromkeys(ROLES, 303),
+    ("GET", "/ui/login"): dict.fromkeys(ROLES, 200),
+    ("POST", "/ui/login"): dict.fromkeys(ROLES, 403),  # no sign-in form token: refused
+    ("POST", "/ui/logout"): dict.fromkeys(ROLES, 303),
+    ("GET", "/ui/static/{name}"): dict.fromkeys(ROLES, 200),
+    ("GET", "/ui/annotate"): {"admin": 200, "annotator": 200, "viewer": 200, "ingest": 403},  # annotate.read
+    ("GET", "/ui/annotate/{queue}"): ANNOTATE_POSTS,  # annotate.label
+    ("POST", "/ui/annotate/{queue}/next"): ANNOTATE_POSTS,
+    ("POST", "/ui/annotate/{queue}/label"): ANNOTATE_POSTS,
+    ("POST", "/ui/annotate/{queue}/skip"): ANNOTATE_POSTS,
+}
+UI_PUBLIC = {("GET", "/ui"), ("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"),
+             ("GET", "/ui/static/{name}")}  # fmt: skip
+
+
+def _ui_routes() -> set[Route]:
+    """Return the page routes (kept out of the OpenAPI document), walked from the UI's router modules."""
+    modules = [importlib.import_module(f"{ui.__name__}.{m.name}") for m in pkgutil.iter_modules(ui.__path__)]
+    pages = [
+        r for module in modules if isinstance(getattr(module, "router", None), APIRouter) for r in module.router.routes
+    ]
+    return {(m, "/ui" + r.path) for r in pages if isinstance(r, APIRoute) for m in r.methods or ()}
+
+
+def _ui_call(server: Server, route: Route, client: httpx.Client, csrf: str) -> httpx.Response:
+    method, path = route
+    url = path.format_map(_Missing({"name": "ui.css"}))
+    headers = {"X-CSRF-Token": csrf, "X-Fragment": "1"} if method == "POST" else {}
+    return client.request(method, url, headers=headers, data={"csrf": csrf} if method == "POST" else None)
+
+
+def _ui_sign_in(server: Server, key: str) -> tuple[httpx.Client, str]:
+    """Sign in at /ui/login like a browser; return the client (holding the cookie) and its CSRF token."""
+    client = httpx.Client(base_url=server.live.url, timeout=30)
+    form = client.get("/ui/login").text
+    token = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert client.post("/ui/login", data={"key": key, "csrf": token}).status_code == 303
+    page = client.get("/ui/annotate").text
+    return client, page.split('name="csrf" value="', 1)[1].split('"', 1)[0] if 'name="csrf"' in page else "none"
+
+
+@pytest.fixture(scope="module")
+def ui_sessions(server: Server) -> Iterator[dict[str, tuple[httpx.Client, str]]]:
+    """One signed-in browser-like client per role, with its session's CSRF token."""
+    signed = {role: _ui_sign_in(server, key) for role, key in server.role_keys.items()}
+    yield signed
+    for client, _ in signed.values():
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("route", "role"), [pytest.param(r, role, id=_id(r, role)) for r in sorted(UI_PAGES) for role in ROLES]
+)
+def test_ui_pages_answer_each_role_as_expected(
+    server: Server, ui_sessions: dict[str, tuple[httpx.Client, str]], route: Route, role: str
+) -> None:
+    if route == ("POST", "/ui/logout"):  # a session of its own: signing out ends it
+        client, csrf = _ui_sign_in(server, server.role_keys[role])
+        try:
+            reply = _ui_call(server, route, client, csrf)
+        finally:
+            client.close()
+    else:
+        client, csrf = ui_sessions[role]
+        reply = _ui_call(server, route, client, csrf)
+    assert reply.status_code == UI_PAGES[route][role], server.explain(reply)
+
+
+@pytest.mark.parametrize("route", sorted(UI_PAGES.keys() - UI_PUBLIC), ids=lambda r: f"{r[0]} {r[1]}")
+def test_ui_pages_need_a_session(server: Server, route: Route) -> None:
+    with httpx.Client(base_url=server.live.url, timeout=30) as client:
+        key = server.role_keys["admin"]  # a bearer key is not a session
+        client.headers["Authorization"] = f"Bearer {key}"
+        reply = _ui_call(server, route, client, "none")
+    assert reply.status_code == (303 if route[0] == "GET" else 401), server.explain(reply)
+    assert key not in reply.text
 
 
 @pytest.mark.parametrize("who", ["missing", "unknown", "revoked", "viewer"])

@@ -33,9 +33,7 @@ MAX_CATEGORIES = 50
 
 
 def _session(request: Request, action: str) -> sessions.Session:
-    session = sessions.current(request, action)
-    request.state.ui_session = session
-    return session
+    return sessions.current(request, action)
 
 
 def _checked_form_session(request: Request, form: FormData) -> sessions.Session:

@@ -136,6 +136,7 @@ def current(request: Request, action: str) -> Session:
     if not key_is_live(request, session):
         sessions.delete(token)
         raise LoginRequired("your API key was revoked; sign in with a live key")
+    request.state.ui_session = session  # a refusal page still offers to sign out
     keys.authorize(session.role, action)
     return session
 
