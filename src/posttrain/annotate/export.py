@@ -118,8 +118,9 @@ def export_labels(project: Project, name: str, fmt: str, output: Path) -> Export
     return ExportReport(path=str(output), format=chosen, rows=rows)
 
 
-def export_stream(chunks: Iterator[bytes], output: Path) -> ExportReport:
-    """Write an export the API streams (JSONL or Parquet bytes, as asked) to ``output``; count JSONL rows."""
+def export_stream(chunks: Iterator[bytes], output: Path, fmt: str) -> ExportReport:
+    """Write an export the API streams (JSONL or Parquet bytes, as asked) to ``output``; count its rows."""
+    chosen = check_format(fmt)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     newlines = 0
@@ -127,13 +128,8 @@ def export_stream(chunks: Iterator[bytes], output: Path) -> ExportReport:
         for chunk in chunks:
             newlines += chunk.count(b"\n")
             f.write(chunk)
-    if output.suffix != ".jsonl" and _is_parquet(output):
+    if chosen == "parquet":
         import pyarrow.parquet as pq
 
-        return ExportReport(path=str(output), format="parquet", rows=pq.ParquetFile(output).metadata.num_rows)
-    return ExportReport(path=str(output), format="jsonl", rows=newlines)
-
-
-def _is_parquet(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == b"PAR1"
+        newlines = pq.ParquetFile(output).metadata.num_rows
+    return ExportReport(path=str(output), format=chosen, rows=newlines)

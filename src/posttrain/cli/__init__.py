@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from posttrain.cli import (
+    annotate,
     capture,
     datasets,
     demo,
@@ -45,6 +46,7 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(annotate.app, name="annotate")
 app.add_typer(routing.app, name="routes")
 app.add_typer(evals.app, name="evals")
 app.add_typer(loop.app, name="loop")
