@@ -232,3 +232,34 @@ def test_chat_judge_without_an_upstream_names_the_setting(project: Project) -> N
             judges.prelabel(proj, "chat")
     finally:
         proj.close()
+
+
+# --- reward-model judges --------------------------------------------------------------------------
+
+
+def test_prelabel_reward_model_maps_the_boundary_to_accept_and_rating(project: Project, tiny_model: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from posttrain.models.registry import register_model
+
+    folder = project.artifacts / "models" / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    register_model(project, "rm", folder, kind="reward-model")
+    proj = reopen(project, {"low": {"kind": "reward-model", "model": "rm", "boundary": -1e6},
+                            "high": {"kind": "reward-model", "model": "rm", "boundary": 1e6}})  # fmt: skip
+    try:
+        add_interactions(proj, [("a1", "fine", None), ("a2", "also fine", None)])
+        annotate.create_queue(proj, annotate.QueueConfig(name="acc", task="accept", judges=["low", "high"]))
+        annotate.create_queue(proj, annotate.QueueConfig(name="rate", task="rating", scale=(1, 7), judges=["low"]))
+        for name in ("acc", "rate"):
+            annotate.fill(proj, name, where="true")
+        assert judges.prelabel(proj, "acc").labelled == {"low": 2, "high": 2}
+        assert judges.prelabel(proj, "rate").labelled == {"low": 2}
+        rows = fetch_all(proj.cursor(), "SELECT l.annotator, l.value, l.confidence, q.name FROM labels l "
+                         "JOIN annotation_queues q ON q.id = l.queue_id", json=("value",))  # fmt: skip
+        seen = {(r["name"], r["annotator"], str(r["value"]), r["confidence"]) for r in rows}
+        assert seen == {("acc", "judge:low", "{'accept': True}", 1.0), ("acc", "judge:high", "{'accept': False}", 1.0),
+                        ("rate", "judge:low", "{'rating': 7}", 1.0)}  # fmt: skip
+    finally:
+        proj.close()
