@@ -89,7 +89,8 @@ def test_annotate_flow_locally_create_fill_next_submit_stats_export(root: Path, 
 
 def test_annotate_local_annotator_defaults_to_the_os_user(root: Path) -> None:
     invoke(root, "queues", "create", "ok", "--task", "accept", "--gold-share", "0")
-    invoke(root, "fill", "ok", "--where", "true")
+    selected = invoke(root, "fill", "ok", "--active", "2", "--json")
+    assert (selected["strategy"], selected["added"]) == ("active", 2)
     lease = invoke(root, "next", "ok", "--json")["lease_id"]
     label = invoke(root, "submit", lease, "--label", '{"accept": true}', "--json")
     assert label["annotator"].startswith("local:") and len(label["annotator"]) > len("local:")

@@ -143,14 +143,15 @@ def test_fill_by_ids_skips_what_is_queued_and_404s_unknown_ids(client: TestClien
     _error(client.post(f"{API}/queues/ratings/fill", json={"interaction_ids": ["ghost"]}), 404, "interaction_ids")
 
 
-def test_fill_active_answers_or_says_it_is_not_available(client: TestClient, project: Project) -> None:
-    _filled(client, project, 2)
-    reply = client.post(f"{API}/queues/ratings/fill", json={"active": 1})
-    assert reply.status_code in (200, 400), reply.text
-    if reply.status_code == 400:
-        assert reply.json()["error"] == {
-            "type": "InvalidInput", "message": "active selection is not available", "field": "active"
-        }  # fmt: skip
+def test_fill_active_adds_what_selection_picks(client: TestClient, project: Project) -> None:
+    _interactions(project, 4)
+    _queue(client)
+    reply = client.post(f"{API}/queues/ratings/fill", json={"active": 2})
+    assert reply.status_code == 200, reply.text
+    result = reply.json()
+    assert result["strategy"] == "active" and result["budget"] == 2 and result["added"] == 2
+    assert client.get(f"{API}/queues/ratings").json()["items"] == 2
+    _error(client.post(f"{API}/queues/ratings/fill", json={"active": 0}), 400, "active")
 
 
 def test_next_submit_until_done_then_204(client: TestClient, project: Project, role_keys: dict[str, str]) -> None:

@@ -18,6 +18,7 @@ import orjson
 import typer
 
 from posttrain import annotate as lib
+from posttrain.annotate import active as selection
 from posttrain.annotate import export as exporting
 from posttrain.annotate.stats import QueueStats, queue_stats
 from posttrain.cli import render
@@ -225,17 +226,10 @@ def _read_ids(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return singles, pairs
 
 
-def _fill_active_locally(project: Project, name: str, budget: int) -> lib.FillResult:
-    # TODO(integrator): as in server/routes/annotate.py, wire posttrain.annotate.active.select once it lands.
-    try:
-        from posttrain.annotate import active  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise InvalidInput("active selection is not available", field="active") from None
-    return active.select(project, name, budget=budget)  # type: ignore[no-any-return]
-
-
-def _fill_remote(api: Remote, name: str, body: dict[str, Any]) -> lib.FillResult:
+def _fill_remote(api: Remote, name: str, body: dict[str, Any]) -> lib.FillResult | selection.SelectionResult:
     key = "pairs" if "pairs" in body else "interaction_ids" if "interaction_ids" in body else None
+    if "active" in body:
+        return selection.SelectionResult(**api.call("POST", f"{API}/queues/{name}/fill", json=body))
     if key is None:
         return lib.FillResult(**api.call("POST", f"{API}/queues/{name}/fill", json=body))
     results = [
@@ -274,15 +268,18 @@ def fill(
     else:
         body.update({"where": where} if where is not None else {"dataset": dataset})
 
-    def local(proj: Project) -> lib.FillResult:
+    def local(proj: Project) -> lib.FillResult | selection.SelectionResult:
         if active is not None:
-            return _fill_active_locally(proj, queue, active)
+            return selection.select(proj, queue, budget=active)
         return lib.fill(proj, queue, where=where, dataset=dataset, interaction_ids=singles or None,
                         pairs=pairs or None, limit=limit)  # fmt: skip
 
     result = _through(project, local, lambda api: _fill_remote(api, queue, body))
     if json:
         render.as_json(result)
+    elif isinstance(result, selection.SelectionResult):
+        typer.echo(f"queue {result.queue}: {result.added} items added by {result.strategy} selection from "
+                   f"{result.candidates} candidates, {result.judge_resolved} resolved by a trusted judge")  # fmt: skip
     else:
         typer.echo(f"queue {result.queue}: {result.added} items added, {result.existing} already there")
 

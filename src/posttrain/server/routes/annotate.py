@@ -15,8 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from posttrain import annotate
-from posttrain.annotate import export, stats
-from posttrain.errors import InvalidInput
+from posttrain.annotate import active, export, stats
 from posttrain.project import Project
 from posttrain.server.auth import require
 from posttrain.server.schemas import ERRORS
@@ -145,22 +144,12 @@ def set_guidelines(request: Request, name: str, body: GuidelinesRequest) -> anno
     return annotate.update_guidelines(_project(request), name, body.guidelines)
 
 
-def _fill_active(project: Project, name: str, budget: int) -> annotate.FillResult:
-    # TODO(integrator): wire posttrain.annotate.active.select once src/posttrain/annotate/active.py lands
-    # (another engineer writes it); until then active selection answers 400. Imported by a fixed name.
-    try:
-        from posttrain.annotate import active  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise InvalidInput("active selection is not available", field="active") from None
-    return active.select(project, name, budget=budget)  # type: ignore[no-any-return]
-
-
-@router.post("/queues/{name}/fill", response_model=annotate.FillResult, dependencies=_ADMIN)
-def fill_queue(request: Request, name: str, body: FillRequest) -> annotate.FillResult:
+@router.post("/queues/{name}/fill", response_model=annotate.FillResult | active.SelectionResult, dependencies=_ADMIN)
+def fill_queue(request: Request, name: str, body: FillRequest) -> annotate.FillResult | active.SelectionResult:
     """Add items from exactly one source: a SQL condition, a dataset version, ids, pairs or active selection."""
     project = _project(request)
     if body.active is not None:
-        return _fill_active(project, name, body.active)
+        return active.select(project, name, budget=body.active)
     pairs = [(a, b) for a, b in body.pairs] if body.pairs is not None else None
     return annotate.fill(project, name, where=body.where, dataset=body.dataset,
                          interaction_ids=body.interaction_ids, pairs=pairs, limit=body.limit)  # fmt: skip
