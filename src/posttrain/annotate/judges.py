@@ -128,7 +128,7 @@ def _names(project: Project, queue: Queue, judges: Sequence[str] | None) -> list
 # --- what a judge says ---------------------------------------------------------------------------
 
 
-def _interactions(project: Project, candidates: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
+def read_interactions(project: Project, candidates: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
     ids = sorted({i for pair in candidates for i in pair if i is not None})
     if not ids:
         return {}
@@ -186,7 +186,7 @@ def _scores(project: Project, spec: JudgeSpec, rows: list[dict[str, Any]]) -> li
 
 
 def _scored(project: Project, queue: Queue, spec: JudgeSpec, candidates: Sequence[Candidate]) -> list[Verdict | None]:
-    rows = _interactions(project, candidates)
+    rows = read_interactions(project, candidates)
     ids = sorted(rows)
     by_id = dict(zip(ids, _scores(project, spec, [rows[i] for i in ids]), strict=True))
     out: list[Verdict | None] = []
@@ -214,7 +214,7 @@ def _pairwise(project: Project, queue: Queue, spec: JudgeSpec, candidates: Seque
     from posttrain.evals.judges import build_judge, judge_both_orders
 
     judge = build_judge(project, f"function:{spec.judge}")
-    rows = _interactions(project, candidates)
+    rows = read_interactions(project, candidates)
     pairs: list[Candidate] = [(a, b) for a, b in candidates if a in rows and b is not None and b in rows]
     table = [{"prompt": rows[a]["prompt"], "answer": rows[a]["answer"], "cohort": rows[a]["cohort"]} for a, _ in pairs]
     prefs = judge_both_orders(
@@ -270,7 +270,7 @@ def _chat(project: Project, queue: Queue, spec: JudgeSpec, candidates: Sequence[
     url = f"{base.rstrip('/')}/chat/completions"
     key_env = spec.api_key_env or gateway.upstream_api_key_env
     headers = {"Authorization": f"Bearer {os.environ[key_env]}"} if key_env and os.environ.get(key_env) else {}
-    rows = _interactions(project, candidates)
+    rows = read_interactions(project, candidates)
     system = spec.prompt or _DEFAULT_PROMPT
 
     def ask(client: httpx.Client, pair: Candidate) -> Verdict | None:
