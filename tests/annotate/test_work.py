@@ -83,11 +83,13 @@ def test_next_item_serves_highest_priority_and_never_the_same_item_twice(project
     ids = _interactions(project, 3)
     _queue(project, overlap=2, gold_share=0)
     annotate.fill(project, "q-rating", interaction_ids=ids, priorities=[0.1, 0.9, 0.5])
-    seen = []
+    seen, progress = [], []
     while (got := annotate.next_item(project, "q-rating", "ann-1")) is not None:
         seen.append(got.item.interaction_id)
+        progress.append((got.progress.labelled_by_you, got.progress.remaining))
         annotate.submit(project, got.lease_id, "ann-1", {"rating": 4})
     assert seen == [ids[1], ids[2], ids[0]]
+    assert progress == [(0, 3), (1, 2), (2, 1)]  # the item in hand counts as remaining
     assert annotate.next_item(project, "q-rating", "ann-1") is None
 
 

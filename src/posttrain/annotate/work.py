@@ -69,14 +69,15 @@ def _pick(project: Project, queue: Queue, annotator: str, now: datetime) -> dict
     return normal
 
 
-def _progress(project: Project, queue: Queue, annotator: str, now: datetime) -> Progress:
+def _progress(project: Project, queue: Queue, annotator: str, now: datetime, *, leased: int = 0) -> Progress:
+    """Return what the annotator labelled and what is left for them, the ``leased`` item(s) in hand included."""
     cur = project.cursor()
     done = cur.execute(
         "SELECT count(*) FROM labels WHERE queue_id = ? AND annotator = ?", [queue.id, annotator]
     ).fetchone()[0]  # type: ignore[index]
     params = {"queue": queue.id, "who": annotator, "now": now, "overlap": queue.overlap}
     left = cur.execute(f"SELECT count(*) FROM annotation_items i WHERE {_NEEDS_LABELS}", params).fetchone()[0]  # type: ignore[index]
-    return Progress(labelled_by_you=done, remaining=left)
+    return Progress(labelled_by_you=done, remaining=left + leased)
 
 
 def _reply(message: Any, text: str | None) -> str | None:
@@ -133,7 +134,7 @@ def next_item(project: Project, name: str, annotator: str) -> Assignment | None:
         item=view_item(project, item, swapped=swapped),
         label_schema=queue.label_schema(),
         guidelines_version=queue.guidelines_version,
-        progress=_progress(project, queue, annotator, now),
+        progress=_progress(project, queue, annotator, now, leased=1),
     )
 
 
