@@ -381,3 +381,32 @@ def test_a_turn_gates_each_free_text_cohort_by_its_own_check(served: Project) ->
     routes = {r.cohort: r.name for r in routing.list_routes(served)}
     assert routes == {c: route_name("t", c) for c in ODD_COHORTS}
     assert all(check_name(name) for name in [*routes.values(), own])
+
+
+def test_the_annotate_step_asks_annotators_and_the_turn_trains_on_their_consensus(served: Project) -> None:
+    from posttrain import annotate
+
+    _product_logs(served, seed=0)
+    labelled: list[str] = []
+
+    def annotators(turn: Turn, queue: str) -> None:  # a careful annotator: accepts the right sums only
+        while (got := annotate.next_item(turn.project, queue, "ann-1")) is not None:
+            a, b = map(int, str(got.item.prompt[-1]["content"]).split()[1:])
+            annotate.submit(turn.project, got.lease_id, "ann-1", {"accept": got.item.response == str(a + b)})
+            labelled.append(got.item.interaction_id)
+
+    recipe = _recipe(annotate={"enabled": True, "budget": 40})
+    [turn] = loop.run(served, recipe, 1, base="base", traffic=_ab_traffic, annotators=annotators)
+    step = turn.step("annotate")
+    assert step is not None and step.state == "done"
+    result = step.result
+    assert result.queue == "t-annotate" and result.added == 40 == len(labelled) == result.resolved  # type: ignore[union-attr]
+    by_source = (
+        served.cursor()
+        .execute("SELECT source, count(*) FROM feedback WHERE author = 'queue:t-annotate' GROUP BY 1")
+        .fetchall()
+    )
+    assert by_source == [("annotator", 40)]
+    sft = turn.step("datasets").result.datasets["sft"]  # type: ignore[union-attr]
+    sources = lineage(served, turn.step("sft").result.model).chain[0].datasets[0]  # type: ignore[union-attr]
+    assert sft.rows > 0 and [q.queue for q in sources.labels] == ["t-annotate"]

@@ -7,7 +7,9 @@ at a time (``next_item``), label (``submit``) or skip them. When an item has eno
 consensus is written as feedback with ``source`` annotator, which the dataset builders read.
 """
 
+from posttrain.annotate.active import SelectionResult, select
 from posttrain.annotate.items import add_gold, fill
+from posttrain.annotate.judges import JudgeCalibration, PrelabelResult, calibrate, prelabel, resolve_by_judges
 from posttrain.annotate.queues import create_queue, get_queue, list_queues, set_state, summarise, update_guidelines
 from posttrain.annotate.records import Assignment, FillResult, ItemView, Label, Progress, Queue, QueueSummary
 from posttrain.annotate.resolve import resolve_queue
@@ -16,6 +18,13 @@ from posttrain.annotate.work import expire_leases, next_item, skip, submit
 
 __all__ = [
     "TASK_TYPES",
+    "JudgeCalibration",
+    "PrelabelResult",
+    "SelectionResult",
+    "calibrate",
+    "prelabel",
+    "resolve_by_judges",
+    "select",
     "Assignment",
     "FillResult",
     "ItemView",
