@@ -42,7 +42,7 @@ def test_create_queue_refuses_a_second_of_the_same_name(project: Project) -> Non
 @pytest.mark.parametrize(
     ("config", "field"),
     [
-        ({"task": "rating", "scale": (5, 1)}, "scale"),
+        ({"task": "rating", "scale": [5, 1]}, "scale"),
         ({"task": "classify", "categories": ["one"]}, "categories"),
         ({"task": "classify", "categories": ["a", "b"], "flag_categories": ["c"]}, "flag_categories"),
         ({"task": "accept", "categories": ["a", "b"]}, "categories"),

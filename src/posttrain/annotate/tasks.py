@@ -45,7 +45,9 @@ class QueueConfig(BaseModel):
     guidelines: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = Field(
         "", description="What annotators should do, in markdown."
     )
-    scale: tuple[int, int] = Field((1, 5), description="rating: the lowest and highest rating.")
+    scale: list[int] = Field(
+        default_factory=lambda: [1, 5], min_length=2, max_length=2, description="rating: the lowest and highest rating."
+    )
     categories: list[Category] = Field(default_factory=list, max_length=50, description="classify: the categories.")
     multi: bool = Field(False, description="classify: an item may get several categories.")
     flag_categories: list[Category] = Field(
@@ -85,7 +87,7 @@ class QueueConfig(BaseModel):
         """Return what a label of this queue holds (shown to annotators and scripts)."""
         schema: dict[str, Any] = {"task": self.task}
         if self.task == "rating":
-            schema["scale"] = list(self.scale)
+            schema["scale"] = self.scale
         if self.task == "classify":
             schema.update(categories=self.categories, multi=self.multi, flag_categories=self.flag_categories)
         return schema
