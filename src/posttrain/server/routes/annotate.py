@@ -18,6 +18,7 @@ from posttrain import annotate
 from posttrain.annotate import active, export, stats
 from posttrain.project import Project
 from posttrain.server.auth import require
+from posttrain.server.responses import JSONResponse
 from posttrain.server.schemas import ERRORS
 
 router = APIRouter(prefix="/api/annotate", tags=["annotate"], responses=ERRORS)
@@ -108,40 +109,43 @@ def _project(request: Request) -> Project:
     return request.app.state.project  # type: ignore[no-any-return]
 
 
+def _json(record: BaseModel, status: int = 200) -> JSONResponse:
+    """Answer a record with times as UTC ISO 8601 (the annotate records hold naive UTC datetimes)."""
+    return JSONResponse(record.model_dump(), status_code=status)
+
+
 def _annotator(request: Request) -> str:
     return str(request.state.caller.key_id)
 
 
 @router.post("/queues", status_code=201, response_model=annotate.Queue, dependencies=_ADMIN)
-def create_queue(request: Request, config: annotate.QueueConfig) -> annotate.Queue:
+def create_queue(request: Request, config: annotate.QueueConfig) -> Response:
     """Create an open queue: its task, guidelines, label schema, overlap, lease time and consensus."""
-    return annotate.create_queue(_project(request), config, author=_annotator(request))
+    return _json(annotate.create_queue(_project(request), config, author=_annotator(request)), 201)
 
 
 @router.get("/queues", response_model=list[annotate.QueueSummary], dependencies=_READ)
-def list_queues(
-    request: Request, state: Literal["open", "paused", "closed"] | None = None
-) -> list[annotate.QueueSummary]:
+def list_queues(request: Request, state: Literal["open", "paused", "closed"] | None = None) -> Response:
     """List queues with their counts, newest first, optionally of one state."""
-    return annotate.list_queues(_project(request), state=state)
+    return JSONResponse([q.model_dump() for q in annotate.list_queues(_project(request), state=state)])
 
 
 @router.get("/queues/{name}", response_model=annotate.QueueSummary, dependencies=_READ)
-def show_queue(request: Request, name: str) -> annotate.QueueSummary:
+def show_queue(request: Request, name: str) -> Response:
     """Return one queue: config, guidelines, state, versions and counts."""
-    return annotate.summarise(_project(request), name)
+    return _json(annotate.summarise(_project(request), name))
 
 
 @router.post("/queues/{name}/state", response_model=annotate.Queue, dependencies=_ADMIN)
-def set_queue_state(request: Request, name: str, body: StateRequest) -> annotate.Queue:
+def set_queue_state(request: Request, name: str, body: StateRequest) -> Response:
     """Open, pause or close a queue; a paused or closed queue serves no items."""
-    return annotate.set_state(_project(request), name, body.state)
+    return _json(annotate.set_state(_project(request), name, body.state))
 
 
 @router.put("/queues/{name}/guidelines", response_model=annotate.Queue, dependencies=_ADMIN)
-def set_guidelines(request: Request, name: str, body: GuidelinesRequest) -> annotate.Queue:
+def set_guidelines(request: Request, name: str, body: GuidelinesRequest) -> Response:
     """Replace a queue's guidelines; later labels record the new guidelines version."""
-    return annotate.update_guidelines(_project(request), name, body.guidelines)
+    return _json(annotate.update_guidelines(_project(request), name, body.guidelines))
 
 
 @router.post("/queues/{name}/fill", response_model=annotate.FillResult | active.SelectionResult, dependencies=_ADMIN)
@@ -171,13 +175,15 @@ def add_gold(request: Request, name: str, body: GoldRequest) -> annotate.FillRes
 def next_item(request: Request, name: str) -> Any:
     """Lease the next item to the calling key; 204 when nothing is left for it, 409 if the queue is not open."""
     found = annotate.next_item(_project(request), name, _annotator(request))
-    return Response(status_code=204) if found is None else found
+    return Response(status_code=204) if found is None else _json(found)
 
 
 @router.post("/leases/{lease_id}/submit", status_code=201, response_model=annotate.Label, dependencies=_LABEL)
-def submit_label(request: Request, lease_id: str, body: SubmitRequest) -> annotate.Label:
+def submit_label(request: Request, lease_id: str, body: SubmitRequest) -> Response:
     """Label a leased item; 409 if the lease expired or was used, 400 naming the label field that does not fit."""
-    return annotate.submit(_project(request), lease_id, _annotator(request), body.label, seconds=body.seconds)
+    return _json(
+        annotate.submit(_project(request), lease_id, _annotator(request), body.label, seconds=body.seconds), 201
+    )
 
 
 @router.post("/leases/{lease_id}/skip", response_model=Skipped, dependencies=_LABEL)
