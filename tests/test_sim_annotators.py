@@ -13,7 +13,14 @@ from posttrain.annotate.tasks import TASK_TYPES, check_label
 from posttrain.capture import capture
 from posttrain.project import Project
 from posttrain.sim import SKILLS, make_prompt
-from posttrain.sim.annotators import AnnotatorProfile, SimAnnotator, make_annotators, run_annotators, task_of
+from posttrain.sim.annotators import (
+    AnnotatorProfile,
+    SimAnnotator,
+    judge_score,
+    make_annotators,
+    run_annotators,
+    task_of,
+)
 from posttrain.sim.base import mistake
 from posttrain.sim.tasks import COMPLIANT_ANSWERS, REFUSAL, succeeds
 from posttrain.warehouse.rows import fetch_all
@@ -178,3 +185,22 @@ def test_alpha_of_careful_annotators_is_high_and_drops_with_the_adversarial(proj
     assert alpha_careful is not None and alpha_all is not None
     assert alpha_careful > 0.6
     assert alpha_all < alpha_careful - 0.2
+
+
+def test_judge_score_is_sure_of_reversing_and_unsure_of_adding() -> None:
+    pairs = _answers(1500, seed=6)
+    sure = right_when_sure = unsure_add = adds = 0
+    for prompt, answer in pairs:
+        score = judge_score(answer, None, prompt=[{"role": "user", "content": prompt}])
+        assert score == judge_score(answer, None, prompt=[{"role": "user", "content": prompt}])  # deterministic
+        task = make_prompt_task(prompt)
+        confidence = abs(2 * score - 1)
+        if task.family == "add":
+            adds += 1
+            unsure_add += confidence < 0.9
+        elif confidence >= 0.9:
+            sure += 1
+            right_when_sure += (score >= 0.5) == succeeds(task, answer)
+    assert unsure_add == adds > 0
+    assert sure > 300 and right_when_sure / sure > 0.9
+    assert judge_score("4", None, prompt="not a task") == 0.5

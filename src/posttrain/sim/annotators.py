@@ -10,6 +10,7 @@ pull and submit items through ``posttrain.annotate`` round-robin until the queue
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -185,6 +186,40 @@ _LABELLERS = {
     "rewrite": _rewrite,
     "comment": _comment,
 }
+
+
+def judge_score(completion: str, answer: str | None = None, **row: Any) -> float:
+    """A simulated AI judge, shaped as a posttrain verifier: P(the answer serves the user), imperfect.
+
+    Deterministic per (prompt, answer). Its confidence ``c = |2 * score - 1|`` depends on the task:
+    arithmetic (``add``) is hard for it (``c`` in 0–0.6), reversing and sorting mostly easy
+    (``c = 1 - 0.5 u**3``). It takes the right side with probability ``(1 + c) / 2 - 0.03``: slightly
+    overconfident. Prompts that are no simulated task get 0.5 (no idea). Register it under
+    ``[functions.verifiers]`` and name it in ``[annotate.judges.NAME]`` (kind ``verifier``).
+    """
+    prompt = _prompt_text(row.get("prompt"))
+    if prompt is None:
+        return 0.5
+    try:
+        task = Task(family=family_of(prompt), prompt=prompt, answer=solve(prompt))
+    except InvalidInput:
+        return 0.5
+    digest = hashlib.sha256(f"judge:{prompt}\x00{completion}".encode()).digest()
+    u1, u2 = int.from_bytes(digest[:8]) / 2**64, int.from_bytes(digest[8:16]) / 2**64
+    confidence = 0.6 * u1 if task.family == "add" else 1 - 0.5 * u1**3
+    side = (1 + confidence) / 2
+    truth = succeeds(task, completion)
+    says = truth if u2 < side - 0.03 else not truth
+    return side if says else 1 - side
+
+
+def _prompt_text(prompt: Any) -> str | None:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users and isinstance(users[-1], str) else None
+    return None
 
 
 class AnnotationRun(BaseModel):
