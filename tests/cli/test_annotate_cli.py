@@ -184,3 +184,30 @@ def test_annotate_next_and_submit_go_through_the_server_as_the_key(
     out = tmp_path / "s.parquet"
     exported = run(live.root, "export", "s", "--output", str(out), "--format", "parquet", "--json")
     assert exported.returncode == 0 and pq.read_table(out).num_rows == 1, exported.stderr
+
+
+def test_prelabel_trusts_a_judge_once_people_agree_with_it_and_it_then_resolves_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "judged"
+    proj = init_project(root)
+    events = [
+        {"id": f"i{i}", "messages": [{"role": "user", "content": f"what is {i}?"}], "response": str(i),
+         "metadata": {"answer": str(i if i % 3 else i + 1)}}  # every third answer is wrong
+        for i in range(60)
+    ]  # fmt: skip
+    capture(proj, "interactions", events)
+    proj.close()
+    with (root / "posttrain.toml").open("a", encoding="utf-8") as toml:
+        toml.write('\n[annotate.judges.checker]\nkind = "verifier"\nverifier = "exact_match"\n')
+    invoke(root, "queues", "create", "acc", "--task", "accept", "--judge", "checker", "--gold-share", "0")
+    invoke(root, "fill", "acc", "--where", "true", "--limit", "60")
+    first = invoke(root, "prelabel", "acc", "--json")
+    assert first["labelled"] == {"checker": 60} and first["resolved_by_judges"] == 0  # not trusted yet
+    for _ in range(30):  # a person labels half, agreeing with the checker
+        got = invoke(root, "next", "acc", "--annotator", "ann", "--json")
+        right = int(got["item"]["interaction_id"][1:]) % 3 != 0
+        invoke(root, "submit", got["lease_id"], "--label", json.dumps({"accept": right}), "--annotator", "ann")
+    second = invoke(root, "prelabel", "acc", "--json")
+    assert second["labelled"] == {"checker": 0} and second["resolved_by_judges"] == 30
+    assert "nothing left" in invoke(root, "next", "acc", "--annotator", "ann")
+    stats = invoke(root, "stats", "acc", "--json")
+    assert stats["judges"][0]["trusted"] is True

@@ -322,3 +322,13 @@ def test_two_concurrent_annotators_never_get_the_same_item(
     assert failures == []
     assert set(got["annotator"]).isdisjoint(got["annotator2"])
     assert len(got["annotator"]) + len(got["annotator2"]) == len(ids)
+
+
+def test_prelabel_with_an_unknown_judge_is_400_and_without_judges_labels_nothing(
+    client: TestClient, project: Project
+) -> None:
+    _filled(client, project, 2)
+    _error(client.post(f"{API}/queues/ratings/prelabel", json={"judges": ["nobody"]}), 400)
+    reply = client.post(f"{API}/queues/ratings/prelabel")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"queue": "ratings", "labelled": {}, "failed": {}, "resolved_by_judges": 0}

@@ -80,6 +80,7 @@ EXPECTED: dict[Route, frozenset[str]] = {
     ("PUT", "/api/annotate/queues/{name}/guidelines"): ADMIN,
     ("POST", "/api/annotate/queues/{name}/fill"): ADMIN,
     ("POST", "/api/annotate/queues/{name}/gold"): ADMIN,
+    ("POST", "/api/annotate/queues/{name}/prelabel"): ADMIN,
     ("POST", "/api/annotate/queues/{name}/next"): ANNOTATORS,  # annotate.label
     ("POST", "/api/annotate/leases/{lease_id}/submit"): ANNOTATORS,
     ("POST", "/api/annotate/leases/{lease_id}/skip"): ANNOTATORS,

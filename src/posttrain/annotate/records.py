@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from posttrain.annotate.tasks import QueueConfig, QueueState, TaskType
+from posttrain.records import UtcTime
 
 LabelSource = Literal["annotator", "judge"]
 
@@ -20,8 +20,8 @@ class Queue(QueueConfig):
     version: int = Field(description="Bumps when the config changes.")
     guidelines_version: int = Field(description="Bumps when the guidelines change.")
     created_by: str | None = None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcTime
+    updated_at: UtcTime
 
 
 class QueueSummary(Queue):
@@ -70,8 +70,8 @@ class Assignment(BaseModel):
     lease_id: str
     queue: str
     task: TaskType
-    started_at: datetime
-    expires_at: datetime
+    started_at: UtcTime
+    expires_at: UtcTime
     item: ItemView
     label_schema: dict[str, Any]
     guidelines_version: int
@@ -93,4 +93,4 @@ class Label(BaseModel):
     seconds: float | None = None
     queue_version: int
     guidelines_version: int
-    created_at: datetime
+    created_at: UtcTime

@@ -221,8 +221,16 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def queue_stats(project: Project, name: str, *, trust_threshold: float = 0.8, bootstrap: int = 1000) -> QueueStats:
-    """Return the label quality of queue ``name``: counts, agreement per field, annotators and judges."""
+def queue_stats(
+    project: Project, name: str, *, trust_threshold: float | None = None, bootstrap: int = 1000
+) -> QueueStats:
+    """Return the label quality of queue ``name``: counts, agreement per field, annotators and judges.
+
+    A judge is trusted when its agreement's lower bound reaches ``trust_threshold`` (default: the
+    project's ``annotate.trust_threshold``).
+    """
+    if trust_threshold is None:
+        trust_threshold = project.settings.annotate.trust_threshold
     if not 0 <= trust_threshold <= 1:
         raise InvalidInput("trust_threshold: a share from 0 to 1", field="trust_threshold")
     if not 0 <= bootstrap <= MAX_BOOTSTRAP:

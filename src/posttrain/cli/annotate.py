@@ -8,7 +8,6 @@ set (an annotator's own key), else the server's control token.
 from __future__ import annotations
 
 import getpass
-import json as json_lib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -285,6 +284,34 @@ def fill(
 
 
 @app.command()
+def prelabel(
+    queue: QueueArg,
+    judge: Annotated[
+        list[str] | None, typer.Option(help="A judge of posttrain.toml [annotate.judges] (default: the queue's).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Items each judge labels at most.")] = 10_000,
+    resolve: Annotated[bool, typer.Option(help="Then let trusted judges resolve the items they are sure of.")] = True,
+    project: ProjectOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Have the queue's judges pre-label its items; trusted judges then resolve what they are sure of."""
+    body = {"judges": judge, "limit": limit, "resolve": resolve}
+
+    def local(proj: Project) -> dict[str, Any]:
+        done = lib.prelabel(proj, queue, judges=judge, limit=limit)
+        return {**done.model_dump(), "resolved_by_judges": lib.resolve_by_judges(proj, queue) if resolve else 0}
+
+    found = _through(project, local, lambda api: api.call("POST", f"{API}/queues/{queue}/prelabel", json=body))
+    if json:
+        render.as_json(found)
+        return
+    for name, count in found["labelled"].items():
+        failed = found["failed"].get(name, 0)
+        typer.echo(f"judge {name}: {count} items labelled" + (f", {failed} it could not label" if failed else ""))
+    typer.echo(f"{found['resolved_by_judges']} items resolved by trusted judges alone")
+
+
+@app.command()
 def gold(
     queue: QueueArg,
     interaction: Annotated[str, typer.Option(help="The interaction whose right label is known.")],
@@ -335,11 +362,8 @@ def next_(
 
     def remote(api: Remote) -> lib.Assignment | None:
         _no_annotator(annotator)
-        try:
-            body = api.call("POST", f"{API}/queues/{queue}/next")
-        except json_lib.JSONDecodeError:  # 204 No Content: nothing left (Remote.call reads every 2xx as JSON)
-            return None
-        return lib.Assignment(**body)
+        body = api.call("POST", f"{API}/queues/{queue}/next")  # None: 204, nothing left
+        return None if body is None else lib.Assignment(**body)
 
     found = _through(project, lambda proj: lib.next_item(proj, queue, _local_annotator(annotator)), remote)
     if json:

@@ -27,7 +27,7 @@ class Remote:
             raise errors.Unavailable(f"cannot reach posttrain serve at {self.url}: {exc}") from None
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        return None if response.status_code == 204 else response.json()
 
     def follow_job(
         self,

@@ -101,6 +101,22 @@ class SkipRequest(BaseModel):
     reason: Text | None = None
 
 
+class PrelabelRequest(BaseModel):
+    """Which judges pre-label the queue (default: the queue's own), and whether sure trusted ones resolve items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judges: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(None, max_length=10)
+    limit: int = Field(10_000, ge=1, le=100_000, description="Items each judge labels at most.")
+    resolve: bool = Field(True, description="Then let trusted judges resolve the items they are sure of.")
+
+
+class PrelabelOutcome(annotate.PrelabelResult):
+    """What the judges labelled, and how many items trusted judges resolved alone."""
+
+    resolved_by_judges: int = 0
+
+
 class Skipped(BaseModel):
     skipped: str
 
@@ -157,6 +173,16 @@ def fill_queue(request: Request, name: str, body: FillRequest) -> annotate.FillR
     pairs = [(a, b) for a, b in body.pairs] if body.pairs is not None else None
     return annotate.fill(project, name, where=body.where, dataset=body.dataset,
                          interaction_ids=body.interaction_ids, pairs=pairs, limit=body.limit)  # fmt: skip
+
+
+@router.post("/queues/{name}/prelabel", response_model=PrelabelOutcome, dependencies=_ADMIN)
+def prelabel_queue(request: Request, name: str, body: PrelabelRequest | None = None) -> PrelabelOutcome:
+    """Have the judges of posttrain.toml pre-label the queue; trusted judges then resolve what they are sure of."""
+    body = body or PrelabelRequest()
+    project = _project(request)
+    done = annotate.prelabel(project, name, judges=body.judges, limit=body.limit)
+    resolved = annotate.resolve_by_judges(project, name) if body.resolve else 0
+    return PrelabelOutcome(**done.model_dump(), resolved_by_judges=resolved)
 
 
 @router.post("/queues/{name}/gold", status_code=201, response_model=annotate.FillResult, dependencies=_ADMIN)
