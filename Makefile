@@ -33,10 +33,11 @@ demo: install
 demo-fast: install
 	$(VENV)/bin/posttrain demo --fast --project demo-runs/fast-$$(date +%Y%m%d-%H%M%S)
 
-# the two walk-throughs of the guides (docs/guides): capture, then training
+# the walk-throughs of the guides (docs/guides): capture, training, annotation
 quickstart: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_quickstart.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/annotate_quickstart.sh
 
 bench: install
 	$(PY) benchmarks/ingest_http.py

@@ -37,3 +37,17 @@ def test_train_quickstart_script_runs_to_the_end() -> None:
     for model in ("sft1", "reward-model rm1", "dpo1", "grpo1"):
         assert f"registered {model if ' ' in model else 'causal-lm ' + model}" in out.stdout
     assert "num_rows" in out.stdout and "train quickstart done" in out.stdout
+
+
+@pytest.mark.slow
+def test_annotate_quickstart_script_runs_to_the_end() -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("POSTTRAIN_PROJECT", None)
+    env.pop("POSTTRAIN_API_KEY", None)
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "annotate_quickstart.sh")], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "20 items, 20 done, 0 gold, 60 labels" in out.stdout
+    assert "built checked-sums@1: 13 rows" in out.stdout and "annotate quickstart done" in out.stdout

@@ -20,7 +20,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from posttrain.annotate import agreement
 from posttrain.annotate.agreement import Calibration, Estimate, Level
@@ -60,6 +60,7 @@ class AnnotatorStats(BaseModel):
     """One annotator's volume, speed, agreement with the others and gold accuracy."""
 
     annotator: str
+    name: str | None = Field(None, description="The name of the annotator's API key, when it has one.")
     labels: int
     skips: int
     median_seconds: float | None
@@ -164,6 +165,7 @@ def _annotators(
     }
     gold_votes = [(x["item_id"], x["annotator"], vote(queue.task, x["value"])) for x in human if x["item_id"] in gold]
     accuracy = agreement.gold_accuracy(gold_votes, {item: vote(queue.task, answer) for item, answer in gold.items()})
+    names = dict(project.cursor().execute("SELECT id, name FROM api_keys WHERE name IS NOT NULL").fetchall())
     out = []
     for annotator in sorted({x["annotator"] for x in human} | {x["annotator"] for x in skips}):
         mine = [x for x in human if x["annotator"] == annotator]
@@ -174,6 +176,7 @@ def _annotators(
         out.append(
             AnnotatorStats(
                 annotator=annotator,
+                name=names.get(annotator),
                 labels=len(mine),
                 skips=len(skipped),
                 median_seconds=statistics.median(seconds) if seconds else None,

@@ -427,6 +427,12 @@ def _estimate(value: Any) -> str:
     return f"{value.value:.3f}{interval}"
 
 
+def _kappas(by_field: dict[str, Any]) -> str:
+    if len(by_field) == 1:
+        return _estimate(next(iter(by_field.values())))
+    return "; ".join(f"{field}: {_estimate(e)}" for field, e in by_field.items()) or "n/a"
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -444,10 +450,19 @@ def _show_stats(found: QueueStats) -> None:
     if rows:
         render.table(["field", "alpha", *([""] * (len(rows[0]) - 3)), "fleiss"], rows, title="agreement")
     people = [
-        [a.annotator, a.labels, a.skips, a.median_seconds, _rounded(a.throughput_per_hour), _estimate(a.gold_accuracy)]
+        [
+            a.name or a.annotator,
+            a.labels,
+            a.skips,
+            _rounded(a.median_seconds),
+            _rounded(a.throughput_per_hour),
+            _kappas(a.agreement),
+            _estimate(a.gold_accuracy),
+        ]
         for a in found.annotators
     ]
-    render.table(["annotator", "labels", "skips", "median s", "labels/h", "gold accuracy"], people, title="annotators")
+    columns = ["annotator", "labels", "skips", "median s", "labels/h", "kappa with others", "gold accuracy"]
+    render.table(columns, people, title="annotators")
     if found.judges:
         judges = [[j.judge, j.labels, _estimate(j.calibration.agreement), j.calibration.ece, j.trusted]
                   for j in found.judges]  # fmt: skip
