@@ -303,11 +303,35 @@ def summarise_runs(results: list[dict[str, Any]], base_success: float, budget: i
             needed, bound = found
             ratio = needed / budget
             met = "met" if ratio <= TARGET_SHARE else "NOT met"
-            about = "at most" if bound else "~"
-            verdict.append(f"active selection reaches random's 100%-budget gain ({points(goal)}) with {about} "
+            about = "at most " if bound else "~"
+            verdict.append(f"active selection reaches random's 100%-budget gain ({points(goal)}) with {about}"
                            f"{needed:.0f} of {budget} labels = {ratio:.0%} "
                            f"(target <= {TARGET_SHARE:.0%}: {met})")  # fmt: skip
+    verdict += _overlap(results, base_success)
     return lines, verdict
+
+
+def _overlap(results: list[dict[str, Any]], base_success: float) -> list[str]:
+    """Say whether active at 60% of B and random at 100% of B differ by more than the seeds' spread."""
+
+    def gains(strategy: str, share: float) -> list[float]:
+        return [r["success"] - base_success for r in results
+                if r["strategy"] == strategy and r["share"] == share and r["success"] is not None]  # fmt: skip
+
+    active, random_, alone = gains("active", 0.6), gains("random", 1.0), gains("judge alone", 0.0)
+    if len(active) < 2 or len(random_) < 2:
+        return []
+    lines = []
+    if min(active) <= max(random_) and min(random_) <= max(active):
+        lines.append(f"the seeds' ranges of active at 60% of B ({points(min(active))} to {points(max(active))}) and "
+                     f"random at 100% ({points(min(random_))} to {points(max(random_))}) overlap: the difference is "
+                     "inside the run-to-run noise, not a clear win")  # fmt: skip
+    if alone:
+        lines.append(f"the judge alone (no human label) already gains {points(statistics.median(alone))}: "
+                     f"the human labels add {points(statistics.median(random_) - statistics.median(alone))} (random, "
+                     f"100% of B) and {points(statistics.median(active) - statistics.median(alone))} (active, 60%) "
+                     "on top (medians)")  # fmt: skip
+    return lines
 
 
 def agreement_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -325,7 +349,7 @@ def agreement_lines(results: list[dict[str, Any]]) -> list[str]:
         calibration = r.get("calibration") or {}
         if calibration.get("agreement", {}).get("value") is not None:
             agreement = calibration["agreement"]
-            agree.append((agreement["value"], agreement["low"], agreement["high"], calibration["n"]))
+            agree.append((r["seed"], agreement["value"], agreement["low"], agreement["high"], calibration["n"]))
         if calibration.get("ece") is not None:
             ece.append(calibration["ece"])
     two = lambda v: f"{v:.2f}"  # noqa: E731
@@ -333,9 +357,9 @@ def agreement_lines(results: list[dict[str, Any]]) -> list[str]:
         f"- Krippendorff's alpha (nominal) of the simulated annotators on random items: careful only "
         f"{spread(careful_alpha, two)}; all five (careless and adversarial included) {spread(all_alpha, two)}"
     )
-    for value, low, high, n in agree:
-        out.append(f"- judge vs human consensus (random items): agreement {value:.2f} (95% CI {low:.2f}-{high:.2f}, "
-                   f"n={n})")  # fmt: skip
+    for seed, value, low, high, n in agree:
+        out.append(f"- judge vs human consensus (random items, seed {seed}): agreement {value:.2f} "
+                   f"(95% CI {low:.2f}-{high:.2f}, n={n})")  # fmt: skip
     out.append(f"- judge's expected calibration error (random items): {spread(ece, lambda v: f'{v:.3f}')}")
     accuracy: dict[str, list[float]] = {}
     for r in results:
