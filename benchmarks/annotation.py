@@ -21,11 +21,11 @@ run below (the folder is copied per run). A run:
 
 The judge is the simulated AI judge ``posttrain.sim.annotators:judge_score`` (a verifier that is
 unsure of arithmetic, mostly sure of reversing and sorting, slightly overconfident), registered as
-``[annotate.judges.sim]``. ``trust_threshold`` is 0.5 here: the judge is trusted when its agreement's
-95% CI low end reaches 0.5 (the default 0.8 would never trust a judge calibrated on the items
-active selection picked, those it is least sure of). The gain is success after SFT minus the base
-model's. Active selection's ``labels needed`` is read off the linear interpolation of its median gain
-between budgets. It reports; it never fails on a missed target.
+``[annotate.judges.sim]``, with the default trust rule: trusted when the 95% interval of its
+agreement with the people, on the items where it is sure (confidence >= 0.9), starts at 0.8 or
+above. The gain is success after SFT minus the base model's. Active selection's ``labels needed``
+is read off the linear interpolation of its median gain between budgets. It reports; it never
+fails on a missed target.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ sim = "posttrain.sim.verify:verifier"
 simjudge = "posttrain.sim.annotators:judge_score"
 
 [annotate]
-trust_threshold = 0.5
+trust_threshold = 0.8
 sure = 0.9
 
 [annotate.judges.{JUDGE}]

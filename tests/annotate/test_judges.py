@@ -263,3 +263,34 @@ def test_prelabel_reward_model_maps_the_boundary_to_accept_and_rating(project: P
                         ("rate", "judge:low", "{'rating': 7}", 1.0)}  # fmt: skip
     finally:
         proj.close()
+
+
+def test_a_judge_is_trusted_by_its_agreement_where_it_is_sure(project: Project, tmp_path: Path) -> None:
+    folder = tmp_path / "hedgemods"
+    folder.mkdir()
+    (folder / "hedging.py").write_text(  # sure and right on 's' rows, a 0.6 hedge (accept) on 'u' rows
+        "def check(completion, answer, **row):\n"
+        "    if answer == 'unsure':\n        return 0.6\n"
+        "    return 1.0 if completion == answer else 0.0\n"
+    )
+    sys.path.insert(0, str(folder))
+    try:
+        root = project.root
+        project.close()
+        judge = {"hedge": {"kind": "verifier", "verifier": "hedge"}}
+        proj = open_project(root, **{"functions.verifiers": {"hedge": "hedging:check"}, "annotate.judges": judge})
+        rows = [(f"s{i}", str(i), str(i if i % 2 else i + 1)) for i in range(40)]
+        rows += [(f"u{i}", str(i), "unsure") for i in range(20)]
+        add_interactions(proj, rows)
+        annotate.create_queue(proj, annotate.QueueConfig(name="acc", task="accept", judges=["hedge"], gold_share=0))
+        annotate.fill(proj, "acc", where="true", limit=100)
+        judges.prelabel(proj, "acc")
+        truth = {f"s{i}": bool(i % 2) for i in range(40)} | {f"u{i}": bool(i % 2) for i in range(20)}
+        label_all(proj, "acc", truth)
+        report = judges.calibrate(proj, "acc")["hedge"]
+        assert report.agreement.value == pytest.approx(50 / 60) and report.agreement.low < 0.8  # overall: not enough
+        assert report.sure_agreement.value == 1.0 and report.sure_agreement.n_items == 40 and report.trusted
+        proj.close()
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("hedging", None)

@@ -19,8 +19,12 @@ per item, a label in the queue's stored format and a confidence in [0, 1]:
   queue's label schema is counted as failed, not stored.
 
 Judge labels are stored with source ``judge`` and annotator ``judge:NAME``; they never count toward
-an item's ``overlap``. ``calibrate`` compares each judge with the human consensus; a judge is
-*trusted* when the lower end of its agreement's 95% interval reaches ``annotate.trust_threshold``.
+an item's ``overlap``. ``calibrate`` compares each judge with the human consensus, overall (agreement,
+ECE, reliability bins) and where it is sure (confidence at least ``annotate.sure``): a judge is
+*trusted* when the lower end of the 95% interval of its agreement *where it is sure* — the items it
+would label alone — reaches ``annotate.trust_threshold`` (all its items when it states no
+confidence). A judge unsure of half the items can still be trusted with the half it is sure of;
+too few sure items give a wide interval, and no trust.
 ``resolve_by_judges`` closes open items a trusted judge is sure of (confidence at least
 ``annotate.sure``, and no other trusted judge disagreeing): they are never served to people.
 """
@@ -92,8 +96,14 @@ class JudgeCalibration(BaseModel):
     ece: float | None = Field(description="Expected calibration error of its stated confidence (None: none stated).")
     bins: list[CalibrationBin] = Field(description="The reliability plot's bins.")
     n: int = Field(description="Human-resolved items the judge labelled.")
+    sure_agreement: Estimate = Field(
+        description="Agreement on the human-resolved items where the judge was sure (confidence >= annotate.sure)."
+    )
     threshold: float
-    trusted: bool = Field(description="The agreement's lower bound reaches the threshold: it may label alone.")
+    trusted: bool = Field(
+        description="Where it would label alone (sure; every item when it states no confidence), its agreement's "
+        "lower bound reaches the threshold."
+    )
 
 
 # --- which judges --------------------------------------------------------------------------------
@@ -388,14 +398,27 @@ def calibrate(project: Project, name: str, *, threshold: float | None = None) ->
         judge = row["annotator"].removeprefix("judge:")
         pairs[judge].append((vote(queue.task, row["value"]), row["confidence"],
                              _consensus_vote(queue, row["consensus"])))  # fmt: skip
+    sure = project.settings.annotate.sure
     out = {}
     for judge in sorted(pairs):
         result = calibration(pairs[judge])
-        low = result.agreement.low
+        on_sure, trusted = trust(pairs[judge], threshold=threshold, sure=sure)
         out[judge] = JudgeCalibration(judge=judge, agreement=result.agreement, ece=result.ece, bins=result.bins,
-                                      n=result.n, threshold=threshold,
-                                      trusted=low is not None and low >= threshold)  # fmt: skip
+                                      n=result.n, sure_agreement=on_sure, threshold=threshold,
+                                      trusted=trusted)  # fmt: skip
     return out
+
+
+def trust(pairs: Sequence[tuple[Any, float | None, Any]], *, threshold: float, sure: float) -> tuple[Estimate, bool]:
+    """Return a judge's agreement where it is sure, and whether its lower bound reaches ``threshold``.
+
+    ``pairs`` are (judge's vote, its confidence, the human consensus); a judge that states no
+    confidence is judged on every item.
+    """
+    stated = any(confidence is not None for _, confidence, _ in pairs)
+    sure_pairs = [p for p in pairs if p[1] is not None and p[1] >= sure] if stated else list(pairs)
+    on_sure = calibration(sure_pairs).agreement
+    return on_sure, on_sure.low is not None and on_sure.low >= threshold
 
 
 def trusted_judges(project: Project, name: str) -> list[str]:

@@ -11,7 +11,7 @@ for gold accuracy, not agreement.
 
 An annotator's active time is the time spent on its submitted labels plus its skipped leases;
 throughput is labels per hour of it. A judge is trusted when the lower bound of its agreement with
-the human consensus reaches ``trust_threshold``.
+the human consensus, on the items where it was sure, reaches ``trust_threshold`` (``judges.trust``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from posttrain.annotate import agreement
+from posttrain.annotate import agreement, judges
 from posttrain.annotate.agreement import Calibration, Estimate, Level
 from posttrain.annotate.queues import get_queue
 from posttrain.annotate.records import Queue
@@ -75,7 +75,8 @@ class JudgeStats(BaseModel):
     judge: str
     labels: int
     calibration: Calibration
-    trusted: bool
+    sure_agreement: Estimate = Field(description="Agreement where it was sure (confidence >= annotate.sure).")
+    trusted: bool = Field(description="Its agreement where it was sure has a lower bound at the trust threshold.")
 
 
 class QueueStats(BaseModel):
@@ -214,9 +215,9 @@ def _judges(project: Project, queue: Queue, threshold: float) -> list[JudgeStats
             if x["item_id"] in truth
         ]
         cal = agreement.calibration(pairs)
-        low = cal.agreement.low
-        out.append(JudgeStats(judge=judge, labels=len(labels), calibration=cal,
-                              trusted=low is not None and low >= threshold))  # fmt: skip
+        on_sure, trusted = judges.trust(pairs, threshold=threshold, sure=project.settings.annotate.sure)
+        out.append(JudgeStats(judge=judge, labels=len(labels), calibration=cal, sure_agreement=on_sure,
+                              trusted=trusted))  # fmt: skip
     return out
 
 
