@@ -292,3 +292,9 @@ def test_static_files_are_served_and_nothing_else(app_client: TestClient) -> Non
 def test_ui_routes_stay_out_of_the_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith("/ui")]
+
+
+def test_the_header_names_the_signed_in_key(app_client: TestClient, project: Project) -> None:
+    _signed_in(app_client, project)
+    page = app_client.get("/ui/annotate")
+    assert page.status_code == 200 and "ui annotator" in page.text

@@ -17,7 +17,7 @@ the human consensus, on the items where it was sure, reaches ``trust_threshold``
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -32,6 +32,7 @@ from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.warehouse.rows import fetch_all
 
+ONE_LABEL = "no item has two labels yet: agreement needs overlap 2 or more (queues create --overlap)"
 FREE_TEXT = "free text: no agreement statistic"
 MAX_BOOTSTRAP = 2000
 
@@ -263,12 +264,14 @@ def queue_stats(
         for field, votes in sorted(fields.items())
     ]
     free_text = queue.task in ("rewrite", "comment")
+    per_item = Counter(x["item_id"] for x in human if x["item_id"] not in gold)
+    note = FREE_TEXT if free_text else None if any(n >= 2 for n in per_item.values()) else ONE_LABEL
     return QueueStats(
         queue=queue.name,
         task=queue.task,
         counts=_counts(project, queue),
         agreement=field_agreement,
-        agreement_note=FREE_TEXT if free_text else None,
+        agreement_note=note,
         annotators=_annotators(project, queue, human, fields, gold, bootstrap),
         judges=_judges(project, queue, trust_threshold),
         trust_threshold=trust_threshold,

@@ -50,6 +50,7 @@ class Session:
     csrf: str
     last_seen: datetime
     held: dict[str, Assignment] = field(default_factory=dict)
+    name: str | None = None  # the key's name (``keys create --name``), shown instead of its id
 
     def hold(self, assignment: Assignment) -> None:
         """Remember an assignment shown to this session (the newest ``MAX_HELD``)."""
@@ -70,10 +71,10 @@ class SessionStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
 
-    def create(self, caller: keys.Caller, key_hash: str) -> tuple[str, Session]:
+    def create(self, caller: keys.Caller, key_hash: str, *, name: str | None = None) -> tuple[str, Session]:
         """Start a session for ``caller``; return its token (for the cookie only) and the session."""
         token = secrets.token_urlsafe(32)
-        session = Session(caller.key_id, key_hash, caller.role, secrets.token_urlsafe(32), utc_now())
+        session = Session(caller.key_id, key_hash, caller.role, secrets.token_urlsafe(32), utc_now(), name=name)
         with self._lock:
             self._prune()
             self._sessions[_digest(token)] = session
@@ -144,7 +145,9 @@ def current(request: Request, action: str) -> Session:
 def sign_in(request: Request, key: str) -> tuple[str, Session]:
     """Check ``key`` the way the API does and start a session; raise Unauthorized for a dead key."""
     caller = request.app.state.keys.caller(key)
-    return store(request).create(caller, keys.hash_key(key))
+    found = request.app.state.project.cursor().execute("SELECT name FROM api_keys WHERE id = ?", [caller.key_id])
+    row = found.fetchone()
+    return store(request).create(caller, keys.hash_key(key), name=row[0] if row else None)
 
 
 def sign_out(request: Request) -> None:
