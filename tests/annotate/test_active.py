@@ -134,11 +134,32 @@ def test_select_refuses_bad_inputs_naming_the_field(project: Project, kwargs: di
     assert caught.value.field == field
 
 
-def test_select_refuses_pairwise_queues_for_now(project: Project) -> None:
-    annotate.create_queue(project, annotate.QueueConfig(name="pw", task="pairwise"))
-    with pytest.raises(InvalidInput, match="single-interaction queues") as caught:
-        active.select(project, "pw", 5)
-    assert caught.value.field == "queue"
+def test_select_on_a_pairwise_queue_picks_pairs_users_could_not_order(project: Project) -> None:
+    events, thumbs = [], []
+    for p in range(6):  # six prompts, two different answers each
+        for a in range(2):
+            iid = f"p{p}-{a}"
+            events.append({"id": iid, "cohort": "adult", "messages": [{"role": "user", "content": f"prompt {p}"}],
+                           "response": f"answer {a} to {p}"})  # fmt: skip
+            if p < 2:  # prompts 0 and 1: users liked both answers, so they cannot tell which is better
+                thumbs.append({"interaction_id": iid, "kind": "thumb", "value": "up"})
+            elif p < 4:  # prompts 2 and 3: one liked, one disliked: users ordered them already
+                thumbs.append({"interaction_id": iid, "kind": "thumb", "value": "up" if a == 0 else "down"})
+    capture(project, "interactions", events)
+    capture(project, "feedback", thumbs)
+    annotate.create_queue(project, annotate.QueueConfig(name="pw", task="pairwise", gold_share=0))
+    result = active.select(project, "pw", 2)
+    assert (result.candidates, result.added, result.reasons) == (6, 2, {"feedback-conflict": 2})
+    items = (
+        project.cursor()
+        .execute("SELECT interaction_id, second_interaction_id FROM annotation_items ORDER BY interaction_id")
+        .fetchall()
+    )
+    assert items == [("p0-0", "p0-1"), ("p1-0", "p1-1")]
+    again = active.select(project, "pw", 10)  # what is queued is not offered again
+    assert again.candidates == 4 and again.added == 4
+    got = annotate.next_item(project, "pw", "ann-1")
+    assert got is not None and len(got.item.answers) == 2
 
 
 def test_select_self_consistency_samples_a_causal_lm(project: Project, tiny_model: Path) -> None:

@@ -20,7 +20,12 @@ resolved by that judge alone: they cost no human label and are not counted in th
 budget is split across cohorts in proportion to their candidates (at least one each when the budget
 allows) and filled with each cohort's highest values. ``strategy="random"`` draws the budget
 uniformly (seeded) from the same candidates, with no judges: the baseline active selection is
-measured against. Only single-interaction queues are supported in this version (not pairwise).
+measured against.
+
+On a pairwise queue a candidate is two different answers to the same prompt (each answer in one
+pair at most): the judges' terms use the pairwise verdicts, self-consistency the prompt, and
+``feedback-conflict`` holds when users' signals cannot order the two (both liked, both disliked, or
+either answer judged both ways).
 """
 
 from __future__ import annotations
@@ -76,9 +81,6 @@ def _check(queue: Queue, budget: int, strategy: str, samples: int, model: str | 
         raise InvalidInput(f"samples: from 0 to {MAX_SAMPLES}", field="samples")
     if samples > 0 and model is None:
         raise InvalidInput("model: self-consistency needs a registered causal LM to sample", field="model")
-    if queue.task == "pairwise":
-        raise InvalidInput("queue: active selection takes single-interaction queues in this version; fill a "
-                           "pairwise queue with where or pairs", field="queue")  # fmt: skip
 
 
 _CANDIDATES = """
@@ -104,6 +106,28 @@ FROM c LEFT JOIN fb ON fb.interaction_id = c.id LEFT JOIN grp ON grp.pk = c.pk A
 ORDER BY c.id"""
 
 
+# a pairwise queue: consecutive different answers to one prompt among the single candidates above
+_PAIRS = """
+WITH single AS ({singles}),
+one AS (  -- one interaction per distinct answer to a prompt
+    SELECT hash(i.messages::VARCHAR) AS pk, arg_min(s.id, s.id) AS id, arg_min(s.cohort, s.id) AS cohort,
+           bool_or(s.conflict) AS conflict, bool_or(fb.pos) AS pos, bool_or(fb.neg) AS neg
+    FROM single s JOIN interactions i ON i.id = s.id
+    LEFT JOIN (SELECT interaction_id, bool_or(kind = 'thumb' AND score > 0 OR kind = 'rating' AND score >= 4) AS pos,
+                      bool_or(kind = 'thumb' AND score < 0 OR kind = 'flag' OR kind = 'rating' AND score <= 2) AS neg
+               FROM feedback WHERE source NOT IN ('annotator', 'judge') GROUP BY interaction_id) fb
+           ON fb.interaction_id = s.id
+    GROUP BY hash(i.messages::VARCHAR), hash(coalesce(i.response, ''))
+),
+numbered AS (SELECT *, row_number() OVER (PARTITION BY pk ORDER BY id) AS n FROM one)
+SELECT a.id, b.id AS second, a.cohort,
+       a.conflict OR b.conflict OR coalesce(a.pos AND b.pos, false) OR coalesce(a.neg AND b.neg, false) AS conflict
+FROM numbered a JOIN numbered b ON a.pk = b.pk AND b.n = a.n + 1 AND a.n % 2 = 1
+WHERE NOT EXISTS (SELECT 1 FROM annotation_items q WHERE q.queue_id = $queue AND q.gold IS NULL
+                  AND (q.interaction_id IN (a.id, b.id) OR q.second_interaction_id IN (a.id, b.id)))
+ORDER BY a.id"""
+
+
 def _candidates(
     project: Project, queue: Queue, where: str | None, since: datetime | None, pool: int, seed: int
 ) -> list[dict[str, Any]]:
@@ -113,6 +137,8 @@ def _candidates(
         raise InvalidInput(f"where: {exc}", field="where") from None
     sql = _CANDIDATES.format(condition=condition, since='i."timestamp" >= $since' if since else "true",
                              none=NO_COHORT)  # fmt: skip
+    if queue.task == "pairwise":
+        sql = _PAIRS.format(singles=sql)
     params: dict[str, Any] = {"queue": queue.id, "seed": str(seed), "pool": pool}
     if since:
         params["since"] = since
@@ -211,7 +237,7 @@ def _score(
     project: Project, queue: Queue, pool: list[dict[str, Any]], samples: int, model: str | None, seed: int
 ) -> tuple[list[float], list[str], dict[str, list[judges.Verdict | None]]]:
     """Return each candidate's value, its strongest reason, and the judges' verdicts."""
-    pairs: list[judges.Candidate] = [(row["id"], None) for row in pool]
+    pairs: list[judges.Candidate] = [(row["id"], row.get("second")) for row in pool]
     verdicts = {j: judges.judge_candidates(project, queue, j, pairs) for j in queue.judges}
     terms: dict[str, list[float]] = {"feedback-conflict": [float(row["conflict"]) for row in pool]}
     if verdicts:
@@ -305,7 +331,10 @@ def select(
     order = chosen + sorted(sure)
     ids = [pool[k]["id"] for k in order]
     if ids:
-        fill(project, name, interaction_ids=ids, priorities=[values[k] for k in order], limit=len(ids),
+        given: dict[str, Any] = {"interaction_ids": ids}
+        if queue.task == "pairwise":
+            given = {"pairs": [(pool[k]["id"], pool[k]["second"]) for k in order]}
+        fill(project, name, **given, priorities=[values[k] for k in order], limit=len(ids),
              reasons=[reasons[k] if k not in sure else "judge-sure" for k in order], origin="active")  # fmt: skip
     _store(project, queue, ids, {pool[k]["id"]: k for k in order}, verdicts, sure)
     return SelectionResult(queue=queue.name, strategy=strategy, budget=budget, candidates=len(pool), added=len(chosen),
