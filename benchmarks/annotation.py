@@ -21,11 +21,12 @@ run below (the folder is copied per run). A run:
 
 The judge is the simulated AI judge ``posttrain.sim.annotators:judge_score`` (a verifier that is
 unsure of arithmetic, mostly sure of reversing and sorting, slightly overconfident), registered as
-``[annotate.judges.sim]``, with the default trust rule: trusted when the 95% interval of its
-agreement with the people, on the items where it is sure (confidence >= 0.9), starts at 0.8 or
-above. The gain is success after SFT minus the base model's. Active selection's ``labels needed``
-is read off the linear interpolation of its median gain between budgets. It reports; it never
-fails on a missed target.
+``[annotate.judges.sim]``. It is trusted when the 95% interval of its agreement with the people,
+on the items where it is sure (confidence >= 0.9), starts at 0.5 or above (``trust_threshold`` 0.5:
+the active runs calibrate it on a 30-item random slice, where the default 0.8 is out of reach of
+a Wilson interval on ~15 sure items). The gain is success after SFT minus the base model's.
+Active selection's ``labels needed`` is read off the linear interpolation of its median gain
+between budgets. It reports; it never fails on a missed target.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ sim = "posttrain.sim.verify:verifier"
 simjudge = "posttrain.sim.annotators:judge_score"
 
 [annotate]
-trust_threshold = 0.8
+trust_threshold = 0.5
 sure = 0.9
 
 [annotate.judges.{JUDGE}]
