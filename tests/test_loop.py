@@ -410,3 +410,6 @@ def test_the_annotate_step_asks_annotators_and_the_turn_trains_on_their_consensu
     sft = turn.step("datasets").result.datasets["sft"]  # type: ignore[union-attr]
     sources = lineage(served, turn.step("sft").result.model).chain[0].datasets[0]  # type: ignore[union-attr]
     assert sft.rows > 0 and [q.queue for q in sources.labels] == ["t-annotate"]
+    model = turn.step("sft").result.model  # type: ignore[union-attr]
+    shown = CliRunner().invoke(app, ["models", "lineage", str(model), "--project", str(served.root)])
+    assert shown.exit_code == 0 and "annotation queue t-annotate: " in shown.output, shown.output

@@ -137,3 +137,7 @@ def _add_step(node: Tree, step: ModelLineage) -> None:
         for kind, count in data.counts.items():
             more = " …" if count > len(data.sample_ids[kind]) else ""
             branch.add(f"{count} {kind}: {', '.join(data.sample_ids[kind])}{more}")
+        for queue in data.labels:
+            who = ", ".join(queue.annotators[:5]) + (" …" if len(queue.annotators) > 5 else "")
+            branch.add(f"annotation queue {queue.queue}: {queue.feedback} consensus labels from {queue.labels} "
+                       f"labels by {who or 'nobody'}")  # fmt: skip
