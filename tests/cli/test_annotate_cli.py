@@ -184,6 +184,9 @@ def test_annotate_next_and_submit_go_through_the_server_as_the_key(
     out = tmp_path / "s.parquet"
     exported = run(live.root, "export", "s", "--output", str(out), "--format", "parquet", "--json")
     assert exported.returncode == 0 and pq.read_table(out).num_rows == 1, exported.stderr
+    judged = run(live.root, "prelabel", "s", "--json")  # a job on the server, followed to its result
+    assert judged.returncode == 0, judged.stderr
+    assert json.loads(judged.stdout) == {"queue": "s", "labelled": {}, "failed": {}, "resolved_by_judges": 0}
 
 
 def test_prelabel_trusts_a_judge_once_people_agree_with_it_and_it_then_resolves_the_rest(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel, Field
 
-from posttrain import functions
+from posttrain import functions, jobs
 from posttrain.annotate.agreement import CalibrationBin, Estimate, calibration
 from posttrain.annotate.queues import get_queue
 from posttrain.annotate.records import Label, Queue
@@ -381,6 +381,42 @@ def _judge_labels(project: Project, queue: Queue, where: str, params: Sequence[A
 def _consensus_vote(queue: Queue, consensus: dict[str, Any]) -> Any:
     value = consensus.get("value")
     return tuple(value) if isinstance(value, list) else value
+
+
+class PrelabelOutcome(PrelabelResult):
+    """What the judges labelled, and how many items trusted judges then resolved alone."""
+
+    resolved_by_judges: int = 0
+
+
+def prelabel_and_resolve(
+    project: Project,
+    name: str,
+    *,
+    judges: Sequence[str] | None = None,
+    limit: int = 10_000,
+    resolve: bool = True,
+    on_job: jobs.JobFn | None = None,
+) -> PrelabelOutcome:
+    """Pre-label queue ``name`` with its judges, then let trusted sure judges resolve items, as a job row.
+
+    Raises InvalidInput for an unknown or unfitting judge before the job exists; ``on_job(id)`` is
+    told the job's id as soon as it does (the server answers 202 with it).
+    """
+    if not 1 <= limit <= MAX_PRELABEL:
+        raise InvalidInput(f"limit: from 1 to {MAX_PRELABEL}", field="limit")
+    chosen = _names(project, get_queue(project, name), judges)
+    config = {"queue": name, "judges": chosen, "limit": limit, "resolve": resolve}
+
+    def work(job: jobs.JobHandle) -> PrelabelOutcome:
+        done = prelabel(project, name, judges=chosen, limit=limit)
+        job.log(f"labelled: {done.labelled}; could not label: {done.failed}")
+        job.progress(0.9)
+        resolved = resolve_by_judges(project, name) if resolve else 0
+        job.log(f"resolved by trusted judges alone: {resolved}")
+        return PrelabelOutcome(**done.model_dump(), resolved_by_judges=resolved)
+
+    return jobs.run_as_job(project, "annotate.prelabel", config, work, on_job=on_job)
 
 
 def calibrate(project: Project, name: str, *, threshold: float | None = None) -> dict[str, JudgeCalibration]:

@@ -19,6 +19,7 @@ import typer
 from posttrain import annotate as lib
 from posttrain.annotate import active as selection
 from posttrain.annotate import export as exporting
+from posttrain.annotate.judges import PrelabelOutcome, prelabel_and_resolve
 from posttrain.annotate.stats import QueueStats, queue_stats
 from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load
@@ -297,18 +298,20 @@ def prelabel(
     """Have the queue's judges pre-label its items; trusted judges then resolve what they are sure of."""
     body = {"judges": judge, "limit": limit, "resolve": resolve}
 
-    def local(proj: Project) -> dict[str, Any]:
-        done = lib.prelabel(proj, queue, judges=judge, limit=limit)
-        return {**done.model_dump(), "resolved_by_judges": lib.resolve_by_judges(proj, queue) if resolve else 0}
+    def remote(api: Remote) -> PrelabelOutcome:  # the server runs it as a job: follow it to its result
+        job = api.follow_job(api.call("POST", f"{API}/queues/{queue}/prelabel", json=body))
+        return PrelabelOutcome.model_validate(job.result)
 
-    found = _through(project, local, lambda api: api.call("POST", f"{API}/queues/{queue}/prelabel", json=body))
+    found = _through(
+        project, lambda proj: prelabel_and_resolve(proj, queue, judges=judge, limit=limit, resolve=resolve), remote
+    )
     if json:
         render.as_json(found)
         return
-    for name, count in found["labelled"].items():
-        failed = found["failed"].get(name, 0)
+    for name, count in found.labelled.items():
+        failed = found.failed.get(name, 0)
         typer.echo(f"judge {name}: {count} items labelled" + (f", {failed} it could not label" if failed else ""))
-    typer.echo(f"{found['resolved_by_judges']} items resolved by trusted judges alone")
+    typer.echo(f"{found.resolved_by_judges} items resolved by trusted judges alone")
 
 
 @app.command()

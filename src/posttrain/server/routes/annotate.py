@@ -15,9 +15,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from posttrain import annotate
-from posttrain.annotate import active, export, stats
+from posttrain.annotate import active, export, judges, stats
 from posttrain.project import Project
 from posttrain.server.auth import require
+from posttrain.server.job_runner import JobStarted
 from posttrain.server.responses import JSONResponse
 from posttrain.server.schemas import ERRORS
 
@@ -111,12 +112,6 @@ class PrelabelRequest(BaseModel):
     resolve: bool = Field(True, description="Then let trusted judges resolve the items they are sure of.")
 
 
-class PrelabelOutcome(annotate.PrelabelResult):
-    """What the judges labelled, and how many items trusted judges resolved alone."""
-
-    resolved_by_judges: int = 0
-
-
 class Skipped(BaseModel):
     skipped: str
 
@@ -175,14 +170,19 @@ def fill_queue(request: Request, name: str, body: FillRequest) -> annotate.FillR
                          interaction_ids=body.interaction_ids, pairs=pairs, limit=body.limit)  # fmt: skip
 
 
-@router.post("/queues/{name}/prelabel", response_model=PrelabelOutcome, dependencies=_ADMIN)
-def prelabel_queue(request: Request, name: str, body: PrelabelRequest | None = None) -> PrelabelOutcome:
-    """Have the judges of posttrain.toml pre-label the queue; trusted judges then resolve what they are sure of."""
-    body = body or PrelabelRequest()
+@router.post("/queues/{name}/prelabel", response_model=JobStarted, status_code=202, dependencies=_ADMIN)
+async def prelabel_queue(request: Request, name: str, body: PrelabelRequest | None = None) -> JobStarted:
+    """Have the judges of posttrain.toml pre-label the queue, then resolve what trusted ones are sure of, as a job.
+
+    The job's result is the outcome: items labelled (and not) per judge, items resolved by judges alone.
+    """
+    given = body or PrelabelRequest()
     project = _project(request)
-    done = annotate.prelabel(project, name, judges=body.judges, limit=body.limit)
-    resolved = annotate.resolve_by_judges(project, name) if body.resolve else 0
-    return PrelabelOutcome(**done.model_dump(), resolved_by_judges=resolved)
+    return await request.app.state.runner.start(  # type: ignore[no-any-return]
+        "annotate-prelabel",
+        lambda on_job: judges.prelabel_and_resolve(project, name, judges=given.judges, limit=given.limit,
+                                                   resolve=given.resolve, on_job=on_job),
+    )  # fmt: skip
 
 
 @router.post("/queues/{name}/gold", status_code=201, response_model=annotate.FillResult, dependencies=_ADMIN)
