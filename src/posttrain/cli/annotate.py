@@ -8,10 +8,8 @@ set (an annotator's own key), else the server's control token.
 from __future__ import annotations
 
 import getpass
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import orjson
 import typer
@@ -22,15 +20,13 @@ from posttrain.annotate import export as exporting
 from posttrain.annotate.judges import PrelabelOutcome, prelabel_and_resolve
 from posttrain.annotate.stats import QueueStats, queue_stats
 from posttrain.cli import render
-from posttrain.cli.options import JsonOption, ProjectOption, load
+from posttrain.cli.options import KEY_ENV, JsonOption, ProjectOption, through_server
 from posttrain.cli.remote import Remote
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.records import ExportReport
 
-T = TypeVar("T")
 API = "/api/annotate"
-KEY_ENV = "POSTTRAIN_API_KEY"
 MAX_IDS_FILE = 100_000
 BATCH = 10_000  # ids per fill request (the API's bound)
 
@@ -46,16 +42,6 @@ AnnotatorOption = Annotated[
     str | None,
     typer.Option(help="Who labels, locally (default: local:<OS user>); through a server the API key decides."),
 ]
-
-
-def _through(project: Path | None, local: Callable[[Project], T], remote: Callable[[Remote], T]) -> T:
-    """Run ``local`` on the warehouse, or ``remote`` on the API (as $POSTTRAIN_API_KEY if set) when a server owns it."""
-    proj = load(project)
-    server = proj.running_server()
-    if server is not None:
-        return remote(Remote(server["url"], os.environ.get(KEY_ENV) or server["token"]))
-    with proj:
-        return local(proj)
 
 
 def _local_annotator(annotator: str | None) -> str:
@@ -127,7 +113,7 @@ def create(
         multi=multi, flag_categories=flag_category or [], overlap=overlap, lease_seconds=lease_seconds,
         priority=priority, gold_share=gold_share, consensus=consensus, judges=judge or [],
     )  # fmt: skip
-    found = _through(
+    found = through_server(
         project,
         lambda proj: lib.create_queue(proj, config, author="cli"),
         lambda api: lib.Queue(**api.call("POST", f"{API}/queues", json=config.model_dump(mode="json"))),
@@ -145,7 +131,7 @@ def list_(
 ) -> None:
     """List queues with their counts, newest first."""
     params = {"state": state} if state else {}
-    found = _through(
+    found = through_server(
         project,
         lambda proj: lib.list_queues(proj, state=state),
         lambda api: [lib.QueueSummary(**q) for q in api.call("GET", f"{API}/queues", params=params)],
@@ -160,7 +146,7 @@ def list_(
 @queues.command("show")
 def show(name: QueueArg, project: ProjectOption = None, json: JsonOption = False) -> None:
     """Show one queue: config, state, versions, counts and guidelines."""
-    found = _through(
+    found = through_server(
         project,
         lambda proj: lib.summarise(proj, name),
         lambda api: lib.QueueSummary(**api.call("GET", f"{API}/queues/{name}")),
@@ -175,7 +161,7 @@ def show(name: QueueArg, project: ProjectOption = None, json: JsonOption = False
 
 
 def _set_state(project: Path | None, name: str, state: str, json: bool) -> None:
-    found = _through(
+    found = through_server(
         project,
         lambda proj: lib.set_state(proj, name, state),
         lambda api: lib.Queue(**api.call("POST", f"{API}/queues/{name}/state", json={"state": state})),
@@ -274,7 +260,7 @@ def fill(
         return lib.fill(proj, queue, where=where, dataset=dataset, interaction_ids=singles or None,
                         pairs=pairs or None, limit=limit)  # fmt: skip
 
-    result = _through(project, local, lambda api: _fill_remote(api, queue, body))
+    result = through_server(project, local, lambda api: _fill_remote(api, queue, body))
     if json:
         render.as_json(result)
     elif isinstance(result, selection.SelectionResult):
@@ -302,7 +288,7 @@ def prelabel(
         job = api.follow_job(api.call("POST", f"{API}/queues/{queue}/prelabel", json=body))
         return PrelabelOutcome.model_validate(job.result)
 
-    found = _through(
+    found = through_server(
         project, lambda proj: prelabel_and_resolve(proj, queue, judges=judge, limit=limit, resolve=resolve), remote
     )
     if json:
@@ -326,7 +312,7 @@ def gold(
     """Add a gold item (known right label) to measure each annotator's accuracy."""
     value = _json_object(answer, "answer")
     body = {"interaction_id": interaction, "second_interaction_id": second, "answer": value}
-    result = _through(
+    result = through_server(
         project,
         lambda proj: lib.add_gold(proj, queue, interaction, value, second_interaction_id=second),
         lambda api: lib.FillResult(**api.call("POST", f"{API}/queues/{queue}/gold", json=body)),
@@ -368,7 +354,7 @@ def next_(
         body = api.call("POST", f"{API}/queues/{queue}/next")  # None: 204, nothing left
         return None if body is None else lib.Assignment(**body)
 
-    found = _through(project, lambda proj: lib.next_item(proj, queue, _local_annotator(annotator)), remote)
+    found = through_server(project, lambda proj: lib.next_item(proj, queue, _local_annotator(annotator)), remote)
     if json:
         render.as_json(found.model_dump(mode="json") if found else None)
     elif found is None:
@@ -393,7 +379,7 @@ def submit(
         _no_annotator(annotator)
         return lib.Label(**api.call("POST", f"{API}/leases/{lease}/submit", json={"label": value, "seconds": seconds}))
 
-    found = _through(
+    found = through_server(
         project, lambda proj: lib.submit(proj, lease, _local_annotator(annotator), value, seconds=seconds), remote
     )
     if json:
@@ -416,7 +402,7 @@ def skip(
         _no_annotator(annotator)
         api.call("POST", f"{API}/leases/{lease}/skip", json={"reason": reason})
 
-    _through(project, lambda proj: lib.skip(proj, lease, _local_annotator(annotator), reason=reason), remote)
+    through_server(project, lambda proj: lib.skip(proj, lease, _local_annotator(annotator), reason=reason), remote)
     if json:
         render.as_json({"skipped": lease})
     else:
@@ -496,7 +482,7 @@ def stats(
     json: JsonOption = False,
 ) -> None:
     """Label quality: agreement, gold accuracy, throughput per annotator, judge calibration."""
-    found = _through(
+    found = through_server(
         project,
         lambda proj: queue_stats(proj, queue),
         lambda api: QueueStats(**api.call("GET", f"{API}/queues/{queue}/stats")),
@@ -526,7 +512,7 @@ def export(
         with api.stream_lines(f"{API}/queues/{queue}/export", format=fmt) as response:
             return exporting.export_stream(response.iter_bytes(), output, fmt)
 
-    report = _through(project, lambda proj: exporting.export_labels(proj, queue, fmt, output), remote)
+    report = through_server(project, lambda proj: exporting.export_labels(proj, queue, fmt, output), remote)
     if json:
         render.as_json(report)
     else:

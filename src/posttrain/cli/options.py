@@ -31,10 +31,17 @@ def load(project: Path | None, **overrides: Any) -> Project:
     return open_project(resolve_root(project), env=dict(os.environ), **overrides)
 
 
+KEY_ENV = "POSTTRAIN_API_KEY"
+
+
 def remote_for(project: Project) -> Remote | None:
-    """Return a client for the ``posttrain serve`` that owns this project, if one runs."""
+    """Return a client for the ``posttrain serve`` that owns this project, if one runs.
+
+    It calls as ``$POSTTRAIN_API_KEY`` when set (an annotator labelling as their own key, a viewer
+    whose SQL the viewer's bounds limit), else with the server's control token.
+    """
     server = project.running_server()
-    return Remote(server["url"], server["token"]) if server else None
+    return Remote(server["url"], os.environ.get(KEY_ENV) or server["token"]) if server else None
 
 
 def through_server(
