@@ -138,13 +138,27 @@ def next_item(project: Project, name: str, annotator: str) -> Assignment | None:
     )
 
 
-def _lease(project: Project, lease_id: str, annotator: str, now: datetime) -> dict[str, Any]:
+def _read_lease(project: Project, lease_id: str, annotator: str, now: datetime) -> dict[str, Any] | None:
+    """Return the annotator's lease with its state as of ``now`` (active past its time reads expired)."""
     lease = fetch_one(project.cursor(), "SELECT * FROM annotation_leases WHERE id = ?", [lease_id])
     if lease is None or lease["annotator"] != annotator:  # another's lease is not theirs to see
-        raise NotFound(f"no lease {lease_id[:64]!r} of yours; get an item with 'posttrain annotate next'",
-                       field="lease_id")  # fmt: skip
+        return None
     if lease["state"] == "active" and lease["expires_at"] <= now:
         lease["state"] = "expired"
+    return lease
+
+
+def lease_expired(project: Project, lease_id: str, annotator: str) -> bool:
+    """Say whether ``lease_id`` is the annotator's lease and its time ran out."""
+    lease = _read_lease(project, lease_id, annotator, utc_now())
+    return lease is not None and lease["state"] == "expired"
+
+
+def _lease(project: Project, lease_id: str, annotator: str, now: datetime) -> dict[str, Any]:
+    lease = _read_lease(project, lease_id, annotator, now)
+    if lease is None:
+        raise NotFound(f"no lease {lease_id[:64]!r} of yours; get an item with 'posttrain annotate next'",
+                       field="lease_id")  # fmt: skip
     if lease["state"] != "active":
         raise Conflict(f"lease {lease_id} is {lease['state']}; get the next item", field="lease_id")
     return lease

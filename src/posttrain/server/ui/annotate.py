@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 
 from posttrain import annotate, keys
 from posttrain.annotate.tasks import MAX_COMMENT, MAX_TEXT
+from posttrain.annotate.work import lease_expired
 from posttrain.clock import utc_now
 from posttrain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from posttrain.names import name_problem
@@ -154,15 +155,21 @@ def _seconds(form: FormData) -> float | None:
     return seconds if 0 < seconds <= 86_400 else None
 
 
-def _expired(request: Request, session: sessions.Session, lease_id: str) -> bool:
-    """Say whether ``lease_id`` is this annotator's lease and its time ran out."""
-    row = (
-        request.app.state.project.cursor()
-        .execute("SELECT state, expires_at FROM annotation_leases WHERE id = ? AND annotator = ?",
-                 [lease_id, session.key_id])
-        .fetchone()
-    )  # fmt: skip
-    return row is not None and (row[0] == "expired" or (row[0] == "active" and row[1] <= utc_now()))
+async def _expired(request: Request, session: sessions.Session, lease_id: str) -> bool:
+    project = request.app.state.project
+    return await run_in_threadpool(lease_expired, project, lease_id, session.key_id)  # type: ignore[no-any-return]
+
+
+async def _after(
+    request: Request, session: sessions.Session, found: annotate.Queue, lease_id: str, *, expired: bool
+) -> Response:
+    """Answer what comes after a label or a skip: the next item, noting a lease that had expired."""
+    if expired:
+        return _answer(request, found, {**await _next(request, session, found), "notice": EXPIRED})
+    session.held.pop(lease_id, None)
+    if not wants_fragment(request):
+        return RedirectResponse(f"/ui/annotate/{found.name}", status_code=303)
+    return _answer(request, found, await _next(request, session, found))
 
 
 @router.post("/{queue}/label")
@@ -179,20 +186,17 @@ async def label(request: Request, queue: str) -> Response:
         await run_in_threadpool(annotate.submit, project, lease_id, session.key_id, value, seconds=_seconds(form))
     except InvalidInput as exc:
         held = session.held.get(lease_id)
-        if held is None or _expired(request, session, lease_id):
+        if held is None or await _expired(request, session, lease_id):
             raise
         context = _item_context(session, found, held)
         draft = form.get("text")
         context.update(error=exc.message, error_field=exc.field, draft=draft, note=form.get("comment"))
         return _answer(request, found, context, status=400)
     except (Conflict, NotFound, Forbidden):
-        if not _expired(request, session, lease_id):
+        if not await _expired(request, session, lease_id):
             raise
-        return _answer(request, found, {**await _next(request, session, found), "notice": EXPIRED})
-    session.held.pop(lease_id, None)
-    if not wants_fragment(request):
-        return RedirectResponse(f"/ui/annotate/{found.name}", status_code=303)
-    return _answer(request, found, await _next(request, session, found))
+        return await _after(request, session, found, lease_id, expired=True)
+    return await _after(request, session, found, lease_id, expired=False)
 
 
 @router.post("/{queue}/skip")
@@ -206,10 +210,7 @@ async def skip(request: Request, queue: str) -> Response:
     try:
         await run_in_threadpool(annotate.skip, request.app.state.project, lease_id, session.key_id)
     except (Conflict, NotFound, Forbidden):
-        if not _expired(request, session, lease_id):
+        if not await _expired(request, session, lease_id):
             raise
-        return _answer(request, found, {**await _next(request, session, found), "notice": EXPIRED})
-    session.held.pop(lease_id, None)
-    if not wants_fragment(request):
-        return RedirectResponse(f"/ui/annotate/{found.name}", status_code=303)
-    return _answer(request, found, await _next(request, session, found))
+        return await _after(request, session, found, lease_id, expired=True)
+    return await _after(request, session, found, lease_id, expired=False)
