@@ -292,3 +292,17 @@ def test_lineage_walks_from_a_dataset_to_the_labels_behind_it(project: Project) 
     assert [s.model_dump() for s in sources.labels] == [
         {"queue": "q-accept", "feedback": 2, "labels": 4, "annotators": ["ann-1", "ann-2"]}
     ]
+
+
+def test_one_annotator_cannot_hold_more_than_twenty_items(project: Project) -> None:
+    _queue(project, gold_share=0)
+    annotate.fill(project, "q-rating", interaction_ids=_interactions(project, 25))
+    held = [annotate.next_item(project, "q-rating", "hoarder") for _ in range(20)]
+    assert all(h is not None for h in held)
+    with pytest.raises(Conflict, match="submit or skip"):
+        annotate.next_item(project, "q-rating", "hoarder")
+    assert annotate.next_item(project, "q-rating", "someone-else") is not None  # the rest stays for others
+    first = held[0]
+    assert first is not None
+    annotate.skip(project, first.lease_id, "hoarder")
+    assert annotate.next_item(project, "q-rating", "hoarder") is not None

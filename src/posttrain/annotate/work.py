@@ -26,6 +26,7 @@ from posttrain.project import Project
 from posttrain.warehouse.rows import fetch_all, fetch_one
 
 MAX_SECONDS = 86_400.0
+MAX_HELD = 20  # live leases one annotator may hold in a queue: one key cannot lock a queue's items away
 
 _NEEDS_LABELS = """
     i.queue_id = $queue AND i.status = 'open' AND i.gold IS NULL
@@ -107,6 +108,20 @@ def view_item(project: Project, item: dict[str, Any], *, swapped: bool) -> ItemV
     )
 
 
+def _check_held(project: Project, queue: Queue, annotator: str) -> None:
+    row = (
+        project.cursor()
+        .execute(
+            "SELECT count(*) FROM annotation_leases WHERE queue_id = ? AND annotator = ? AND state = 'active'",
+            [queue.id, annotator],
+        )
+        .fetchone()
+    )
+    if row is not None and row[0] >= MAX_HELD:
+        raise Conflict(f"you hold {row[0]} items of queue {queue.name!r} already; submit or skip them first",
+                       field="queue")  # fmt: skip
+
+
 def next_item(project: Project, name: str, annotator: str) -> Assignment | None:
     """Lease the next item of queue ``name`` to ``annotator``; None when nothing is left for them."""
     queue = get_queue(project, name)
@@ -116,6 +131,7 @@ def next_item(project: Project, name: str, annotator: str) -> Assignment | None:
     with project.lease_lock:
         now = utc_now()
         expire_leases(project, now=now)
+        _check_held(project, queue, annotator)
         item = _pick(project, queue, annotator, now)
         if item is None:
             return None
