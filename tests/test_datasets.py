@@ -586,3 +586,31 @@ def test_build_with_empty_content_parts_counts_no_characters(project: Project, k
     capture(project, "feedback", [{"id": "f", "interaction_id": "a", "kind": "thumb", "value": "up"}])
     version = datasets.build(project, kind, f"empty-{kind}")  # type: ignore[arg-type]
     assert version.row_count >= 1 and version.stats["mean_prompt_chars"] == 0.0
+
+
+def test_write_version_takes_over_a_folder_left_by_a_failed_write_and_numbers_concurrent_writes_apart(
+    project: Project,
+) -> None:
+    import threading
+
+    import pyarrow as pa
+
+    table = pa.table({"x": [1, 2]})
+    (project.artifacts / "datasets" / "d" / "v1").mkdir(parents=True)  # a crash before the row was written
+    (project.artifacts / "datasets" / "d" / "v1" / "data.parquet").write_text("half written")
+    first = datasets.write_version(project, "d", "sft", table, recipe={}, sources={})
+    assert first.version == 1 and datasets.read_rows(first).num_rows == 2
+    made: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: made.append(
+                datasets.write_version(project, "d", "sft", table, recipe={}, sources={}).version
+            )
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(made) == [2, 3, 4, 5]

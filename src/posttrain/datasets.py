@@ -89,11 +89,33 @@ def write_version(
 ) -> DatasetVersion:
     """Write ``table`` as the next version of dataset ``name``; return its record."""
     check_name(name, what="dataset name")
-    cur = project.cursor()
-    last = cur.execute("SELECT max(version) FROM dataset_versions WHERE name = ?", [name]).fetchone()
-    version = (last[0] or 0) + 1 if last else 1
-    folder = project.artifacts / "datasets" / name / f"v{version}"
-    folder.mkdir(parents=True, exist_ok=False)
+    with project.version_lock:
+        cur = project.cursor()
+        last = cur.execute("SELECT max(version) FROM dataset_versions WHERE name = ?", [name]).fetchone()
+        version = (last[0] or 0) + 1 if last else 1
+        folder = project.artifacts / "datasets" / name / f"v{version}"
+        if folder.exists():  # left by a write that failed before its row: no version refers to it
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        try:
+            return _write_files_and_row(project, folder, name, version, kind, table, recipe, sources, stats, scrubbed)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+
+def _write_files_and_row(
+    project: Project,
+    folder: Path,
+    name: str,
+    version: int,
+    kind: DatasetKind,
+    table: pa.Table,
+    recipe: dict[str, Any],
+    sources: dict[str, list[str]],
+    stats: dict[str, Any] | None,
+    scrubbed: int,
+) -> DatasetVersion:
     pq.write_table(table, folder / "data.parquet")
     source_table = pa.table(
         {"kind": [k for k, ids in sources.items() for _ in ids], "id": [i for ids in sources.values() for i in ids]}
@@ -118,7 +140,7 @@ def write_version(
     data = _stored(project, record.model_dump())
     for field in _JSON:
         data[field] = orjson.dumps(data[field]).decode()
-    cur.execute(
+    project.cursor().execute(
         f"INSERT INTO dataset_versions ({', '.join(data)}) VALUES ({', '.join('?' for _ in data)})",
         list(data.values()),
     )

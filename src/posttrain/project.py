@@ -53,6 +53,8 @@ class Project:
         self._lock = threading.Lock()
         # serialises annotation leases: two annotators pulling at once never get the same item
         self.lease_lock = threading.Lock()
+        # serialises dataset versions: two builds of one name never take the same version number
+        self.version_lock = threading.Lock()
 
     @property
     def warehouse_path(self) -> Path:
