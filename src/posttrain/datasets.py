@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from posttrain import curate
 from posttrain.clock import utc_now
+from posttrain.curation.config import CurationConfig
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.evals.verifiers import check_verifier_name
 from posttrain.ids import new_id
@@ -86,8 +87,13 @@ def write_version(
     sources: dict[str, list[str]],
     stats: dict[str, Any] | None = None,
     scrubbed: int = 0,
+    files: dict[str, pa.Table] | None = None,
 ) -> DatasetVersion:
-    """Write ``table`` as the next version of dataset ``name``; return its record."""
+    """Write ``table`` as the next version of dataset ``name``; return its record.
+
+    ``files`` are more Parquet files for the version's folder (``curation.parquet``: the curation's
+    per-row details, which the report page draws).
+    """
     check_name(name, what="dataset name")
     with project.version_lock:
         cur = project.cursor()
@@ -98,6 +104,8 @@ def write_version(
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         try:
+            for file_name, extra in (files or {}).items():
+                pq.write_table(extra, folder / file_name)
             return _write_files_and_row(project, folder, name, version, kind, table, recipe, sources, stats, scrubbed)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -291,6 +299,10 @@ class BuildConfig(BaseModel):
     split_by: Literal["user_id", "session_id"] = Field("user_id", description="eval: what no split may share.")
     seed: int = Field(0, description="eval: the seed of the held-out hash.")
     exclude: list[str] = Field(default_factory=list, description="eval: training versions whose prompts to drop.")
+    curate: CurationConfig | None = Field(
+        None,
+        description="Curation stages (pii, dedup, decontaminate, quality, safety, select); none: PII regexes only.",
+    )
 
     @field_validator("where")
     @classmethod
@@ -798,8 +810,7 @@ def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | 
     table = query(project, kind, config)
     if table.num_rows == 0:
         raise InvalidInput(f"no rows match: {_describe(kind, config)}; loosen the filters", field="filters")
-    sources = _lineage(table)
-    table, pii = curate.scrub_table(table.drop_columns(_LINEAGE[kind]))
+    table, pii = curate.scrub_table(table)
     table, more = _scrub_parts_and_calls(table)
     pii = {key: n + more.get(key, 0) for key, n in pii.items()}
     dropped = 0
@@ -807,11 +818,31 @@ def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | 
         table, dropped = _drop_seen(project, table, config.exclude)
         if table.num_rows == 0:
             raise InvalidInput(f"no rows match: every eval prompt is in {config.exclude}; loosen the filters")
+    files: dict[str, pa.Table] = {}
+    curation = None
+    strict = set(project.settings.curate.strict_cohorts)
+    if config.curate is not None or (config.cohort and set(config.cohort) <= strict):
+        from posttrain.curation.pipeline import curate as run_curation
+
+        curated = run_curation(
+            project, kind, name, table, config.curate or CurationConfig(), build_cohorts=config.cohort
+        )
+        table, curation, files["curation.parquet"] = curated.table, curated.report, curated.details
+        if table.num_rows == 0:
+            raise InvalidInput(f"no rows left after curation ({curation.removed()}); loosen the curation recipe",
+                               field="curate")  # fmt: skip
+    sources = _lineage(table)
+    table = table.drop_columns(_LINEAGE[kind])
     recipe = {"kind": kind, **config.model_dump(mode="json")}
     stats = _stats(kind, table, pii, dropped)
-    return write_version(
-        project, name, kind, table, recipe=recipe, sources=sources, stats=stats, scrubbed=sum(pii.values())
-    )
+    if curation is not None:
+        stats["curation"] = curation.model_dump(mode="json")
+        for stage in curation.stages:
+            if stage.stage == "pii":
+                replaced = stage.details.get("replaced", {})
+                stats["pii_scrubbed"] = {**stats["pii_scrubbed"], **replaced}
+    return write_version(project, name, kind, table, recipe=recipe, sources=sources, stats=stats,
+                         scrubbed=sum(stats["pii_scrubbed"].values()), files=files)  # fmt: skip
 
 
 ExportFormat = Literal["jsonl", "parquet", "hf"]

@@ -229,6 +229,21 @@ class AnnotateSettings(BaseModel):
         return value
 
 
+class CurateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strict_cohorts: list[str] = Field(
+        ["minor"],
+        max_length=64,
+        description="Cohorts whose datasets get the strict curation setting (safety filter on, strict threshold).",
+    )
+
+    @field_validator("strict_cohorts", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return _from_json(value, "must be a JSON list of cohort names") if isinstance(value, str) else value
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -240,6 +255,7 @@ class Settings(BaseModel):
     sql: SqlSettings = Field(default_factory=SqlSettings)
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     annotate: AnnotateSettings = Field(default_factory=AnnotateSettings)
+    curate: CurateSettings = Field(default_factory=CurateSettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:
