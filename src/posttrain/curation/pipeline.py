@@ -128,8 +128,10 @@ def curate(
 
         started = time.perf_counter()
         table, counts = pii.scrub_table(table, config.pii)
-        stages.append(StageReport(stage="pii", rows_in=rows_in, removed=0, seconds=round(time.perf_counter() - started, 3),
-                                  details={"replaced": counts}))  # fmt: skip
+        seconds = round(time.perf_counter() - started, 3)
+        stages.append(
+            StageReport(stage="pii", rows_in=rows_in, removed=0, seconds=seconds, details={"replaced": counts})
+        )
     frame = build_frame(project, kind, name, table)
     frame.strict_cohorts = frozenset(project.settings.curate.strict_cohorts)
     frame.strict = is_strict(project, config, frame.cohort, build_cohorts or [])
