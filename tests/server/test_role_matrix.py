@@ -51,6 +51,9 @@ EXPECTED: dict[Route, frozenset[str]] = {
     ("GET", "/api/interactions/{interaction_id}"): READERS,
     ("GET", "/api/datasets"): READERS,  # datasets.read
     ("GET", "/api/datasets/{ref}"): READERS,
+    ("GET", "/api/datasets/{ref}/report"): READERS,
+    ("GET", "/api/curate/safety"): READERS,  # datasets.read
+    ("POST", "/api/curate/safety"): ADMIN,  # datasets.build
     ("POST", "/api/datasets/build"): ADMIN,  # datasets.build
     ("GET", "/api/models"): READERS,  # models.read
     ("GET", "/api/models/{name}"): READERS,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from posttrain.cli import (
     annotate,
     capture,
+    curate,
     datasets,
     demo,
     evals,
@@ -43,6 +44,7 @@ server.register(app)
 app.add_typer(keys.app, name="keys")
 app.add_typer(capture.app, name="capture")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(curate.app, name="curate")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
 app.add_typer(experiments.app, name="experiments")

@@ -1,12 +1,13 @@
-"""``posttrain datasets build|list|show|export``."""
+"""``posttrain datasets build|list|show|report|export``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
 from posttrain import datasets as library
 from posttrain.cli import render
@@ -57,15 +58,24 @@ def build(
     split_by: Annotated[str | None, typer.Option(help="eval/split: user_id or session_id.")] = None,
     seed: Annotated[int | None, typer.Option(help="eval/split: seed of the held-out hash.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="eval: drop prompts found in this version.")] = None,
+    curate: Annotated[
+        str | None,
+        typer.Option(
+            help="The curation recipe: a YAML/JSON file, or inline JSON such as "
+            '\'{"dedup": {}, "select": {"fraction": 0.3}}\' '
+            "(stages: pii, dedup, decontaminate, quality, safety, select)."
+        ),
+    ] = None,
     project: ProjectOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Build the next version of a dataset from the warehouse, PII scrubbed."""
+    """Build the next version of a dataset from the warehouse, PII scrubbed and curated as --curate says."""
     config = library.BuildConfig.parse(
         since=since, until=until, cohort=cohort, model=model, tags=tag, source=source, where=where, split=split,
         min_rating=min_rating, min_agreement=min_agreement, include_edits=include_edits, include=include,
         max_pairs_per_prompt=max_pairs_per_prompt,
         verifier=verifier, answer_from=answer_from, fraction=fraction, split_by=split_by, seed=seed, exclude=exclude,
+        curate=_curation_recipe(curate),
     )  # fmt: skip
     body = {"kind": _kind(kind), "name": name, "config": config.model_dump(mode="json", exclude_unset=True)}
     version = through_server(
@@ -75,8 +85,31 @@ def build(
     )
     if json:
         render.as_json(version)
-    else:
-        typer.echo(f"built {version.ref}: {version.row_count} rows, {version.scrubbed} PII values scrubbed")
+        return
+    typer.echo(f"built {version.ref}: {version.row_count} rows, {version.scrubbed} PII values scrubbed")
+    curation = version.stats.get("curation")
+    if curation:
+        removed = ", ".join(f"{s['stage']} -{s['removed']}" for s in curation["stages"])
+        typer.echo(f"curation: {curation['rows_in']} rows in, {curation['rows_out']} kept ({removed or 'no stage'})")
+
+
+def _curation_recipe(value: str | None) -> dict[str, Any] | None:
+    """Return the curation recipe given inline (JSON) or as a YAML/JSON file; raise InvalidInput naming the fix."""
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"curate: cannot read {value}: {exc.strerror}", field="curate") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"curate: not valid YAML or JSON: {str(exc).splitlines()[0]}", field="curate") from None
+    if not isinstance(loaded, dict):
+        raise InvalidInput('curate: give a mapping of stages, e.g. {"dedup": {}}', field="curate")
+    return loaded
 
 
 @app.command("list")
@@ -116,6 +149,41 @@ def show(
     render.as_json({"ref": found.version.ref, **found.version.model_dump(mode="json", exclude={"name", "version"})})
     for row in found.rows:
         render.as_json(row)
+    _show_curation(found.version)
+
+
+def _show_curation(version: DatasetVersion) -> None:
+    """Print what each curation stage removed, with its examples."""
+    curation = version.stats.get("curation")
+    if not curation:
+        return
+    rows = [[s["stage"], s["rows_in"], s["removed"], f"{s['seconds']:.2f}", s.get("note") or ""]
+            for s in curation["stages"]]  # fmt: skip
+    strict = " (strict)" if curation.get("strict") else ""
+    render.table(["stage", "rows in", "removed", "seconds", "note"], rows,
+                 title=f"Curation{strict}: {curation['rows_in']} rows in, {curation['rows_out']} kept")  # fmt: skip
+    for stage in curation["stages"]:
+        for example in stage.get("examples", []):
+            typer.echo(f"  {stage['stage']}: {example.get('reason') or ''} | {example.get('prompt', '')[:80]!r}")
+
+
+@app.command()
+def report(
+    ref: RefArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("curation.html"),
+    project: ProjectOption = None,
+) -> None:
+    """Write a version's curation report (HTML with plots): removals per stage, embedding map, selection."""
+    from posttrain.curation import report as reports
+
+    page = through_server(
+        project,
+        lambda proj: reports.render(proj, ref),
+        lambda api: api.text(f"/api/datasets/{ref}/report"),
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page, encoding="utf-8")
+    typer.echo(f"wrote the curation report of {ref} to {output}")
 
 
 @app.command()

@@ -29,6 +29,16 @@ class Remote:
             raise _error(response)
         return None if response.status_code == 204 else response.json()
 
+    def text(self, path: str, **kwargs: Any) -> str:
+        """GET a page (HTML, text); raise the posttrain error the server reported."""
+        try:
+            response = self._http.request("GET", path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.Unavailable(f"cannot reach posttrain serve at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.text
+
     def follow_job(
         self,
         started: dict[str, Any],

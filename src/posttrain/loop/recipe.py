@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from posttrain.curation.config import CurationConfig
 from posttrain.errors import InvalidInput
 from posttrain.evals.scorers import check_scorer_name
 from posttrain.evals.verifiers import check_verifier_name
@@ -157,6 +158,9 @@ class SpecialiseStage(_Stage):
     min_pairs: int = Field(10, ge=1, description="Pairs the cohort's DPO needs.")
     grpo_steps: int = Field(0, ge=0, description="Then GRPO on the cohort's prompts for this many steps (0: none).")
     grpo_learning_rate: float = Field(5e-5, gt=0)
+    curate: CurationConfig | None = Field(
+        None, description="The cohort's own curation recipe (default: the recipe's curate; strict for minors)."
+    )
 
 
 class EvalStage(_Stage):
@@ -230,6 +234,11 @@ class Recipe(BaseModel):
     )
     min_feedback: int = Field(20, ge=0, description="Feedback events a turn needs in its window.")
     seed: int = 0
+    curate: CurationConfig | None = Field(
+        None,
+        description="Curation of every dataset the turn builds (dedup, decontaminate, quality, safety, select; "
+        "see 'posttrain datasets build --curate'); none: PII regexes and consensus only.",
+    )
     annotate: AnnotateStage = Field(default_factory=AnnotateStage)
     sft: SFTStage = Field(default_factory=SFTStage)
     reward: RewardStage = Field(default_factory=RewardStage)

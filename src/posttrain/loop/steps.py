@@ -141,15 +141,20 @@ def datasets_(turn: Turn) -> DatasetsResult:
             return BuiltDataset()
         return BuiltDataset(ref=version.ref, rows=version.row_count)
 
+    curate = {} if recipe.curate is None else {"curate": recipe.curate.model_dump(mode="json", exclude_unset=True)}
     built = {
-        "sft": build("sft", loop_name(recipe.name, "sft")),
-        "preference": build("preference", loop_name(recipe.name, "pairs")),
+        "sft": build("sft", loop_name(recipe.name, "sft"), **curate),
+        "preference": build("preference", loop_name(recipe.name, "pairs"), **curate),
         "prompts": build(
-            "prompts", loop_name(recipe.name, "prompts"), verifier=recipe.grpo.verifier, answer_from=None
+            "prompts", loop_name(recipe.name, "prompts"), verifier=recipe.grpo.verifier, answer_from=None, **curate
         ),  # fmt: skip
     }
     for cohort, stage in recipe.specialise.items():
-        since = {"since": None} if stage.history == "all" else {}  # every turn's answers, not the window's
+        since: dict[str, Any] = {"since": None} if stage.history == "all" else {}  # every turn's, not the window's
+        if stage.curate is not None:
+            since["curate"] = stage.curate.model_dump(mode="json", exclude_unset=True)
+        elif curate:
+            since |= curate
         part = cohort_part(cohort)
         built[f"sft:{cohort}"] = build("sft", loop_name(recipe.name, "sft", part), cohort=[cohort],
                                        dedupe=stage.dedupe, **since)  # fmt: skip

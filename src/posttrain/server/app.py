@@ -27,6 +27,7 @@ from posttrain.server.responses import JSONResponse
 from posttrain.server.routes import (
     annotate,
     capture,
+    curate,
     datasets,
     evals,
     experiments,
@@ -51,6 +52,7 @@ _ROUTERS = (
     capture.router,
     interactions.router,
     datasets.router,
+    curate.router,
     models.router,
     jobs.router,
     train.router,

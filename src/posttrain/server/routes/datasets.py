@@ -1,10 +1,11 @@
-"""GET /api/datasets, GET /api/datasets/{ref}, POST /api/datasets/build."""
+"""GET /api/datasets, GET /api/datasets/{ref}, GET /api/datasets/{ref}/report, POST /api/datasets/build."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain import datasets
@@ -38,6 +39,25 @@ def show_dataset(
 ) -> datasets.DatasetPreview:
     """Return a version (``NAME`` for the latest, or ``NAME@V``) with its first rows."""
     return datasets.preview(request.app.state.project, ref, rows=rows)
+
+
+@router.get(
+    "/{ref}/report",
+    response_class=HTMLResponse,
+    dependencies=[Depends(require("datasets.read"))],
+    responses={200: {"content": {"text/html": {}}, "description": "The curation report page."}},
+)
+def dataset_report(
+    request: Request,
+    ref: str = Path(pattern=r"^[^@/]+(@[0-9]+)?$", description="NAME (the latest version) or NAME@VERSION"),
+) -> HTMLResponse:
+    """Return the curation report of a version: what each stage removed, the embedding map, what was selected."""
+    from posttrain.curation import report
+
+    page = report.render(request.app.state.project, ref)
+    return HTMLResponse(
+        page, headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
+    )
 
 
 @router.post(
