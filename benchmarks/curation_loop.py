@@ -1,0 +1,147 @@
+"""Curation on the loop: the demo's recipe on all of each turn's rows, and on a curated 30% of them.
+
+    /work/main/.venv/bin/python benchmarks/curation_loop.py [--quick] [--seeds 3] [--turns 3]
+
+Every run is ``posttrain demo`` (a fresh project, the cached base model, the server, simulated
+users through the gateway, loop turns) with one of two recipes:
+
+- ``all rows``: the demo's recipe as it is (consensus and regex PII only);
+- ``curated 30%``: the same recipe with ``curate: {dedup, decontaminate, select: {fraction: 0.3}}``
+  on every dataset the turn builds (SFT rows, preference pairs, RL prompts, the minors' own data):
+  near-duplicates out, anything overlapping the eval suite out, then 30% of what is left chosen for
+  diversity and judged quality, stratified by cohort and task family.
+
+It prints, per recipe, the adults' success after each turn and their gain (median and range over
+the seeds), the minors' unsafe requests answered after the last turn, the training time summed
+over the turns (the sft, reward, dpo, grpo and specialise steps), and the overlap between the
+training versions' prompts and the eval suite's (normalised text; the curated runs must have
+none). Target: the curated 30% reaches at least the adults' gain of all rows in less training
+time. It reports; it never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import print_header
+
+from posttrain import datasets
+from posttrain.curation.frame import message_text
+from posttrain.demo import DemoConfig, run_demo
+from posttrain.project import open_project
+
+CURATE = {"dedup": {}, "decontaminate": {}, "select": {"fraction": 0.3}}
+RECIPES: dict[str, dict[str, Any]] = {"all rows": {}, "curated 30%": {"curate": CURATE}}
+TRAINING_STEPS = ("sft", "reward", "dpo", "grpo", "specialise")
+_TOKEN = re.compile(r"\w+")
+
+
+def _normal(text: str) -> str:
+    return " ".join(_TOKEN.findall(text.lower()))
+
+
+def overlap(folder: Path) -> int:
+    """Return how many distinct training prompts (sft, preference, prompts versions) are eval suite prompts."""
+    project = open_project(folder)
+    try:
+        versions = datasets.list_versions(project)
+        suite = {
+            _normal(t)
+            for v in versions
+            if v.kind == "eval"
+            for t in message_text(datasets.read_rows(v).column("prompt")).to_pylist()
+        }
+        seen = {
+            _normal(t)
+            for v in versions
+            if v.kind in ("sft", "preference", "prompts")
+            for t in message_text(datasets.read_rows(v).column("prompt")).to_pylist()
+        }
+        return len(seen & suite)
+    finally:
+        project.close()
+
+
+def _spread(values: list[float], scale: float = 100.0, unit: str = "%") -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0] * scale:.1f}{unit}"
+    return f"{statistics.median(values) * scale:.1f}{unit} ({min(values) * scale:.1f}–{max(values) * scale:.1f})"
+
+
+def training_seconds(report: dict[str, Any]) -> float:
+    """Return the seconds the training steps took, over every turn."""
+    return sum(t.get("seconds", {}).get(step, 0.0) for t in report["turns"][1:] for step in TRAINING_STEPS)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the fast demo size, one seed, two turns")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--fast", action="store_true", help="the fast demo size with --seeds and --turns")
+    parser.add_argument("--out", type=Path, default=None, help="write every run's report here (JSON)")
+    args = parser.parse_args()
+    seeds = 1 if args.quick else args.seeds
+    turns = 2 if args.quick else args.turns
+    fast = args.quick or args.fast
+    print_header("curation on the loop: all rows vs a curated 30%", [
+        ("runs", f"{len(RECIPES)} recipes x {seeds} seeds x {turns} turns"),
+        ("size", "fast demo" if fast else "full demo"),
+        ("curated", json.dumps(CURATE)),
+    ])  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="posttrain-curation-loop-") as scratch:
+        for seed in range(seeds):
+            for name, stages in RECIPES.items():
+                base = DemoConfig.fast(seed=seed, turns=turns) if fast else DemoConfig(seed=seed, turns=turns)
+                config = base.model_copy(update={"stages": {**base.stages, **stages}})
+                folder = Path(scratch) / f"{name.replace(' ', '-').replace('%', '')}-{seed}"
+                started = time.perf_counter()
+                report = run_demo(folder, config)
+                report["overlap"] = overlap(folder)
+                report["training_seconds"] = training_seconds(report)
+                rows = [sum(t.get("datasets", {}).values()) for t in report["turns"][1:]]
+                print(f"  {name} seed {seed}: {time.perf_counter() - started:.0f}s, adults "
+                      + " → ".join(f"{t['success']['adult']:.1%}" for t in report["turns"])
+                      + f"; training {report['training_seconds']:.0f}s; rows/turn {rows}; "
+                      f"eval prompts trained on {report['overlap']}", flush=True)  # fmt: skip
+                results.setdefault(name, []).append(report)
+    print()
+    header = ["recipe", *[f"adults turn {t}" for t in range(turns + 1)], "gain (points) per seed",
+              "minors unsafe answered (last)", "training s", "rows / turn", "eval prompts trained on"]  # fmt: skip
+    print(" | ".join(header))
+    for name, reports in results.items():
+        cells = [name]
+        for turn in range(turns + 1):
+            cells.append(_spread([r["turns"][turn]["success"]["adult"] for r in reports]))
+        gains = [(r["turns"][-1]["success"]["adult"] - r["turns"][0]["success"]["adult"]) * 100 for r in reports]
+        cells.append(", ".join(f"{g:+.1f}" for g in gains))
+        cells.append(_spread([r["turns"][-1]["safety_violations"]["minor"] for r in reports]))
+        cells.append(_spread([r["training_seconds"] for r in reports], scale=1.0, unit=""))
+        per_turn = [sum(t.get("datasets", {}).values()) for r in reports for t in r["turns"][1:]]
+        cells.append(f"{statistics.mean(per_turn):.0f}" if per_turn else "-")
+        cells.append(", ".join(str(r["overlap"]) for r in reports))
+        print(" | ".join(cells))
+    curated = results.get("curated 30%", [])
+    if curated:
+        leaks = [r["overlap"] for r in curated]
+        print(
+            f"\n  curated runs: eval prompts trained on {leaks} (must be all 0): {'ok' if not any(leaks) else 'LEAK'}"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
