@@ -22,6 +22,20 @@ from posttrain import curate
         ("host 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "host <IPV6>"),
         ("call +1 (555) 201-3344 or 555.201.3344", "call <PHONE> or <PHONE>"),
         ("ring +44 20 7946 0958", "ring <PHONE>"),
+        ("key sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t_uVw end", "key <TOKEN> end"),
+        ("key sk-T3BlbkFJa8b7c6d5e4f3g2h1i0jklmnopq", "key <TOKEN>"),
+        ("aws AKIAIOSFODNN7EXAMPLE in the log", "aws <TOKEN> in the log"),
+        ("token ghp_16C7e42F292c6912E7710c838347Ae178B4a ok", "token <TOKEN> ok"),
+        ("pat github_pat_11ABCDEFG0abcdefghijkl_mnopQRSTUV", "pat <TOKEN>"),
+        ("bot xoxb-123456789012-abcdefABCDEF, user xoxp-98765-4321-zyxwv", "bot <TOKEN>, user <TOKEN>"),
+        ("my passport no. C01X00T47 expired", "my passport no. <PASSPORT> expired"),
+        ("Passport Number: 123456789", "Passport Number: <PASSPORT>"),
+        ("PASSPORT #AB1234567, issued 2019", "PASSPORT #<PASSPORT>, issued 2019"),
+        ("passport 09AA12345", "passport <PASSPORT>"),
+        ("(555) 201-1234 / 555-201-1234 / 555.201.1234", "<PHONE> / <PHONE> / <PHONE>"),
+        ("+1 555 201 1234, 1-800-555-0199", "<PHONE>, <PHONE>"),
+        ("Berlin +49 30 901820, Paris +33 1 42 68 53 00", "Berlin <PHONE>, Paris <PHONE>"),
+        ("from abroad 0044 20 7946 0958", "from abroad <PHONE>"),
     ],
 )
 def test_scrub_text_replaces_each_type(text: str, expected: str) -> None:
@@ -37,6 +51,11 @@ def test_scrub_text_replaces_each_type(text: str, expected: str) -> None:
         "order 1234567890123 shipped",
         "at 10:30:45 on 2024-06-01, version 1.2.3, 3.14159",
         "std::vector<int> and ratio 3:2",
+        "12 * 34 = 408 and 123 456 7890 / 3 = 41152263",  # NANP: no area code starts with 1
+        "dates 2024-03-15, 15/03/2024 and 03/15/2024 at 14:05; v1.2.3 and Python 3.11.4",
+        "it costs $1,299.99 (or 1.299,99 EUR); 5552011234 orders; score 98.6%",
+        "my passport is valid until 2030; passport photos are 35x45 mm",
+        "sk-learn is a typo and AKIA is not a key",
     ],
 )
 def test_scrub_text_keeps_what_is_not_pii(text: str) -> None:
@@ -64,7 +83,17 @@ def test_scrub_table_counts_per_type_and_keeps_structure() -> None:
         }
     )
     scrubbed, counts = curate.scrub_table(table)
-    assert counts == {"email": 1, "iban": 0, "card": 1, "ssn": 1, "ipv6": 0, "ipv4": 1, "phone": 1}
+    assert counts == {
+        "token": 0,
+        "email": 1,
+        "iban": 0,
+        "card": 1,
+        "ssn": 1,
+        "passport": 0,
+        "ipv6": 0,
+        "ipv4": 1,
+        "phone": 1,
+    }
     rows = scrubbed.to_pylist()
     assert rows[0]["prompt"][1] == {"role": "user", "content": "mail <EMAIL>, card <CARD>"}
     assert rows[0]["prompt"][0] == {"role": "system", "content": "be brief"}
@@ -76,7 +105,12 @@ def test_scrub_table_counts_per_type_and_keeps_structure() -> None:
 
 
 def test_scrub_table_matches_scrub_text() -> None:
-    texts = ["a@b.io and 4111 1111 1111 1111", "nothing here", "+1 555 201 3344; DE89370400440532013000"]
+    texts = [
+        "a@b.io and 4111 1111 1111 1111",
+        "nothing here",
+        "+1 555 201 3344; DE89370400440532013000",
+        "passport nr. X1234567 and key AKIAIOSFODNN7EXAMPLE, call +33 1 42 68 53 00",
+    ]
     scrubbed, counts = curate.scrub_table(pa.table({"text": texts}))
     expected = [curate.scrub_text(t) for t in texts]
     assert scrubbed.column("text").to_pylist() == [t for t, _ in expected]

@@ -4,11 +4,34 @@
 (string columns and the ``content`` of chat-message lists) with vectorised RE2 kernels, running
 Python only for card-number candidates (the Luhn check) and only on the rows that hold one.
 
-Types, in the order they are replaced (earlier types win where patterns overlap): emails,
-IBANs, card numbers (13–19 digits passing Luhn), US SSNs, IPv6, IPv4, phone numbers. Each value is
-replaced by a placeholder such as ``<EMAIL>``. Regexes miss some PII (names, addresses); an NER or
-LLM pass belongs after this one. Known false positives: hex-only ``abc::def`` tokens read as IPv6,
-and any 3-3-4 digit group reads as a phone number.
+Kinds, in the order they are replaced (earlier kinds win where patterns overlap):
+
+- ``token``: API secrets: OpenAI ``sk-…``/``sk-proj-…``, AWS ``AKIA``/``ASIA`` + 16, GitHub
+  ``ghp_``/``gho_``/``github_pat_…``, Slack ``xoxb-``/``xoxp-…``;
+- ``email``; ``iban`` (2 letters, 2 check digits, 4-character groups);
+- ``card``: 13–19 digits (first digit 1–9, spaces or dashes between) passing Luhn;
+- ``ssn``: US 3-2-4 with dashes;
+- ``passport``: the word *passport* (any case; optionally ``no.``, ``number``, ``#``, ``:``, ``is``)
+  followed by 6–9 letters and digits holding at least one digit (at most three leading
+  letters). Only the number is replaced: ``passport no. <PASSPORT>``;
+- ``ipv6``, ``ipv4``;
+- ``phone``: US/NANP numbers with separators, ``(555) 201-1234``, ``555-201-1234``,
+  ``555.201.1234``, ``555 201 1234``, optionally ``+1``/``1-`` first (area code and exchange
+  start with 2–9, as NANP numbers do); international numbers that start with ``+`` or ``00``
+  and a country code, then 5 or more digits in groups (``+44 20 7946 0958``,
+  ``+49 30 901820``, ``+33 1 42 68 53 00``, ``0044 20 7946 0958``).
+
+Each value is replaced by a placeholder such as ``<EMAIL>``. Regexes miss some PII (names,
+addresses): ``posttrain.curation.pii`` runs an NER pass after this one.
+
+Deliberately not PII: dates (``2024-03-15``, ``15/03/2024``), versions (``v1.2.3``, ``3.11.4``),
+times, prices, plain integers of any length (``5552011234`` without separators is not a phone),
+and ``123 456 7890`` (NANP area codes never start with 0 or 1, so 3-3-4 groups starting with 0/1
+stay). Known false positives: hex-only ``abc::def`` tokens read as IPv6; three space-, dot- or
+dash-separated groups of 3, 3 and 4 digits starting with 2–9 read as a US phone number; ``+``
+or ``00`` followed by a country-code-like number and two or more digit groups (``+12 345 678``)
+reads as an international phone; national numbers without a country code outside NANP
+(``020 7946 0958``) are missed.
 """
 
 from __future__ import annotations
@@ -22,18 +45,35 @@ import pyarrow.compute as pc
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HEX = r"[0-9A-Fa-f]{1,4}"
 # RE2 (Arrow) and Python's re both read these; RE2 has no look-arounds, so \b bounds them.
+_PHONE_US = r"(?:(?:\+|\b)1[ .\-]?)?(?:\([2-9]\d{2}\)[ .\-]?|\b[2-9]\d{2}[ .\-])[2-9]\d{2}[ .\-]\d{4}\b"
+_PHONE_INTL = r"(?:\+|\b00)[1-9]\d{0,2}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){2,5}\b"
+# 6-9 letters and digits with at least one digit (RE2 has no look-ahead: one branch per count of leading letters)
+_PASSPORT_NUMBER = (
+    r"(?:\d[A-Za-z0-9]{5,8}|[A-Za-z]\d[A-Za-z0-9]{4,7}|[A-Za-z]{2}\d[A-Za-z0-9]{3,6}|[A-Za-z]{3}\d[A-Za-z0-9]{2,5})"
+)
+# RE2 (Arrow) and Python's re both read these; RE2 has no look-arounds, so \b bounds them.
 PATTERNS: dict[str, str] = {
+    "token": r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}"
+    r"|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}",
     "email": r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
     "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
-    "card": r"\b\d(?:[ \-]?\d){12,18}\b",
+    "card": r"\b[1-9](?:[ \-]?\d){12,18}\b",
     "ssn": r"\b\d{3}-\d{2}-\d{4}\b",
+    # group 1 (the word and its 'no.'/'#'/':') is kept; the number after it is replaced
+    "passport": rf"(?i)(\bpassport(?:\s*(?:no\.?|nr\.?|number|num\.?|#))?(?:\s+is)?\s*[:#]?\s*){_PASSPORT_NUMBER}\b",
     "ipv6": rf"\b(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,6}}(?::{_HEX}){{1,6}})\b",
     "ipv4": rf"\b{_OCTET}(?:\.{_OCTET}){{3}}\b",
-    "phone": r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{3}\)|\b\d{3})[ .\-]?\d{3}[ .\-]?\d{4}\b|\+\d{1,3}(?:[ .\-]?\d{2,4}){2,5}\b",
+    "phone": rf"{_PHONE_US}|{_PHONE_INTL}",
 }
 PLACEHOLDERS = {kind: f"<{kind.upper()}>" for kind in PATTERNS}
-# A row can hold PII only if it has an '@', a run of digits, or a '::'-style hex address.
-_MAYBE = r"@|\d[\d .()\-]{5,}\d|[0-9A-Fa-f]:[0-9A-Fa-f:]*:|[A-Z]{2}\d{2}"
+# what a match becomes (the passport word stays: RE2 has no look-behind, so it is matched and put back)
+_REPLACEMENTS = {**PLACEHOLDERS, "passport": r"\1<PASSPORT>"}
+# A row can hold PII only if it has an '@', a run of digits, a '::'-style hex address, an IBAN-like
+# start, a token prefix or the word passport.
+_MAYBE = (
+    r"@|\d[\d .()\-]{5,}\d|[0-9A-Fa-f]:[0-9A-Fa-f:]*:|[A-Z]{2}\d{2}|sk-|AKIA|ASIA|gh[pousr]_|github_pat_|xox[a-z]-"
+    r"|(?i:passport)"
+)
 _COMPILED = {kind: re.compile(p) for kind, p in PATTERNS.items()}
 _SKIP_COLUMNS = frozenset({"id", "interaction_id", "interaction_ids", "source", "verifier"})
 
@@ -73,7 +113,7 @@ def _scrub_one(text: str) -> tuple[str, Counts]:
         if kind == "card":
             text = pattern.sub(_card_replacer(counts), text)
         else:
-            text, n = pattern.subn(PLACEHOLDERS[kind], text)
+            text, n = pattern.subn(_REPLACEMENTS[kind], text)
             counts[kind] += n
     return text, counts
 
@@ -92,7 +132,7 @@ def scrub_strings(values: pa.Array) -> tuple[pa.Array, Counts]:
         found = pc.sum(pc.count_substring_regex(subset, pattern)).as_py() or 0
         if found:
             counts[kind] += found
-            subset = pc.replace_substring_regex(subset, pattern, PLACEHOLDERS[kind])
+            subset = pc.replace_substring_regex(subset, pattern, _REPLACEMENTS[kind])
     return pc.replace_with_mask(values, maybe, subset), counts
 
 
