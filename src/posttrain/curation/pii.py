@@ -115,7 +115,7 @@ def engine() -> Any:
 
 def scrub_texts(texts: Sequence[str], stage: PIIStage) -> tuple[list[str], Counts]:
     """Return ``texts`` with names and addresses of ``stage.kinds`` replaced, and the counts per kind."""
-    counts = dict.fromkeys(stage.kinds, 0)
+    counts: Counts = dict.fromkeys(stage.kinds, 0)
     if not texts:
         return list(texts), counts
     analyzer = engine()
@@ -182,7 +182,7 @@ def scrub_table(table: pa.Table, stage: PIIStage) -> tuple[pa.Table, Counts]:
     Counts hold one key per kind of ``stage.kinds`` ("person", "address"). Raise DependencyMissing
     when Presidio, spaCy or the model is not installed (only if some text passes the gate).
     """
-    counts = dict.fromkeys(stage.kinds, 0)
+    counts: Counts = dict.fromkeys(stage.kinds, 0)
     for index, field in enumerate(table.schema):
         if field.name in SKIP_COLUMNS:
             continue
