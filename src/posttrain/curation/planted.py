@@ -173,6 +173,7 @@ def phone(rng: random.Random, i: int) -> str:
 
 def card(rng: random.Random, i: int) -> str:
     brand = i % 4
+    groups: tuple[int, ...]
     if brand == 0:  # Visa, 16 digits
         number, groups = _luhn_complete("4" + _digits(rng, 14)), (4, 4, 4, 4)
     elif brand == 1:  # Mastercard
