@@ -99,7 +99,8 @@ def engine() -> Any:
         """Presidio's spaCy engine, loading the installed package (Presidio's own load may download)."""
 
         def load(self) -> None:
-            self.nlp = {"en": spacy.load(MODEL, exclude=["parser"])}  # the dependency parse is not used  # type: ignore[assignment]
+            # the dependency parse is not used
+            self.nlp = {"en": spacy.load(MODEL, exclude=["parser"])}  # type: ignore[assignment]
 
     ner = NerModelConfiguration(model_to_presidio_entity_mapping={"PERSON": "PERSON", "PER": "PERSON"})
     nlp_engine = _InstalledSpacy(models=[{"lang_code": "en", "model_name": MODEL}], ner_model_configuration=ner)
