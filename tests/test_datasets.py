@@ -378,10 +378,12 @@ def test_build_scrubs_pii_and_records_counts(project: Project) -> None:
     assert row["completion"][0]["content"] == "Reach us at <PHONE> from <IPV4>, IBAN <IBAN>, ssn <SSN>"
     assert version.scrubbed == 6
     assert version.stats["pii_scrubbed"] == {
+        "token": 0,
         "email": 1,
         "iban": 1,
         "card": 1,
         "ssn": 1,
+        "passport": 0,
         "ipv6": 0,
         "ipv4": 1,
         "phone": 1,
