@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from posttrain.names import Name
 
 
+PIIKind = Literal["person", "address"]
+PII_KINDS: tuple[PIIKind, ...] = ("person", "address")
+Stratum = Literal["cohort", "family"]
+STRATA: tuple[Stratum, ...] = ("cohort", "family")
+
+
 class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,8 +33,8 @@ class PIIStage(_Stage):
     """Personal data beyond the regexes (which always run): names and street addresses by NER."""
 
     ner: bool = Field(True, description="Find person names and street addresses with Presidio + spaCy.")
-    kinds: list[Literal["person", "address"]] = Field(
-        default_factory=lambda: ["person", "address"], min_length=1, max_length=2, description="What NER replaces."
+    kinds: list[PIIKind] = Field(
+        default_factory=lambda: list(PII_KINDS), min_length=1, max_length=2, description="What NER replaces."
     )
     min_score: float = Field(0.5, ge=0, le=1, description="Lowest recognizer score that counts as PII.")
 
@@ -112,8 +118,8 @@ class SelectStage(_Stage):
     quality_weight: float = Field(
         0.5, ge=0, le=1, description="diversity: how much a row's judged quality weighs against its distance."
     )
-    stratify: list[Literal["cohort", "family"]] = Field(
-        default_factory=lambda: ["cohort", "family"], max_length=2, description="Budget shared out per stratum."
+    stratify: list[Stratum] = Field(
+        default_factory=lambda: list(STRATA), max_length=2, description="Budget shared out per stratum."
     )
     embedder: Literal["minilm", "static", "hashing"] = Field(
         "static",

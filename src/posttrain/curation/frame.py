@@ -82,8 +82,12 @@ class Frame:
 
     def text(self) -> np.ndarray:
         """Return prompt and answer as one text per row."""
-        answers = np.where(self.answer == None, "", self.answer)  # noqa: E711 (elementwise)
-        return np.char.add(np.char.add(self.prompt.astype(str), "\n"), answers.astype(str)).astype(object)
+        joined = pc.binary_join_element_wise(
+            pa.array(self.prompt.tolist(), pa.string()).fill_null(""),
+            pa.array(self.answer.tolist(), pa.string()).fill_null(""),
+            "\n",
+        )
+        return np.array(joined.to_pylist(), dtype=object)
 
 
 def message_text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
