@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from posttrain.names import Name
 
-
 PIIKind = Literal["person", "address"]
 PII_KINDS: tuple[PIIKind, ...] = ("person", "address")
 Stratum = Literal["cohort", "family"]
