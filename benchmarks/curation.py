@@ -7,7 +7,7 @@ prompts (so four answers each), with a thumb on most of them (about two in three
 answers are 8–30 words drawn from a 200-word vocabulary, so unrelated rows share few shingles, and
 the data carries what curation is for, planted at known rates:
 
-- near-duplicates: 3% of prompts are another prompt with one word changed or punctuation added;
+- near-duplicates: 3% of prompts are another prompt with a word added, answered the same way;
 - contamination: an eval version of 2,000 prompts, 1% of the training prompts copied from it;
 - garbled answers (a U+FFFD or mojibake) on 1%, truncated long answers on 0.5%;
 - PII: a person's name and street address in 0.5% of prompts, an email or phone in 1%.
@@ -33,6 +33,7 @@ from harness import Figure, print_header, print_table, verdict
 
 import posttrain
 from posttrain import capture, datasets
+from posttrain.curation import embed
 
 TARGET_S = 60.0
 ANSWERS_PER_PROMPT = 4
@@ -61,19 +62,19 @@ index column schema vector model prompt token sample batch epoch loss metric sco
 # {p} is the distinct prompt number (so its four answers share the prompt), n the interaction number.
 _INTERACTIONS = """
 WITH words AS (SELECT $words AS w),
-base AS (  -- a near-duplicate prompt takes the words of prompt p - 100 and adds one
-    SELECT n, n % $prompts AS p, (n % $prompts) % 100 < 3 AND n % $prompts >= 100 AS near,
-           hash(CASE WHEN (n % $prompts) % 100 < 3 AND n % $prompts >= 100 THEN n % $prompts - 100
-                     ELSE n % $prompts END) AS h,
-           hash(n * 7919 + 13) AS a
+base AS (  -- a near-duplicate row: prompt p + 50's words and k-th answer, with a word added to the prompt
+    SELECT n, n % $prompts AS p, (n % $prompts) % 100 < 3 AND n % $prompts + 50 < $prompts AS near,
+           CASE WHEN (n % $prompts) % 100 < 3 AND n % $prompts + 50 < $prompts THEN n % $prompts + 50
+                ELSE n % $prompts END AS src
     FROM range($rows) t(n)
 ),
+hashed AS (SELECT n, p, near, hash(src) AS h, hash(src * 7919 + n // $prompts) AS a FROM base),
 texts AS (
     SELECT n, p, h, a, near,
         ['add', 'explain', 'summarise', 'fix', 'translate', 'plan'][(1 + h % 6)::BIGINT] || ' '
         || array_to_string([w[(1 + hash(h + k) % len(w))::BIGINT] FOR k IN range((7 + h % 22)::BIGINT)], ' ') AS prompt,
         array_to_string([w[(1 + hash(a + k) % len(w))::BIGINT] FOR k IN range((8 + a % 22)::BIGINT)], ' ') AS answer
-    FROM base, words
+    FROM hashed, words
 ),
 planted AS (
     SELECT n, p, h, a,
@@ -161,10 +162,14 @@ def main() -> None:
         load(project, tables)
         datasets.write_version(project, "suite", "eval", suite, recipe={"source": "benchmark"}, sources={})
         del tables
+        started = time.perf_counter()
+        embed.embed(["warm the static embedder"], "static")  # distilled once per machine, then cached
+        warm_s = time.perf_counter() - started
         print_header("posttrain datasets: curation", [
             ("warehouse", f"{rows:,} interactions, {rows // ANSWERS_PER_PROMPT:,} prompts"),
             ("eval suite", f"{EVAL_PROMPTS:,} prompts"),
-            ("setup", f"generated and loaded in {gen_s:.1f} s"),
+            ("setup", f"generated and loaded in {gen_s:.1f} s; static embedder ready in {warm_s:.1f} s "
+                      "(distilled from MiniLM once per machine, then loaded from the cache)"),
             ("recipe", str(RECIPE)),
         ])  # fmt: skip
         started = time.perf_counter()
