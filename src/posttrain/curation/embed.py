@@ -34,6 +34,7 @@ STATIC_DIMS = 256
 HASHING_DIMS = 256
 HASHING_FEATURES = 2**18
 HASHING_HITS = 8
+MAX_CHARS = 4000  # characters of a text the model embedders read (past 512 tokens both truncate anyway)
 HASHING_SEED = 20240601  # fixed: the projection is part of the embedder, the same in every run
 _INSTALL = "pip install 'posttrain[curate]'"
 
@@ -49,11 +50,13 @@ def embed(texts: Sequence[str], embedder: Embedder, *, batch_size: int = 1024) -
         return np.zeros((0, _dims(embedder)), dtype=np.float32)
     if embedder == "hashing":
         vectors = _hashing(distinct)
-    elif embedder == "static":
-        vectors = np.asarray(static_model().encode(distinct, batch_size=batch_size), dtype=np.float32)
+    elif embedder == "static":  # both models read at most 512 tokens: cut long texts before tokenizing them
+        clipped = [t[:MAX_CHARS] for t in distinct]
+        vectors = np.asarray(static_model().encode(clipped, batch_size=batch_size), dtype=np.float32)
     else:
+        clipped = [t[:MAX_CHARS] for t in distinct]
         vectors = np.asarray(
-            minilm_model().encode(distinct, batch_size=min(batch_size, 256), convert_to_numpy=True), dtype=np.float32
+            minilm_model().encode(clipped, batch_size=min(batch_size, 256), convert_to_numpy=True), dtype=np.float32
         )
     return normalise(vectors)[inverse]
 

@@ -10,10 +10,11 @@ non-empty stratum getting at least one row when the budget allows. Within a stra
   (in [0, 2], halved to [0, 1] so it weighs like quality) to the nearest row picked so far. Exact
   k-center costs ``n * k`` distance rows, so a stratum with ``n * k`` over ``PIECE_LIMIT`` is first
   split by its k-means clusters (split again by k-means while a part is still too big), the
-  budget shared over the parts by size the same way, and k-center runs within each part. The
-  approximation: a pick only keeps its distance from the picks of its own part, so two picks on
-  either side of a cluster border may lie closer than exact k-center would allow; at most one
-  row per border pair in practice, and every cluster is covered in proportion to its size.
+  budget shared over the parts by size the same way, and k-center runs within each part on the
+  embeddings projected to their first ``REDUCED_DIMS`` principal components (renormalised). The
+  approximations: a pick only keeps its distance from the picks of its own part, so two picks on
+  either side of a cluster border may lie closer than exact k-center would allow, and distances
+  are those of the projection; every cluster is still covered in proportion to its size.
 * ``quality``: best judged first (NaN counts 0.5), ties in row order.
 * ``hardest``: the prompts the current model fails most first. For each row, every interaction
   in the warehouse whose user messages have the same text is evidence: failed when it has a
@@ -39,14 +40,15 @@ import numpy as np
 import pyarrow as pa
 
 from posttrain.curation.config import SelectStage
-from posttrain.curation.embed import embed
+from posttrain.curation.embed import embed, normalise
 from posttrain.curation.frame import Frame, Verdict, message_text
 from posttrain.errors import DependencyMissing
 
-PIECE_LIMIT = 2_000_000  # n * k above which a stratum's k-center runs per cluster (see the module docstring)
+PIECE_LIMIT = 500_000  # n * k above which a stratum's k-center runs per cluster (see the module docstring)
 MAX_SPLIT_DEPTH = 4
 MAX_CLUSTERS = 50
 FIT_SAMPLE = 20_000  # rows PCA and k-means are fitted on (all rows are projected / assigned)
+REDUCED_DIMS = 64  # principal components k-means and the big-strata k-center work in
 
 
 @dataclass
@@ -65,6 +67,8 @@ class _Context:
 
     stage: SelectStage
     vectors: np.ndarray
+    reduced: np.ndarray  # the embeddings on their first principal components (centred)
+    offset: np.ndarray  # the mean's projection: reduced + offset is the uncentred projection
     quality: np.ndarray
     cluster: np.ndarray
     tokens: np.ndarray | None
@@ -80,11 +84,12 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
         verdict = Verdict(keep=np.zeros(0, dtype=bool), reasons=[], note="no rows to select from")
         return Selection(verdict, empty, empty, np.zeros(0, dtype=np.int64))
     vectors = embed([str(p) for p in frame.prompt], stage.embedder)
-    x, y = project_2d(vectors, stage.seed)
-    cluster = cluster_ids(vectors, stage.seed)
+    reduced, offset = principal_components(vectors, stage.seed, REDUCED_DIMS)
+    x, y = reduced[:, 0].astype(np.float64), reduced[:, 1].astype(np.float64)
+    cluster = cluster_ids(reduced, stage.seed)
     quality = np.where(np.isnan(frame.quality), 0.5, frame.quality).astype(np.float32)
     tokens = token_counts(frame) if stage.tokens is not None else None
-    context = _Context(stage, vectors, quality, cluster, tokens, None)
+    context = _Context(stage, vectors, reduced, offset, quality, cluster, tokens, None)
     details: dict[str, object] = {"budget": budget_label(stage), "by": stage.by, "embedder": stage.embedder}
     if stage.by == "quality":
         context.order = _rank(np.argsort(-quality, kind="stable"))
@@ -92,21 +97,21 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
         failures, judged = failure_counts(frame)
         context.order = _rank(hardest_order(failures, judged))
         details["rows_with_evidence"] = int((judged > 0).sum())
-    keys = strata_keys(frame, stage.stratify)
-    names, inverse = np.unique(keys, return_inverse=True)
-    members = [np.flatnonzero(inverse == s) for s in range(len(names))]
+    names, inverse = strata(frame, stage.stratify)
+    by_stratum = np.argsort(inverse, kind="stable")
+    members = np.split(by_stratum, np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1])
     allowances = _stratum_allowances(members, stage, tokens)
     keep = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
-    strata: dict[str, list[int]] = {}
+    kept_of: dict[str, list[int]] = {}
     for name, rows, allowance in zip(names, members, allowances, strict=True):
         kept = _pick(rows, int(allowance), context)
         keep[kept] = True
-        strata[str(name)] = [len(kept), len(rows)]
+        kept_of[str(name)] = [len(kept), len(rows)]
         reason = f"not selected: budget {details['budget']} of stratum {name} ({len(kept)} of {len(rows)})"
         for i in rows[~keep[rows]]:
             reasons[i] = reason
-    details["strata"] = strata
+    details["strata"] = kept_of
     details["clusters"] = int(cluster.max()) + 1
     if context.splits:
         details["split_by_cluster"] = len(context.splits)
@@ -134,12 +139,33 @@ def token_counts(frame: Frame) -> np.ndarray:
     )
 
 
-def strata_keys(frame: Frame, stratify: Sequence[str]) -> np.ndarray:
-    """Return each row's stratum name: its cohort and/or family joined by '/', or 'all' when not stratified."""
+def strata(frame: Frame, stratify: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Return the strata's names (cohort and/or family joined by '/', or 'all') and each row's stratum index.
+
+    Hash-encoded with Arrow and combined as integers: sorting 300k strings takes a second.
+    """
+    n = len(frame)
     if not stratify:
-        return np.full(len(frame), "all", dtype=object)
-    columns = [frame.cohort if part == "cohort" else frame.family for part in stratify]
-    return np.array(["/".join(str(v) for v in values) for values in zip(*columns, strict=True)], dtype=object)
+        return ["all"], np.zeros(n, dtype=np.int64)
+    code = np.zeros(n, dtype=np.int64)
+    parts: list[list[str]] = []
+    for part in stratify:
+        values = frame.cohort if part == "cohort" else frame.family
+        encoded = pa.array([str(v) for v in values], pa.string()).dictionary_encode()
+        parts.append(encoded.dictionary.to_pylist())
+        code = code * len(parts[-1]) + encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    used, inverse = np.unique(code, return_inverse=True)
+    keys = []
+    for value in used.tolist():
+        names = []
+        for part_names in reversed(parts):
+            value, index = divmod(value, len(part_names))
+            names.append(part_names[index])
+        keys.append("/".join(reversed(names)))
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")  # strata in name order
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return [keys[i] for i in order], rank[inverse]
 
 
 def share(sizes: np.ndarray, total: int, minimums: np.ndarray) -> np.ndarray:
@@ -216,7 +242,8 @@ def _diverse(rows: np.ndarray, allowance: int, context: _Context, depth: int) ->
     if tokens is None and allowance >= len(rows):
         return rows
     if len(rows) * min(picks, len(rows)) <= PIECE_LIMIT or depth >= MAX_SPLIT_DEPTH:
-        local = k_center(context.vectors[rows], context.quality[rows], context.stage.quality_weight,
+        vectors = context.vectors[rows] if depth == 0 else normalise(context.reduced[rows] + context.offset)
+        local = k_center(vectors, context.quality[rows], context.stage.quality_weight,
                          k=None if tokens is not None else allowance,
                          tokens=None if tokens is None else tokens[rows], allowance=allowance)  # fmt: skip
         return rows[local]
@@ -244,7 +271,7 @@ def _split(rows: np.ndarray, picks: int, context: _Context, depth: int) -> np.nd
     if depth == 0 and len(np.unique(context.cluster[rows])) > 1:
         return context.cluster[rows]
     parts = min(64, max(2, math.ceil(math.sqrt(len(rows) * min(picks, len(rows)) / PIECE_LIMIT)) + 1))
-    return _kmeans(context.vectors[rows], parts, context.stage.seed + depth)
+    return _kmeans(context.reduced[rows], parts, context.stage.seed + depth)
 
 
 def k_center(
@@ -262,22 +289,33 @@ def k_center(
     distance to the nearest pick; before any pick ``d`` is 2 for all, so the first is the best judged.
     """
     n = len(vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     nearest = np.full(n, 2.0, dtype=np.float32)
-    available = np.ones(n, dtype=bool) if tokens is None else tokens <= allowance
+    closed = np.zeros(n, dtype=np.float32)  # -inf where a row is picked or (token budget) no longer fits
+    if tokens is not None:
+        closed[tokens > allowance] = -np.inf
     bonus = (weight * quality).astype(np.float32)
     spread = np.float32((1 - weight) / 2)
+    score = np.empty(n, dtype=np.float32)
+    distance = np.empty(n, dtype=np.float32)
     left = allowance
     picks: list[int] = []
     limit = n if k is None else min(k, n)
-    while len(picks) < limit and available.any():
-        score = np.where(available, spread * nearest + bonus, -np.inf)
+    while len(picks) < limit:
+        np.multiply(nearest, spread, out=score)
+        score += bonus
+        score += closed
         i = int(np.argmax(score))
+        if score[i] == -np.inf:
+            break
         picks.append(i)
-        available[i] = False
-        np.minimum(nearest, 1.0 - vectors @ vectors[i], out=nearest)
+        closed[i] = -np.inf
+        np.matmul(vectors, vectors[i], out=distance)
+        np.subtract(1.0, distance, out=distance)
+        np.minimum(nearest, distance, out=nearest)
         if tokens is not None:
             left -= int(tokens[i])
-            available &= tokens <= left
+            closed[tokens > left] = -np.inf
     return np.array(picks, dtype=np.int64)
 
 
@@ -288,23 +326,25 @@ def _rank(order: np.ndarray) -> np.ndarray:
     return rank
 
 
-def project_2d(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the rows' coordinates on the first two principal components (fitted on a sample for big n)."""
-    n = len(vectors)
-    if n < 2:
-        return np.zeros(n), np.zeros(n)
+def principal_components(vectors: np.ndarray, seed: int, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rows on their first ``dims`` principal components (centred; fitted on a sample for big n) and
+    the projection of the mean (add it back for the uncentred projection). The map is the first two."""
+    n, width = vectors.shape
     sample = vectors
     if n > FIT_SAMPLE:
         sample = vectors[np.sort(np.random.default_rng(seed).choice(n, FIT_SAMPLE, replace=False))]
-    mean = sample.mean(axis=0)
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    components = np.zeros((2, vectors.shape[1]), dtype=np.float32)
-    components[: min(2, len(vt))] = vt[:2]
+    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+    components = np.zeros((dims, width), dtype=np.float32)
+    if n >= 2:  # the covariance's eigenvectors (a 256 x 256 problem, where an SVD of the sample takes seconds)
+        centred = (sample - mean).astype(np.float64)
+        values, vectors_ = np.linalg.eigh(centred.T @ centred)
+        top = np.argsort(-values, kind="stable")[: min(dims, n - 1, width)]
+        components[: len(top)] = vectors_[:, top].T
     # a component's sign is arbitrary: make its largest loading positive, so the map is stable
-    signs = np.sign(components[np.arange(2), np.argmax(np.abs(components), axis=1)])
+    signs = np.sign(components[np.arange(dims), np.argmax(np.abs(components), axis=1)])
     components *= np.where(signs == 0, 1, signs)[:, None]
-    xy = (vectors - mean) @ components.T
-    return xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    offset = mean @ components.T
+    return vectors @ components.T - offset, offset
 
 
 def cluster_ids(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -332,7 +372,7 @@ def _kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     sample = vectors
     if n > FIT_SAMPLE:
         sample = vectors[np.sort(np.random.default_rng(seed).choice(n, FIT_SAMPLE, replace=False))]
-    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=4096, max_iter=50)
     with warnings.catch_warnings():  # fewer distinct points than clusters is fine here
         warnings.simplefilter("ignore")
         model.fit(sample)
