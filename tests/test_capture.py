@@ -265,3 +265,18 @@ def test_import_keeps_a_final_tool_calling_message_whole(project: Project, tmp_p
     assert found["a"].response in ("", None) and found["a"].metadata["k"] == 1
     assert found["b"].messages == TRAJECTORY and found["b"].metadata["response_message"] == parts
     assert found["b"].response == "It is\nsunny."
+
+
+def test_import_keeps_an_annotators_thumb_beside_the_users_same_thumb(project: Project, tmp_path: Path) -> None:
+    """Derived ids count the source: the same thumb from a user and an annotator are two events (was one)."""
+    capture.capture(project, "interactions", [_interaction(1)])
+    path = tmp_path / "feedback.jsonl"
+    events = [{"interaction_id": "i1", "kind": "thumb", "value": True},
+              {"interaction_id": "i1", "kind": "thumb", "value": True, "source": "annotator"}]  # fmt: skip
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    report = capture.import_file(project, path, kind="feedback")
+    assert (report.created, report.duplicates) == (2, 0)
+    again = capture.import_file(project, path, kind="feedback")
+    assert (again.created, again.duplicates) == (0, 2)
+    sources = project.cursor().execute("SELECT source FROM feedback ORDER BY source").fetchall()
+    assert sources == [("annotator",), ("user",)]

@@ -458,8 +458,11 @@ _IMPORT_SELECT = {
             FROM {reader}
         )
         SELECT
+            -- the source counts unless it is 'user' (ids of users' feedback as before): an annotator's
+            -- thumb on the answer a user also liked is a second event, not a duplicate
             coalesce(id, 'imp_' || md5(concat_ws(chr(31), interaction_id, kind, value::VARCHAR,
-                                                 text, author, "timestamp"))) AS id,
+                                                 text, author, "timestamp",
+                                                 nullif(coalesce(source, 'user'), 'user')))) AS id,
             interaction_id,
             coalesce(timezone('UTC', try_cast("timestamp" AS TIMESTAMPTZ)), $now) AS "timestamp",
             $now AS received_at,
