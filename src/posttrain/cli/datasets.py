@@ -146,7 +146,9 @@ def show(
     if json:
         render.as_json(found)
         return
-    render.as_json({"ref": found.version.ref, **found.version.model_dump(mode="json", exclude={"name", "version"})})
+    manifest = found.version.model_dump(mode="json", exclude={"name", "version"})
+    manifest["stats"].pop("curation", None)  # shown as a table below
+    render.as_json({"ref": found.version.ref, **manifest})
     for row in found.rows:
         render.as_json(row)
     _show_curation(found.version)
