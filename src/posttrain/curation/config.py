@@ -3,9 +3,10 @@
 A build's ``BuildConfig.curate`` holds one ``CurationConfig`` (JSON over the API, a mapping in a
 loop recipe, YAML/JSON with ``posttrain datasets build --curate FILE``). Every stage is off unless
 it is named, except what ``strict`` turns on for the cohorts of ``[curate] strict_cohorts`` (the
-minors' data: the safety filter at its strict threshold). Stages run in this order, each on the
-rows the ones before it kept: PII (a transform: values replaced, rows kept), dedup,
-decontamination, quality, safety, selection.
+minors' data: the safety filter at its strict threshold). The PII regexes run on every row before
+any stage; then dedup, decontamination, quality, safety and selection, each on the rows the ones
+before it kept; then PII by NER (a transform: values replaced, rows kept) on the rows kept and on
+the examples the manifest shows (the NER is the slow part, so it sees as few texts as it can).
 """
 
 from __future__ import annotations
@@ -154,5 +155,5 @@ class CurationConfig(BaseModel):
 
     def active(self) -> list[str]:
         """Return the names of the stages that are on, in the order they run."""
-        order = ("pii", "dedup", "decontaminate", "quality", "safety", "select")
+        order = ("dedup", "decontaminate", "quality", "safety", "select", "pii")
         return [name for name in order if (stage := getattr(self, name)) is not None and stage.enabled]

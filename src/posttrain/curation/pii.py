@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -117,8 +118,18 @@ def engine() -> Any:
 def scrub_texts(texts: Sequence[str], stage: PIIStage) -> tuple[list[str], Counts]:
     """Return ``texts`` with names and addresses of ``stage.kinds`` replaced, and the counts per kind."""
     counts: Counts = dict.fromkeys(stage.kinds, 0)
+    out = []
+    for text, found in _scrub_each(texts, stage):
+        out.append(text)
+        for kind, n in found.items():
+            counts[kind] += n
+    return out, counts
+
+
+def _scrub_each(texts: Sequence[str], stage: PIIStage) -> list[tuple[str, Counts]]:
+    """Return each text scrubbed, with what was replaced in it."""
     if not texts:
-        return list(texts), counts
+        return []
     analyzer = engine()
     entities = [_ENTITIES[k] for k in stage.kinds]
     nlp = analyzer.nlp_engine
@@ -126,8 +137,9 @@ def scrub_texts(texts: Sequence[str], stage: PIIStage) -> tuple[list[str], Count
     for text, artifacts in nlp.process_batch(list(texts), language="en", batch_size=BATCH):
         found = analyzer.analyze(text=text, language="en", entities=entities, nlp_artifacts=artifacts,
                                  score_threshold=stage.min_score)  # fmt: skip
-        out.append(_replace(text, found, counts))
-    return out, counts
+        counts: Counts = dict.fromkeys(stage.kinds, 0)
+        out.append((_replace(text, found, counts), counts))
+    return out
 
 
 def _replace(text: str, found: list[Any], counts: Counts) -> str:
@@ -145,16 +157,20 @@ def _replace(text: str, found: list[Any], counts: Counts) -> str:
 
 
 def scrub_strings(values: pa.Array, stage: PIIStage, counts: Counts) -> pa.Array:
-    """Scrub a string array: only the rows the gate passes reach the NER."""
+    """Scrub a string array: only the rows the gate passes reach the NER, each distinct text once."""
     if len(values) == 0:
         return values
     gate = pc.fill_null(pc.match_substring_regex(values, GATE), False)
     if not pc.any(gate).as_py():
         return values
-    fixed, found = scrub_texts(pc.filter(values, gate).to_pylist(), stage)
-    for kind, n in found.items():
-        counts[kind] += n
-    return pc.replace_with_mask(values, gate, pa.array(fixed, type=values.type))
+    encoded = pc.filter(values, gate).dictionary_encode()
+    scrubbed = _scrub_each(encoded.dictionary.to_pylist(), stage)
+    uses = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(scrubbed))
+    for (_, found), times in zip(scrubbed, uses, strict=True):
+        for kind, n in found.items():
+            counts[kind] += n * int(times)
+    fixed = pc.take(pa.array([text for text, _ in scrubbed], type=values.type), encoded.indices)
+    return pc.replace_with_mask(values, gate, fixed)
 
 
 def _map_texts(values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:

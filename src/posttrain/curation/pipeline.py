@@ -123,15 +123,6 @@ def curate(
     """Apply ``config``'s stages to ``table`` (rows as a build selected them, regex PII already scrubbed)."""
     rows_in = table.num_rows
     stages: list[StageReport] = []
-    if config.pii is not None and config.pii.enabled and config.pii.ner:
-        from posttrain.curation import pii
-
-        started = time.perf_counter()
-        table, counts = pii.scrub_table(table, config.pii)
-        seconds = round(time.perf_counter() - started, 3)
-        stages.append(
-            StageReport(stage="pii", rows_in=rows_in, removed=0, seconds=seconds, details={"replaced": counts})
-        )
     frame = build_frame(project, kind, name, table)
     frame.strict_cohorts = frozenset(project.settings.curate.strict_cohorts)
     frame.strict = is_strict(project, config, frame.cohort, build_cohorts or [])
@@ -173,9 +164,37 @@ def curate(
         frame = frame.take(choice.verdict.keep)
         position = position[choice.verdict.keep]
     selected[position] = True
+    table = frame.table
+    if config.pii is not None and config.pii.enabled and config.pii.ner:
+        table, pii_report = _scrub_names(table, stages, config)
+        stages.append(pii_report)
     full = build_details(first, removed_by, reason, x, y, cluster, selected)
     report = CurationReport(rows_in=rows_in, rows_out=len(frame), strict=frame.strict, stages=stages)
-    return Curated(table=frame.table, report=report, details=full)
+    return Curated(table=table, report=report, details=full)
+
+
+def _scrub_names(table: pa.Table, stages: list[StageReport], config: CurationConfig) -> tuple[pa.Table, StageReport]:
+    """Replace names and addresses (NER) in the rows kept and in every stage's examples.
+
+    The NER is the slow part of PII (~200 texts/s past its regex gate), so it runs last, on what the
+    other stages kept; the regexes ran on every row before any stage, and the examples of removed
+    rows that the manifest shows go through the NER too.
+    """
+    from posttrain.curation import pii
+
+    assert config.pii is not None
+    started = time.perf_counter()
+    table, counts = pii.scrub_table(table, config.pii)
+    examples = [e for s in stages for e in s.examples]
+    if examples:
+        texts = pa.table({"prompt": [e["prompt"] for e in examples], "answer": [e["answer"] for e in examples]})
+        scrubbed, _ = pii.scrub_table(texts, config.pii)
+        for example, prompt, answer in zip(examples, scrubbed.column("prompt").to_pylist(),
+                                           scrubbed.column("answer").to_pylist(), strict=True):  # fmt: skip
+            example["prompt"], example["answer"] = prompt, answer
+    seconds = round(time.perf_counter() - started, 3)
+    report = StageReport(stage="pii", rows_in=table.num_rows, removed=0, seconds=seconds, details={"replaced": counts})
+    return table, report
 
 
 def build_details(
@@ -192,7 +211,6 @@ def build_details(
         "interaction_id": pa.array(frame.interaction_id.tolist(), pa.string()),
         "cohort": pa.array(frame.cohort.tolist(), pa.string()),
         "family": pa.array(frame.family.tolist(), pa.string()),
-        "prompt": pa.array([_short(p) for p in frame.prompt], pa.string()),
         "removed_by": pa.array(removed_by.tolist(), pa.string()),
         "reason": pa.array(reason.tolist(), pa.string()),
         "x": pa.array(x, pa.float32(), mask=np.isnan(x)),
