@@ -39,7 +39,7 @@ from posttrain.demo import DemoConfig, run_demo
 from posttrain.project import open_project
 
 CURATE = {"dedup": {}, "decontaminate": {}, "select": {"fraction": 0.3}}
-RECIPES: dict[str, dict[str, Any]] = {"all rows": {}, "curated 30%": {"curate": CURATE}}
+RECIPES: dict[str, dict[str, Any]] = {"curated 30%": {"curate": CURATE}, "all rows": {}}
 TRAINING_STEPS = ("sft", "reward", "dpo", "grpo", "specialise")
 _TOKEN = re.compile(r"\w+")
 
