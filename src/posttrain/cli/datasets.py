@@ -89,8 +89,16 @@ def build(
     typer.echo(f"built {version.ref}: {version.row_count} rows, {version.scrubbed} PII values scrubbed")
     curation = version.stats.get("curation")
     if curation:
-        removed = ", ".join(f"{s['stage']} -{s['removed']}" for s in curation["stages"])
+        removed = ", ".join(_stage_line(s) for s in curation["stages"])
         typer.echo(f"curation: {curation['rows_in']} rows in, {curation['rows_out']} kept ({removed or 'no stage'})")
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """Return ``dedup -25``, or ``pii 24 replaced`` for a stage that replaces values."""
+    replaced = stage.get("details", {}).get("replaced")
+    if isinstance(replaced, dict):
+        return f"{stage['stage']} {sum(replaced.values())} replaced"
+    return f"{stage['stage']} -{stage['removed']}"
 
 
 def _curation_recipe(value: str | None) -> dict[str, Any] | None:
