@@ -33,11 +33,12 @@ demo: install
 demo-fast: install
 	$(VENV)/bin/posttrain demo --fast --project demo-runs/fast-$$(date +%Y%m%d-%H%M%S)
 
-# the walk-throughs of the guides (docs/guides): capture, training, annotation
+# the walk-throughs of the guides (docs/guides): capture, training, annotation, curation
 quickstart: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_quickstart.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/annotate_quickstart.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/curate_quickstart.sh
 
 bench: install
 	$(PY) benchmarks/ingest_http.py

@@ -47,6 +47,7 @@ def test_cli_reference_prints_shared_options_once() -> None:
         ("capture.md", "quickstart", "quickstart.sh"),
         ("datasets-and-training.md", "train-quickstart", "train_quickstart.sh"),
         ("annotation.md", "annotate-quickstart", "annotate_quickstart.sh"),
+        ("curation.md", "curate-quickstart", "curate_quickstart.sh"),
     ],
 )
 def test_guide_walk_through_is_the_script_make_quickstart_runs(guide: str, marker: str, script: str) -> None:

@@ -51,3 +51,21 @@ def test_annotate_quickstart_script_runs_to_the_end() -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "20 items, 20 done, 0 gold, 60 labels" in out.stdout
     assert "built checked-sums@1: 13 rows" in out.stdout and "annotate quickstart done" in out.stdout
+
+
+@pytest.mark.slow
+def test_curate_quickstart_script_runs_to_the_end() -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("POSTTRAIN_PROJECT", None)
+    env.pop("POSTTRAIN_API_KEY", None)
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "curate_quickstart.sh")], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "curation: 180 rows in, 57 kept (dedup -25, decontaminate -35, quality -6, select -57, pii 24 replaced)" in (
+        out.stdout
+    )
+    assert "curation: 70 rows in, 60 kept (safety -10)" in out.stdout and "curate quickstart done" in out.stdout
+    page = out.stdout.split("open ")[-1].strip()
+    assert "<svg" in Path(page).read_text()

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from posttrain import datasets
 from posttrain.curation.config import DecontaminateStage
@@ -59,16 +60,23 @@ def run(frame: Frame, stage: DecontaminateStage) -> Verdict:
                        details={"against": [], "eval_prompts": 0})  # fmt: skip
     evals = load_eval_prompts(versions, stage.n)
     details = {"against": evals.refs, "eval_prompts": evals.prompts}
-    reasons: list[str | None] = [None] * len(frame)
-    tokens = [tokenise(p) for p in frame.prompt]
+    # each distinct prompt once: a product's prompts repeat (several answers to one request)
+    encoded = pa.array(frame.prompt.tolist(), pa.string()).dictionary_encode()
+    distinct = encoded.dictionary.to_pylist()
+    fine = np.ones(len(distinct), dtype=bool)
+    why: list[str | None] = [None] * len(distinct)
+    tokens = [tokenise(p) for p in distinct]
     for row, words in enumerate(tokens):
         if len(words) < stage.short_tokens:
             found = evals.whole.get(" ".join(words))
             if found is not None:
-                keep[row] = False
-                reasons[row] = f"prompt in eval {evals.refs[found]} (whole match)"
+                fine[row] = False
+                why[row] = f"prompt in eval {evals.refs[found]} (whole match)"
     long_rows = np.flatnonzero(np.array([len(t) >= stage.short_tokens for t in tokens], dtype=bool))
-    _check_overlap(long_rows, [tokens[i] for i in long_rows.tolist()], evals, stage, keep, reasons)
+    _check_overlap(long_rows, [tokens[i] for i in long_rows.tolist()], evals, stage, fine, why)
+    index = encoded.indices.to_numpy(zero_copy_only=False)
+    keep = fine[index]
+    reasons = [why[i] for i in index.tolist()]
     return Verdict(keep=keep, reasons=reasons, details=details)
 
 
@@ -147,8 +155,11 @@ def _check_overlap(
     if not len(rows):
         return
     hashes, owner = ngram_hashes(tokens, stage.n)
-    pairs = np.unique(np.column_stack([owner.astype(np.uint64), hashes]), axis=0)  # distinct n-grams per row
-    owner, hashes = pairs[:, 0].astype(np.int64), pairs[:, 1]
+    order = np.lexsort((hashes, owner))  # distinct n-grams per row: sorted, then adjacent repeats dropped
+    owner, hashes = owner[order], hashes[order]
+    first = np.ones(len(owner), dtype=bool)
+    first[1:] = (owner[1:] != owner[:-1]) | (hashes[1:] != hashes[:-1])
+    owner, hashes = owner[first], hashes[first]
     total = np.bincount(owner, minlength=len(rows))
     shared = np.zeros((len(evals.refs), len(rows)), dtype=np.int64)  # per eval version, for the reason
     anywhere = np.zeros(len(hashes), dtype=bool)
