@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from posttrain import datasets, loop, routing
 from posttrain import experiments as ex
-from posttrain import loop, routing
 from posttrain.capture import capture
 from posttrain.cli import app
 from posttrain.datasets import write_version
@@ -413,3 +413,23 @@ def test_the_annotate_step_asks_annotators_and_the_turn_trains_on_their_consensu
     model = turn.step("sft").result.model  # type: ignore[union-attr]
     shown = CliRunner().invoke(app, ["models", "lineage", str(model), "--project", str(served.root)])
     assert shown.exit_code == 0 and "annotation queue t-annotate: " in shown.output, shown.output
+
+
+def test_a_turn_curates_every_dataset_it_builds(served: Project) -> None:
+    _product_logs(served, seed=8)
+    suite = [{"prompt": [{"role": "user", "content": "add 1 2"}], "answer": "3", "cohort": "adult"}]
+    write_version(served, "suite", "eval", pa.Table.from_pylist(suite), recipe={}, sources={})
+    curate = {"decontaminate": {}, "select": {"fraction": 0.5, "embedder": "hashing"}}
+    recipe = _recipe(experiment={"enabled": False}, curate=curate,
+                     specialise={"minor": {"min_rows": 1, "learning_rate": 1e-3, "history": "all"}})  # fmt: skip
+    [turn] = loop.run(served, recipe, 1, base="base")
+    built = turn.step("datasets").result  # type: ignore[union-attr]
+    assert isinstance(built, DatasetsResult)
+    shared = datasets.resolve(served, built.built("sft").ref or "")
+    stages = {s["stage"]: s for s in shared.stats["curation"]["stages"]}
+    assert list(stages) == ["decontaminate", "select"]
+    assert all("add 1 2" not in r["prompt"][0]["content"] for r in datasets.read_rows(shared).to_pylist())
+    assert shared.row_count == stages["select"]["rows_in"] - stages["select"]["removed"]
+    minors = datasets.resolve(served, built.built("sft", "minor").ref or "")
+    assert minors.stats["curation"]["strict"] is True  # the minors' data: strict, with the recipe's stages too
+    assert [s["stage"] for s in minors.stats["curation"]["stages"]] == ["decontaminate", "safety", "select"]
