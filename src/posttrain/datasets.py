@@ -614,7 +614,7 @@ _LINEAGE = {
 }
 
 
-def _check_where_binds(cur: duckdb.DuckDBPyConnection, where: str | None) -> None:
+def check_where_binds(cur: duckdb.DuckDBPyConnection, where: str | None) -> None:
     if where is None:
         return
     try:
@@ -717,7 +717,7 @@ def query(project: Project, kind: DatasetKind, config: BuildConfig) -> pa.Table:
     params = _Sql()
     sql = _BUILDERS[kind](config, params)
     cur = project.cursor()
-    _check_where_binds(cur, config.where)
+    check_where_binds(cur, config.where)
     return _conversations(cur.sql(sql, params=params.params).to_arrow_table())
 
 

@@ -142,3 +142,12 @@ def test_a_verifier_judge_gives_p_safe_in_a_build(project: Project) -> None:
         assert caught.value.field == "curate.safety.judge" and "reward-model or verifier" in caught.value.message
     finally:
         proj.close()
+
+
+@pytest.mark.parametrize("where", [":", "i.nope = 1", "1; DROP TABLE feedback", "i.id = $x"])
+def test_train_refuses_a_where_that_is_not_one_condition(project: Project, where: str) -> None:
+    from posttrain.curation import safety
+
+    with pytest.raises(InvalidInput) as caught:
+        safety.train_classifier(project, "s", where=where)
+    assert caught.value.field == "where"

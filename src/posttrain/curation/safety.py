@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from posttrain.clock import utc_now
 from posttrain.curation.config import SafetyStage
 from posttrain.curation.frame import Frame, Verdict
+from posttrain.datasets import check_where, check_where_binds
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.names import check_name
 from posttrain.project import Project
@@ -104,6 +105,12 @@ def _features(texts: list[str], params: dict[str, dict[str, Any]]) -> Any:
 
 def labelled_examples(project: Project, where: str | None = None) -> tuple[list[str], np.ndarray]:
     """Return the texts of the labelled interactions and their labels (1: unsafe, 0: safe), as the module says."""
+    if where:
+        try:
+            where = check_where(where)  # one condition, no ';', comments or parameters
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="where") from None
+        check_where_binds(project.cursor(), where)
     condition = f"AND ({where})" if where else ""
     rows = fetch_all(project.cursor(), f"""
         WITH unsafe AS (
