@@ -5,7 +5,8 @@ Each removed row is attributed to the first check it fails, in this order (cheap
 language identifier and the reward model only see rows the others kept); ``details`` counts rows per check
 and the row's reason names the check and its figure:
 
-- ``too_short``: the answer has fewer than ``min_chars`` characters.
+- ``too_short``: the answer has fewer than ``min_chars`` characters (prompt and eval rows without a
+  reference answer are not judged by it).
 - ``too_long``: prompt + answer have more than ``max_chars`` characters.
 - ``garbled`` (``drop_garbled``): the answer holds U+FFFD replacement characters, C0 control characters
   other than newline, tab and carriage return, mojibake (UTF-8 read as Latin-1/cp1252: "Ã©", "â€™", "Â "),
@@ -82,7 +83,11 @@ def run(frame: Frame, stage: QualityStage) -> Verdict:
                 reasons[i] = why(int(i))
                 details[check] += 1
 
-    drop("too_short", answer_len < stage.min_chars, lambda i: f"answer shorter than {stage.min_chars} characters")
+    # prompt and eval rows may have no reference answer (a verifier judges the model's): none is not too short
+    short = answer_len < stage.min_chars
+    if frame.kind in ("prompts", "eval"):
+        short &= answer_len > 0
+    drop("too_short", short, lambda i: f"answer shorter than {stage.min_chars} characters")
     drop("too_long", total_len > stage.max_chars, lambda i: f"prompt + answer longer than {stage.max_chars} "
          f"characters ({int(total_len[i])})")  # fmt: skip
     if stage.drop_garbled:
