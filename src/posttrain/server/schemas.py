@@ -67,3 +67,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "Storage failed or the server is shutting down; nothing was stored"),
     ]
 }
+
+
+def json_errors() -> dict[int | str, dict[str, Any]]:
+    """Return ``ERRORS`` with their JSON content spelled out, for a route whose success is not JSON (a page).
+
+    FastAPI documents an error ``model`` under the route's own media type; the errors are JSON whatever
+    the route returns.
+    """
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {status: {"description": entry["description"], "content": {"application/json": {"schema": schema}}}
+            for status, entry in ERRORS.items()}  # fmt: skip

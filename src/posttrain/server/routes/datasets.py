@@ -12,7 +12,7 @@ from posttrain import datasets
 from posttrain.names import Name
 from posttrain.records import DatasetKind, DatasetVersion
 from posttrain.server.auth import require
-from posttrain.server.schemas import ERRORS
+from posttrain.server.schemas import ERRORS, json_errors
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"], responses=ERRORS)
 
@@ -45,7 +45,7 @@ def show_dataset(
     "/{ref}/report",
     response_class=HTMLResponse,
     dependencies=[Depends(require("datasets.read"))],
-    responses={200: {"content": {"text/html": {}}, "description": "The curation report page."}},
+    responses={**json_errors(), 200: {"content": {"text/html": {}}, "description": "The curation report page."}},
 )
 def dataset_report(
     request: Request,
