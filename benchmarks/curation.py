@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from build_datasets import load
 from harness import Figure, print_header, print_table, verdict
 
 import posttrain
@@ -136,16 +137,6 @@ def generate(rows: int) -> tuple[dict[str, pa.Table], pa.Table]:
         return tables, suite
     finally:
         con.close()
-
-
-def load(project: posttrain.Project, tables: dict[str, pa.Table]) -> None:
-    """Insert the Arrow tables into the warehouse, one statement each."""
-    cur = project.cursor()
-    for name, table in tables.items():
-        cur.register("_bench_rows", table.cast(capture.SCHEMAS[name]))
-        cur.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _bench_rows")
-        cur.unregister("_bench_rows")
-    cur.execute("CHECKPOINT")
 
 
 def main() -> None:

@@ -12,14 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_quickstart_script_runs_to_the_end() -> None:
+def _run(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run one walk-through as a new user would: the venv's commands first on PATH, no project or key set."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("POSTTRAIN_PROJECT", None)
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples" / "quickstart.sh")], capture_output=True, text=True, env=env, timeout=300
-    )
+    env.pop("POSTTRAIN_API_KEY", None)
+    out = subprocess.run(["bash", str(ROOT / "examples" / script)], capture_output=True, text=True, env=env,
+                         timeout=timeout)  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_quickstart_script_runs_to_the_end() -> None:
+    out = _run("quickstart.sh", 300)
     assert "SDK: 200 interactions and 200 thumbs sent" in out.stdout
     assert "demo-1 ['thumb', 'edit']" in out.stdout
     assert "1000 created, 0 duplicates, 0 rejected" in out.stdout
@@ -28,12 +34,7 @@ def test_quickstart_script_runs_to_the_end() -> None:
 
 @pytest.mark.slow
 def test_train_quickstart_script_runs_to_the_end() -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("POSTTRAIN_PROJECT", None)
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples" / "train_quickstart.sh")], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = _run("train_quickstart.sh", 600)
     for model in ("sft1", "reward-model rm1", "dpo1", "grpo1"):
         assert f"registered {model if ' ' in model else 'causal-lm ' + model}" in out.stdout
     assert "num_rows" in out.stdout and "train quickstart done" in out.stdout
@@ -41,28 +42,14 @@ def test_train_quickstart_script_runs_to_the_end() -> None:
 
 @pytest.mark.slow
 def test_annotate_quickstart_script_runs_to_the_end() -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("POSTTRAIN_PROJECT", None)
-    env.pop("POSTTRAIN_API_KEY", None)
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples" / "annotate_quickstart.sh")], capture_output=True, text=True, env=env,
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = _run("annotate_quickstart.sh", 300)
     assert "20 items, 20 done, 0 gold, 60 labels" in out.stdout
     assert "built checked-sums@1: 13 rows" in out.stdout and "annotate quickstart done" in out.stdout
 
 
 @pytest.mark.slow
 def test_curate_quickstart_script_runs_to_the_end() -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("POSTTRAIN_PROJECT", None)
-    env.pop("POSTTRAIN_API_KEY", None)
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples" / "curate_quickstart.sh")], capture_output=True, text=True, env=env,
-        timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = _run("curate_quickstart.sh", 600)
     assert "curation: 180 rows in, 57 kept (dedup -25, decontaminate -35, quality -6, select -57, pii 24 replaced)" in (
         out.stdout
     )
