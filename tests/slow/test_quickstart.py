@@ -50,7 +50,7 @@ def test_annotate_quickstart_script_runs_to_the_end() -> None:
 @pytest.mark.slow
 def test_curate_quickstart_script_runs_to_the_end() -> None:
     out = _run("curate_quickstart.sh", 600)
-    assert "curation: 180 rows in, 57 kept (dedup -25, decontaminate -35, quality -6, select -57, pii 24 replaced)" in (
+    assert "curation: 180 rows in, 55 kept (dedup -25, decontaminate -39, quality -6, select -55, pii 8 replaced)" in (
         out.stdout
     )
     assert "curation: 70 rows in, 60 kept (safety -10)" in out.stdout and "curate quickstart done" in out.stdout
