@@ -44,6 +44,8 @@ bench: install
 	$(PY) benchmarks/ingest_http.py
 	$(PY) benchmarks/import_bulk.py
 	$(PY) benchmarks/build_datasets.py
+	$(PY) benchmarks/curation.py
+	$(PY) benchmarks/pii.py
 	$(PY) benchmarks/train_sft.py
 	$(PY) benchmarks/ab_sequential.py
 	$(PY) benchmarks/gateway.py
