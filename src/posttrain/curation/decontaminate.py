@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from posttrain import datasets
+from posttrain import versions as datasets
 from posttrain.curation.config import DecontaminateStage
 from posttrain.curation.frame import PROMPT_COLUMN, Frame, Verdict, message_text
 from posttrain.errors import InvalidInput, NotFound

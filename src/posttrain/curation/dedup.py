@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from posttrain import datasets
+from posttrain import versions as datasets
 from posttrain.curation.config import DedupStage
 from posttrain.curation.frame import ANSWER_COLUMN, PROMPT_COLUMN, Frame, Verdict, message_text
 from posttrain.errors import DependencyMissing, NotFound

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from posttrain import datasets
+from posttrain import versions as datasets
 from posttrain.project import Project
 
 MAP_POINTS = 5_000

@@ -35,11 +35,11 @@ from pydantic import BaseModel, Field
 from posttrain.clock import utc_now
 from posttrain.curation.config import SafetyStage
 from posttrain.curation.frame import Frame, Verdict
-from posttrain.datasets import check_where, check_where_binds
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.warehouse.rows import fetch_all
+from posttrain.where import check_where, check_where_binds
 
 FOLDER = "safety"
 FEATURES = 2**18
