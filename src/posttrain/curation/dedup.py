@@ -19,6 +19,7 @@ new version adds only new material.
 from __future__ import annotations
 
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -175,13 +176,13 @@ def sketch(texts: list[str], stage: DedupStage) -> Sketches:
 
 
 def _symbols(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return the texts' symbols back to back (code points, or words' hashes: stable within a process, which
-    is all the sketches of one run need) and each text's count."""
+    """Return the texts' symbols back to back (code points, or words' CRC-32: the same in every process, so
+    the same rows give the same clusters and a rebuild the same content hash) and each text's count."""
     if unit == "chars":
         symbols = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
         return symbols, np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     words = [t.split() for t in texts]
-    ids = [hash(w) & 0xFFFFFFFF for ws in words for w in ws]
+    ids = [zlib.crc32(w.encode()) for ws in words for w in ws]
     return np.asarray(ids, dtype=np.uint32), np.fromiter(map(len, words), dtype=np.int64, count=len(words))
 
 
