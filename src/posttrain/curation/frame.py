@@ -137,8 +137,8 @@ def _family(prompt_last_user: str) -> str:
 def build_frame(project: Project, kind: DatasetKind, name: str, table: pa.Table) -> Frame:
     """Return the frame of a build's rows, reading each row's cohort, family and quality from the warehouse.
 
-    Family: the interaction's ``metadata.family``, else its first tag, else the first word of the
-    prompt's last user message (as eval suites group by). Quality: the mean of its thumbs (1/0)
+    Family: the interaction's ``metadata.family``, else the first word of the prompt's last user
+    message (as eval suites group by). Not tags: the gateway tags every request it serves ``gateway``. Quality: the mean of its thumbs (1/0)
     and ratings (scaled to [0, 1]); an edited answer counts 1.0; a preference pair's confidence.
     """
     prompt = np.array(message_text(table.column(PROMPT_COLUMN)).to_pylist(), dtype=object)
@@ -186,7 +186,7 @@ def _warehouse_meta(project: Project, ids: np.ndarray) -> dict[str, tuple[str | 
                 FROM feedback f JOIN _curation_ids c ON c.id = f.interaction_id
                 WHERE f.kind IN ('thumb', 'rating') GROUP BY f.interaction_id
             )
-            SELECT i.id, i.cohort, coalesce(i.metadata ->> '$.family', i.tags[1]) AS family, q.quality
+            SELECT i.id, i.cohort, i.metadata ->> '$.family' AS family, q.quality
             FROM interactions i SEMI JOIN _curation_ids USING (id) LEFT JOIN q USING (id)""").fetchall()
     finally:
         cur.unregister("_curation_ids")
