@@ -138,8 +138,9 @@ def build_frame(project: Project, kind: DatasetKind, name: str, table: pa.Table)
     """Return the frame of a build's rows, reading each row's cohort, family and quality from the warehouse.
 
     Family: the interaction's ``metadata.family``, else the first word of the prompt's last user
-    message (as eval suites group by). Not tags: the gateway tags every request it serves ``gateway``. Quality: the mean of its thumbs (1/0)
-    and ratings (scaled to [0, 1]); an edited answer counts 1.0; a preference pair's confidence.
+    message (as eval suites group by). Not tags: the gateway tags every request it serves ``gateway``.
+    Quality: the mean of its thumbs (1/0) and ratings (scaled to [0, 1]); an edited answer counts 1.0;
+    a preference pair's confidence.
     """
     prompt = np.array(message_text(table.column(PROMPT_COLUMN)).to_pylist(), dtype=object)
     answer_name = ANSWER_COLUMN.get(kind)
