@@ -50,6 +50,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "annotate.read": frozenset({"admin", "annotator", "viewer"}),
     "annotate.label": frozenset({"admin", "annotator"}),
     "annotate.admin": frozenset({"admin"}),
+    "console.read": frozenset({"admin", "viewer"}),  # the console's pages (/ui) beyond interactions and annotation
 }
 
 FEEDBACK_SOURCES: dict[Role, frozenset[FeedbackSource]] = {

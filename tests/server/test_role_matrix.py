@@ -254,6 +254,9 @@ def test_role_matrix_refuses_a_request_without_a_live_key(server: Server, route:
 # Each role signs in at /ui/login and sends its session's CSRF token; the status of each page per role.
 # Queue names that do not exist: an allowed role gets the 404 page, a refused one 403 before any lookup.
 ANNOTATE_POSTS = {"admin": 404, "annotator": 404, "viewer": 403, "ingest": 403}
+CONSOLE = {"admin": 200, "annotator": 403, "viewer": 200, "ingest": 403}
+CONSOLE_MISSING = {"admin": 404, "annotator": 403, "viewer": 404, "ingest": 403}  # a name or id that does not exist
+ADMIN_MISSING = {"admin": 404, "annotator": 403, "viewer": 403, "ingest": 403}
 UI_PAGES: dict[Route, dict[str, int]] = {
     ("GET", "/ui"): dict.fromkeys(ROLES, 303),
     ("GET", "/ui/login"): dict.fromkeys(ROLES, 200),
@@ -265,6 +268,29 @@ UI_PAGES: dict[Route, dict[str, int]] = {
     ("POST", "/ui/annotate/{queue}/next"): ANNOTATE_POSTS,
     ("POST", "/ui/annotate/{queue}/label"): ANNOTATE_POSTS,
     ("POST", "/ui/annotate/{queue}/skip"): ANNOTATE_POSTS,
+    # the console: console.read (admin, viewer); interactions.read adds annotators; changes are admin's
+    ("GET", "/ui/overview"): CONSOLE,
+    ("GET", "/ui/interactions"): {"admin": 200, "annotator": 200, "viewer": 200, "ingest": 403},
+    ("GET", "/ui/interactions/{interaction_id}"): {"admin": 404, "annotator": 404, "viewer": 404, "ingest": 403},
+    ("GET", "/ui/datasets"): CONSOLE,
+    ("GET", "/ui/datasets/{name}"): CONSOLE_MISSING,
+    ("GET", "/ui/datasets/{name}/diff"): CONSOLE_MISSING,
+    ("GET", "/ui/datasets/{name}/{version}"): CONSOLE_MISSING,
+    ("GET", "/ui/models"): CONSOLE,
+    ("GET", "/ui/models/{name}"): CONSOLE_MISSING,
+    ("GET", "/ui/jobs"): CONSOLE,
+    ("GET", "/ui/jobs/{job_id}"): CONSOLE_MISSING,
+    ("GET", "/ui/jobs/{job_id}/live"): CONSOLE_MISSING,
+    ("GET", "/ui/evals"): CONSOLE,
+    ("GET", "/ui/evals/compare"): CONSOLE,  # without two models: the form to pick them
+    ("GET", "/ui/evals/{run_id}"): CONSOLE_MISSING,
+    ("GET", "/ui/experiments"): CONSOLE,
+    ("GET", "/ui/experiments/{name}"): CONSOLE_MISSING,
+    ("GET", "/ui/experiments/{name}/confirm/{action}"): ADMIN_MISSING,  # experiments.decide
+    ("POST", "/ui/experiments/{name}/{action}"): ADMIN_MISSING,
+    ("GET", "/ui/playground"): CONSOLE,  # a viewer sees the models, not the form
+    ("POST", "/ui/playground/send"): {"admin": 400, "annotator": 403, "viewer": 403, "ingest": 403},  # no prompt
+    ("POST", "/ui/playground/choice"): {"admin": 400, "annotator": 403, "viewer": 403, "ingest": 403},
 }
 UI_PUBLIC = {("GET", "/ui"), ("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"),
              ("GET", "/ui/static/{name}")}  # fmt: skip

@@ -102,7 +102,7 @@ def test_login_refuses_a_form_without_its_token(app_client: TestClient, project:
 def test_login_ignores_a_next_page_outside_the_ui(app_client: TestClient, project: Project) -> None:
     key = keys.create_key(project, "annotator").key
     reply = _sign_in(app_client, key, target="//evil.example/x")
-    assert reply.status_code == 303 and reply.headers["location"] == "/ui/annotate"
+    assert reply.status_code == 303 and reply.headers["location"] == "/ui"
 
 
 def test_page_without_a_session_redirects_to_sign_in(app_client: TestClient) -> None:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from posttrain import __version__
+from posttrain.server.ui import formats, nav
 
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 SECURITY_HEADERS = {
@@ -36,7 +37,8 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["markdown"] = markdown
-    env.globals["version"] = __version__
+    env.globals.update(version=__version__, nav_for=nav.nav_for, allowed=nav.allowed, chart=formats.chart)
+    env.filters.update(when=formats.when, pct=formats.pct, num=formats.num)
     return env
 
 

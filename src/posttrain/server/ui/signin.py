@@ -10,16 +10,19 @@ from starlette.responses import RedirectResponse, Response
 
 from posttrain.errors import Forbidden, NotFound, Unauthorized
 from posttrain.server.ui import session as sessions
+from posttrain.server.ui.nav import home_for
 from posttrain.server.ui.pages import field, page, read_form
 from posttrain.server.ui.render import render, static_file
 
 router = APIRouter()
 
-HOME = "/ui/annotate"
+HOME = "/ui"
 
 
 def _safe_next(target: str) -> str:
     """Return ``target`` if it is a page of this UI, else the home page (no open redirect)."""
+    if target == HOME:
+        return target
     if target.startswith("/ui/") and not target.startswith("//") and "\\" not in target and len(target) <= 300:
         return target
     return HOME
@@ -34,8 +37,10 @@ def _login_form(request: Request, *, status: int = 200, error: str | None = None
 
 @router.get("")
 async def home(request: Request) -> Response:
-    """Send the browser to the annotation workspace."""
-    return RedirectResponse(HOME, status_code=303)
+    """Send the browser to the first page its role may open (the overview, or annotation); else to sign in."""
+    token = request.cookies.get(sessions.COOKIE, "")
+    live = sessions.store(request).get(token) if 0 < len(token) <= 100 else None
+    return RedirectResponse(home_for(live) if live is not None else "/ui/login", status_code=303)
 
 
 @router.get("/login")
