@@ -1,0 +1,7 @@
+"""The console's interactions page(s); being built."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/interactions")
