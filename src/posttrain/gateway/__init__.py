@@ -29,7 +29,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -244,9 +244,12 @@ class Gateway:
         assert self._upstream is not None
         return await self._upstream.complete(call.upstream_request())
 
-    async def complete(self, request: ChatRequest, *, user: str | None = None, cohort: str | None = None) -> Served:
-        """Serve one request and log it as an interaction (its commit is not awaited)."""
+    async def complete(
+        self, request: ChatRequest, *, user: str | None = None, cohort: str | None = None, tags: Sequence[str] = ()
+    ) -> Served:
+        """Serve one request and log it as an interaction tagged gateway and ``tags`` (its commit is not awaited)."""
         call = self._start(request, user, cohort)
+        call.tags = [t for t in tags if t != "gateway"]
         completion = await self._run(call)
         self._log(call, completion)
         return call.served(completion)
@@ -335,7 +338,7 @@ class Gateway:
             "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
-            "tags": ["gateway"],
+            "tags": ["gateway", *call.tags],
             "metadata": metadata | _serving(route, completion) | _answer(completion),
         }
         if call.assignment is not None:
@@ -373,6 +376,7 @@ class _Call:
         self.assignment: Assignment | None = None
         self.route_name: str | None = None
         self.extra: dict[str, Any] = {}
+        self.tags: list[str] = []  # logged after 'gateway' (the console's playground adds 'playground')
 
     def upstream_request(self) -> ChatRequest:
         """Return the request as the upstream must see it: naming the model it was routed to."""
