@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ _RC: dict[str, Any] = {
     "axes.titlesize": 10,
     "legend.frameon": False,
 }
+_METADATA = re.compile(r"<metadata>.*?</metadata>", re.DOTALL)
 _CACHE_SIZE = 256
 _cache: OrderedDict[str, str] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -52,7 +54,7 @@ def figure(width: float = 6.4, height: float = 3.0) -> tuple[Any, Any]:
 
 
 def to_svg(fig: Any) -> str:
-    """Return ``fig`` as an SVG string without the XML prolog (it embeds directly in HTML)."""
+    """Return ``fig`` as an SVG string without the XML prolog or metadata block (it embeds directly in HTML)."""
     import matplotlib
 
     with matplotlib.rc_context(_RC):  # type: ignore[arg-type]
@@ -60,7 +62,7 @@ def to_svg(fig: Any) -> str:
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    return text[text.index("<svg") :]
+    return _METADATA.sub("", text[text.index("<svg") :])
 
 
 def data_uri(svg: str) -> str:

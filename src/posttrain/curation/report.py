@@ -11,15 +11,14 @@ nothing from anywhere (no scripts at all), and every text that comes from data i
 from __future__ import annotations
 
 import html
-import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from posttrain import plots
 from posttrain import versions as datasets
 from posttrain.project import Project
 
@@ -27,7 +26,6 @@ MAP_POINTS = 5_000
 TOP_GROUPS = 9  # colours on a map; the rest are "other"
 COLOURS = ["#4878d0", "#ee854a", "#6acc64", "#d65f5f", "#956cb4", "#8c613c", "#dc7ec0", "#797979", "#d5bb67",
            "#82c6e2"]  # fmt: skip
-_METADATA = re.compile(r"<metadata>.*?</metadata>", re.DOTALL)
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
@@ -142,24 +140,11 @@ def _sample(rows: list[int]) -> np.ndarray:
 
 
 def _figure(width: float = 5.2, height: float = 4.2) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_svg import FigureCanvasSVG
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasSVG(figure)
-    return figure, figure.add_subplot()
+    return plots.figure(width, height)
 
 
 def _svg(figure: Any) -> str:
-    """Return the figure as SVG to inline: no prolog, doctype or metadata block, text kept as text."""
-    import matplotlib
-
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "posttrain"}):
-        figure.tight_layout()
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-    text = buffer.getvalue()
-    return _METADATA.sub("", text[text.index("<svg") :])
+    return plots.to_svg(figure)
 
 
 def _removed_svg(curation: dict[str, Any]) -> str:
