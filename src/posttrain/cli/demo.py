@@ -72,6 +72,8 @@ def demo(
         f"acceptance {'met' if accepted['passed'] else 'not met'} ({report['seconds']:.0f} s)"
     )
     typer.echo(f"wrote {project.resolve() / 'report.html'} and report.json")
+    typer.echo(f"see it in the console: posttrain keys create --role viewer --project {project}; "
+               f"posttrain serve --project {project}")  # fmt: skip
     if check and not accepted["passed"]:
         raise typer.Exit(1)
 

@@ -44,6 +44,7 @@ def serve(
     _write_server_file(proj, url, token)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
     typer.echo(f"posttrain serving {proj.root} at {url} (docs: {url}/docs)", err=True)
+    typer.echo(f"console: {url}/ui (sign in with an API key: posttrain keys create --role viewer)", err=True)
     _tune_gc()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit through our clean-up instead
     signal.signal(signal.SIGTERM, _exit)
