@@ -1,18 +1,22 @@
 """The status page: each variant's primary metric with its interval, and the metric over time.
 
-Plain SVG in one self-contained HTML file (no scripts, no network), so it opens anywhere.
+One self-contained HTML file (no scripts, no network), so it opens anywhere. Its charts come from
+``posttrain.plots`` (matplotlib SVG inlined), the plotting path the console and the reports share;
+the console's experiment page draws the same charts with ``interval_chart`` and ``timeline_charts``.
+Each line of a chart over time carries an SVG id ``series-…`` (one per variant, one per difference).
 """
 
 from __future__ import annotations
 
 import html
-from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
-from posttrain.experiments.records import Analysis, Timeline
+from posttrain import plots
+from posttrain.experiments.records import _PROPORTIONS, Analysis, DifferencePoint, Timeline, TimePoint
 from posttrain.project import Project
 
-COLOURS = ["#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6"]
+P = TypeVar("P", TimePoint, DifferencePoint)
 
 
 def write_status_page(project: Project, analysis: Analysis, timeline: Timeline | None = None) -> Path:
@@ -25,86 +29,66 @@ def write_status_page(project: Project, analysis: Analysis, timeline: Timeline |
     return path
 
 
-def _intervals(analysis: Analysis) -> str:
-    points = [(r.variant, r.metrics[analysis.metric]) for r in analysis.variants]
-    bounds = [v for _, s in points for v in (s.ci_low, s.ci_high) if v is not None] or [0.0, 1.0]
-    lo, hi = min(bounds), max(bounds)
-    span = (hi - lo) or 1.0
-
-    def x(value: float) -> float:
-        return 150 + 400 * (value - lo) / span
-
-    rows = []
-    for i, (name, s) in enumerate(points):
-        y = 30 + 30 * i
-        colour = COLOURS[i % len(COLOURS)]
-        rows.append(f'<text x="10" y="{y + 4}">{html.escape(name)} (n={s.n})</text>')
-        if s.mean is not None and s.ci_low is not None and s.ci_high is not None:
-            rows.append(f'<line x1="{x(s.ci_low):.1f}" x2="{x(s.ci_high):.1f}" y1="{y}" y2="{y}" stroke="{colour}"/>')
-            rows.append(f'<circle cx="{x(s.mean):.1f}" cy="{y}" r="4" fill="{colour}"/>')
-            rows.append(f'<text x="{x(s.ci_high) + 8:.1f}" y="{y + 4}">{s.mean:.4g}</text>')
-    height = 40 + 30 * len(points)
-    return f"<svg width='640' height='{height}' font-size='12'>{''.join(rows)}</svg>"
-
-
-def _chart(title: str, series: list[tuple[str, list[tuple[datetime, float, float, float]]]], zero: bool) -> str:
-    """A line per series (time, value) with a shaded band (low, high); a dashed zero line if asked."""
-    points = [p for _, s in series for p in s]
-    if not points:
-        return f"<h3>{html.escape(title)}</h3><p>no data yet</p>"
-    t0 = min(p[0] for p in points).timestamp()
-    t1 = max(p[0] for p in points).timestamp()
-    values = [v for p in points for v in p[1:]] + ([0.0] if zero else [])
-    lo, hi = min(values), max(values)
-    width, height, left, top = 560, 220, 60, 10
-    tspan, vspan = (t1 - t0) or 1.0, (hi - lo) or 1.0
-
-    def px(t: datetime) -> float:
-        return left + width * (t.timestamp() - t0) / tspan
-
-    def py(v: float) -> float:
-        return top + height * (1 - (v - lo) / vspan)
-
-    parts = [
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + height}" stroke="#999"/>',
-        f'<line x1="{left}" x2="{left + width}" y1="{top + height}" y2="{top + height}" stroke="#999"/>',
-        f'<text x="4" y="{top + 10}">{hi:.3g}</text><text x="4" y="{top + height}">{lo:.3g}</text>',
-    ]
-    if zero:
-        parts.append(f'<line x1="{left}" x2="{left + width}" y1="{py(0):.1f}" y2="{py(0):.1f}" '
-                     'stroke="#666" stroke-dasharray="4 3"/>')  # fmt: skip
-    for i, (name, s) in enumerate(series):
-        if not s:
-            continue
-        colour = COLOURS[i % len(COLOURS)]
-        band = [f"{px(t):.1f},{py(h):.1f}" for t, _, _, h in s] + [
-            f"{px(t):.1f},{py(low):.1f}" for t, _, low, _ in reversed(s)
-        ]
-        parts.append(f'<polygon points="{" ".join(band)}" fill="{colour}" fill-opacity="0.15" stroke="none"/>')
-        line = " ".join(f"{px(t):.1f},{py(v):.1f}" for t, v, _, _ in s)
-        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts.append(
-            f'<text x="{left + width + 6}" y="{py(s[-1][1]) + 4:.1f}" fill="{colour}">{html.escape(name)}</text>'
-        )
-    first, last = min(p[0] for p in points), max(p[0] for p in points)
-    parts.append(f'<text x="{left}" y="{top + height + 16}">{first:%H:%M:%S}</text>')
-    parts.append(f'<text x="{left + width - 50}" y="{top + height + 16}">{last:%H:%M:%S}</text>')
-    svg = f"<svg width='{left + width + 120}' height='{height + 40}' font-size='12'>{''.join(parts)}</svg>"
-    return f"<h3>{html.escape(title)}</h3>{svg}"
-
-
-def _over_time(timeline: Timeline) -> str:
-    means = [
-        (name, [(p.at, p.mean, p.ci_low, p.ci_high) for p in points if p.mean is not None])
-        for name, points in timeline.variants.items()
-    ]  # type: ignore[misc]
-    diffs = [
-        (name, [(p.at, p.effect, p.cs_low, p.cs_high) for p in points]) for name, points in timeline.differences.items()
-    ]
-    return (
-        _chart(f"{timeline.metric} over time (cumulative mean, 95% CI)", means, zero=False)  # type: ignore[arg-type]
-        + _chart("treatment − control over time (always-valid 95% confidence sequence)", diffs, zero=True)
+def interval_chart(analysis: Analysis) -> str:
+    """Return the SVG of each variant's primary metric (overall, then per cohort) with its 95% CI."""
+    several = len({r.cohort for r in analysis.cohorts}) > 1  # one cohort repeats the overall rows
+    rows = [
+        plots.Interval(label=f"{r.variant}{f' · {r.cohort}' if r.cohort else ''} (n={s.n})", value=s.mean,
+                       low=s.ci_low, high=s.ci_high, group=r.variant)
+        for r in analysis.variants + (analysis.cohorts if several else [])
+        if (s := r.metrics[analysis.metric]).mean is not None
+    ]  # fmt: skip
+    return plots.intervals(
+        rows,
+        title=f"{analysis.metric} per variant (mean, 95% CI)",
+        x_label=f"{analysis.metric} ({analysis.direction} is better)",
+        percent=analysis.metric in _PROPORTIONS,
     )
+
+
+def timeline_charts(timeline: Timeline) -> tuple[str, str]:
+    """Return the SVGs of the metric over time (cumulative mean per variant, 95% CI) and of each
+    treatment's difference from the control (always-valid 95% confidence sequence)."""
+    percent = timeline.metric in _PROPORTIONS
+    variants = {name: _last_per_time(points) for name, points in timeline.variants.items()}
+    differences = {name: _last_per_time(points) for name, points in timeline.differences.items()}
+    # traffic that arrived all at once is one look: draw it against the users so far, not a lone date
+    counts = [len(points) for points in variants.values()] + [len(points) for points in differences.values()]
+    instant = all(count <= 1 for count in counts)
+    means = [
+        plots.Series(name=name, x=[p.n if instant else p.at for p in points], y=[p.mean for p in points],
+                     low=[p.ci_low for p in points], high=[p.ci_high for p in points],
+                     style={"gid": f"series-mean-{i}"})
+        for i, (name, points) in enumerate(variants.items())
+    ]  # fmt: skip
+    diffs = [
+        plots.Series(name=f"{name} − control", x=[p.n if instant else p.at for p in points],
+                     y=[p.effect for p in points], low=[p.cs_low for p in points], high=[p.cs_high for p in points],
+                     style={"gid": f"series-diff-{i}"})
+        for i, (name, points) in enumerate(differences.items())
+        if points
+    ]  # fmt: skip
+    x_label = "users so far (all traffic at one instant)" if instant and means else None
+    over_time = plots.lines(
+        means,
+        title=f"{timeline.metric} over time (cumulative mean, 95% CI)",
+        x_label=x_label,
+        y_label=timeline.metric,
+        percent=percent,
+    )
+    difference = plots.lines(
+        diffs,
+        title="treatment − control over time (always-valid 95% confidence sequence)",
+        x_label=x_label,
+        y_label=f"difference in {timeline.metric}",
+        hline=0.0,
+    )
+    return over_time, difference
+
+
+def _last_per_time(points: list[P]) -> list[P]:
+    """Keep the last point of each time (an instant's buckets repeat one cumulative look)."""
+    return list({p.at: p for p in points}.values())
 
 
 def _pairwise(analysis: Analysis) -> str:
@@ -130,6 +114,24 @@ def _pairwise(analysis: Analysis) -> str:
     return table
 
 
+def _variants(analysis: Analysis) -> str:
+    """A table of the numbers the interval chart draws (so the page reads without the picture)."""
+    rows = "".join(
+        f"<tr><td>{html.escape(r.variant)}</td><td>{r.users}</td><td>{s.n}</td>"
+        + (f"<td>{s.mean:.4g}</td>" if s.mean is not None else "<td>–</td>")
+        + (
+            f"<td>[{s.ci_low:.4g}, {s.ci_high:.4g}]</td>"
+            if s.ci_low is not None and s.ci_high is not None
+            else "<td>–</td>"
+        )  # fmt: skip
+        + "</tr>"
+        for r in analysis.variants
+        for s in [r.metrics[analysis.metric]]
+    )
+    head = "<tr><th>variant</th><th>users</th><th>measured</th><th>mean</th><th>95% CI</th></tr>"
+    return f"<table border='1' cellpadding='4'>{head}{rows}</table>"
+
+
 def _page(analysis: Analysis, timeline: Timeline | None) -> str:
     title = html.escape(f"{analysis.experiment}: {analysis.metric} ({analysis.direction} is better)")
     srm = (
@@ -138,9 +140,13 @@ def _page(analysis: Analysis, timeline: Timeline | None) -> str:
         else f"<p>sample ratio mismatch check: p = {analysis.srm.p_value:.3g}"
         + (" — MISMATCH</p>" if analysis.srm.mismatch else "</p>")
     )
-    over_time = "" if timeline is None else _over_time(timeline)
+    over_time = ""
+    if timeline is not None:
+        means, diffs = timeline_charts(timeline)
+        over_time = f"<figure>{means}</figure><figure>{diffs}</figure>"
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body style='font-family:sans-serif'><h1>{title}</h1><p>as of {analysis.at:%Y-%m-%d %H:%M:%S} UTC; "
-        f"dots are means, lines 95% CIs</p>{_intervals(analysis)}{srm}{over_time}{_pairwise(analysis)}</body></html>"
+        f"dots are means, lines 95% CIs</p><figure>{interval_chart(analysis)}</figure>{_variants(analysis)}"
+        f"{srm}{over_time}{_pairwise(analysis)}</body></html>"
     )
