@@ -340,7 +340,7 @@ def test_timeline_accumulates_and_the_sequence_covers_the_effect(project: Projec
     assert last.cs_low > 0  # 0.2 on 600 units is clear even for an always-valid sequence
     page = ex.write_status_page(project, ex.analyse(project, "exp"), timeline)
     text = page.read_text()
-    assert text.count("<polyline") == 3 and "confidence sequence" in text  # two variants + one difference
+    assert text.count('id="series-') == 3 and "confidence sequence" in text  # two variants + one difference
 
 
 def test_check_guardrails_rolls_back_only_on_a_proven_breach(project: Project, tmp_path: Path) -> None:
