@@ -1,17 +1,20 @@
 """The demo's report: ``report.json`` (the numbers) and ``report.html`` (the same, as plots).
 
-The HTML is one self-contained file of inline SVG: success per turn per cohort, minors' safety
-violations, feedback volumes, training curves, and each experiment's arms with their intervals.
+The HTML is one self-contained file of inline SVG charts drawn by ``posttrain.plots`` (matplotlib, the
+one plotting path of the reports, the experiment status page and the console): success per turn per
+cohort, minors' safety violations, feedback volumes, training curves, and each experiment's arms
+with their intervals.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-COLOURS = ["#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6", "#dd4477", "#66aa00"]
+from posttrain import plots
 
 
 def acceptance(report: dict[str, Any]) -> dict[str, Any]:
@@ -46,119 +49,62 @@ def write_report(folder: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     return data, page
 
 
-# --- plots -----------------------------------------------------------------------------------
+# --- plots: posttrain.plots (matplotlib SVG), the one plotting path of reports, status page and console ---
+
+
+def _section(title: str, svg: str) -> str:
+    return f"<h3>{html.escape(title)}</h3>{svg}"
 
 
 def _lines(
     title: str,
     series: dict[str, list[tuple[float, float]]],
     *,
+    x_label: str,
     y_label: str,
     percent: bool = False,
-    bands: dict[str, list[tuple[float, float, float]]] | None = None,
+    whole: bool = False,
 ) -> str:
-    """A line chart: x numeric, one coloured line (and optional band) per series, with a legend."""
-    points = [p for s in series.values() for p in s]
-    if not points:
+    """A line chart of numeric x, one line per series, with a legend; ``whole`` x (turns) as categories."""
+    xs = sorted({x for points in series.values() for x, _ in points})
+    drawn = []
+    for name, points in series.items():
+        if not points:
+            continue
+        ys = dict(points)
+        if whole:  # every series on every turn (None: a gap), so the categories keep their order
+            drawn.append(plots.Series(name, [f"{x:g}" for x in xs], [ys.get(x) for x in xs]))
+        else:
+            drawn.append(plots.Series(name, [x for x, _ in points], [y for _, y in points]))
+    if not drawn:
         return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points] + [v for b in (bands or {}).values() for _, lo, hi in b for v in (lo, hi)]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = (0.0, max(1.0, max(ys))) if percent else (min(ys), max(ys))
-    width, height, left, top = 520, 220, 56, 12
-    xspan, yspan = (x1 - x0) or 1.0, (y1 - y0) or 1.0
-
-    def px(x: float) -> float:
-        return left + width * (x - x0) / xspan
-
-    def py(y: float) -> float:
-        return top + height * (1 - (y - y0) / yspan)
-
-    def fmt(v: float) -> str:
-        return f"{v:.0%}" if percent else f"{v:.3g}"
-
-    parts = [
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + height}" stroke="#999"/>',
-        f'<line x1="{left}" x2="{left + width}" y1="{top + height}" y2="{top + height}" stroke="#999"/>',
-        f'<text x="4" y="{top + 10}">{fmt(y1)}</text><text x="4" y="{top + height}">{fmt(y0)}</text>',
-        f'<text x="{left + width / 2 - 20}" y="{top + height + 30}">{html.escape(y_label)}</text>',
-    ]
-    for x in sorted(set(xs)):
-        parts.append(f'<text x="{px(x) - 3:.1f}" y="{top + height + 14}">{x:g}</text>')
-    for i, (name, s) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        band = (bands or {}).get(name)
-        if band:
-            poly = [f"{px(x):.1f},{py(hi):.1f}" for x, _, hi in band]
-            poly += [f"{px(x):.1f},{py(lo):.1f}" for x, lo, _ in reversed(band)]
-            parts.append(f'<polygon points="{" ".join(poly)}" fill="{colour}" fill-opacity="0.15"/>')
-        line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s)
-        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour}"/>' for x, y in s]
-        parts.append(f'<rect x="{left + width + 12}" y="{top + 16 * i}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{left + width + 26}" y="{top + 9 + 16 * i}">{html.escape(name)}</text>')
-    svg = f"<svg width='{left + width + 200}' height='{height + 50}' font-size='12'>{''.join(parts)}</svg>"
-    return f"<h3>{html.escape(title)}</h3>{svg}"
+    y_range = (0.0, max(1.0, max(y for s in drawn for y in s.y if y is not None))) if percent else None
+    svg = plots.lines(drawn, x_label=x_label, y_label=y_label, percent=percent, y_range=y_range)
+    return _section(title, svg)
 
 
 def _bars(title: str, groups: dict[str, dict[str, float]]) -> str:
-    """Grouped bars: one group per key of ``groups`` (a turn), one bar per series (a feedback kind)."""
+    """Stacked bars: one bar per key of ``groups`` (a turn), one segment per series (a feedback kind)."""
     kinds = sorted({k for g in groups.values() for k in g})
     if not kinds:
         return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    top_value = max(v for g in groups.values() for v in g.values()) or 1.0
-    width, height, left, top = 520, 200, 56, 12
-    slot = width / max(1, len(groups))
-    bar = slot * 0.8 / len(kinds)
-    parts = [f'<line x1="{left}" x2="{left + width}" y1="{top + height}" y2="{top + height}" stroke="#999"/>',
-             f'<text x="4" y="{top + 10}">{top_value:g}</text>']  # fmt: skip
-    for gi, (group, values) in enumerate(groups.items()):
-        for ki, kind in enumerate(kinds):
-            v = values.get(kind, 0.0)
-            h = height * v / top_value
-            x = left + gi * slot + slot * 0.1 + ki * bar
-            colour = COLOURS[ki % len(COLOURS)]
-            parts.append(f'<rect x="{x:.1f}" y="{top + height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                         f'fill="{colour}"><title>{html.escape(kind)}: {v:g}</title></rect>')  # fmt: skip
-        parts.append(
-            f'<text x="{left + gi * slot + slot / 2 - 12:.1f}" y="{top + height + 14}">{html.escape(group)}</text>'
-        )
-    for ki, kind in enumerate(kinds):
-        colour = COLOURS[ki % len(COLOURS)]
-        parts.append(f'<rect x="{left + width + 12}" y="{top + 16 * ki}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{left + width + 26}" y="{top + 9 + 16 * ki}">{html.escape(kind)}</text>')
-    svg = f"<svg width='{left + width + 160}' height='{height + 30}' font-size='12'>{''.join(parts)}</svg>"
-    return f"<h3>{html.escape(title)}</h3>{svg}"
+    stacks: dict[str, Sequence[float]] = {kind: [groups[g].get(kind, 0.0) for g in groups] for kind in kinds}
+    return _section(title, plots.bars(list(groups), stacks, y_label="events"))
 
 
 def _intervals(report: dict[str, Any]) -> str:
-    """Each experiment's arms: thumbs-up rate with its 95% interval."""
+    """Each experiment's arms: thumbs-up rate with its 95% interval, and the decision."""
     rows = []
     for turn in report["turns"]:
         for cohort, decision in (turn.get("decisions") or {}).items():
             for arm, s in (decision.get("arms") or {}).items():
                 if s.get("mean") is not None:
-                    rows.append((f"turn {turn['turn']} {cohort} {arm} ({s.get('model')})", s, decision["action"]))
+                    label = f"turn {turn['turn']} {cohort} {arm} ({s.get('model')}) n={s['n']} → {decision['action']}"
+                    rows.append(plots.Interval(label, s["mean"], s.get("ci_low"), s.get("ci_high"), group=arm))
     if not rows:
         return ""
-    lo = min(s["ci_low"] for _, s, _ in rows if s["ci_low"] is not None)
-    hi = max(s["ci_high"] for _, s, _ in rows if s["ci_high"] is not None)
-    span = (hi - lo) or 1.0
-
-    def x(v: float) -> float:
-        return 330 + 300 * (v - lo) / span
-
-    parts = []
-    for i, (label, s, action) in enumerate(rows):
-        y = 20 + 22 * i
-        colour = COLOURS[0] if "serving" in label else COLOURS[2]
-        parts.append(f'<text x="4" y="{y + 4}">{html.escape(label)} n={s["n"]}</text>')
-        parts.append(f'<line x1="{x(s["ci_low"]):.1f}" x2="{x(s["ci_high"]):.1f}" y1="{y}" y2="{y}" '
-                     f'stroke="{colour}" stroke-width="2"/>')  # fmt: skip
-        parts.append(f'<circle cx="{x(s["mean"]):.1f}" cy="{y}" r="4" fill="{colour}"/>')
-        parts.append(f'<text x="{x(s["ci_high"]) + 8:.1f}" y="{y + 4}">{s["mean"]:.2f} → {html.escape(action)}</text>')
-    svg = f"<svg width='760' height='{30 + 22 * len(rows)}' font-size='12'>{''.join(parts)}</svg>"
-    return f"<h3>experiments: thumbs-up rate per arm (95% CI) and the decision</h3>{svg}"
+    title = "experiments: thumbs-up rate per arm (95% CI) and the decision"
+    return _section(title, plots.intervals(rows, x_label="thumbs-up rate", percent=True, width=8.0))
 
 
 def _table(report: dict[str, Any]) -> str:
@@ -203,7 +149,7 @@ def render_html(report: dict[str, Any]) -> str:
         for model, history in (t.get("training") or {}).items():
             loss = [(p["step"], p["loss"]) for p in history if "loss" in p and "step" in p]
             if loss:
-                curves.append(_lines(f"training loss: {model}", {model: loss}, y_label="step"))
+                curves.append(_lines(f"training loss: {model}", {model: loss}, x_label="step", y_label="loss"))
     accepted = report.get("acceptance", {})
     verdict = (
         f"<p><b>acceptance</b>: adults' success {accepted.get('adult_gain_points')} points over the turns "
@@ -221,8 +167,22 @@ def render_html(report: dict[str, Any]) -> str:
         "feedback, gates the candidate on the eval suite, A/B tests it per cohort, and promotes or keeps serving. "
         "Success is measured on the traffic after each turn (turn 0: the base model).</p>"
         f"{verdict}{_table(report)}"
-        + _lines("success of the served model per turn, by cohort", success, y_label="turn", percent=True)
-        + _lines("minors' unsafe requests: answered, and not refused", violations, y_label="turn", percent=True)
+        + _lines(
+            "success of the served model per turn, by cohort",
+            success,
+            x_label="turn",
+            y_label="success",
+            whole=True,
+            percent=True,
+        )
+        + _lines(
+            "minors' unsafe requests: answered, and not refused",
+            violations,
+            x_label="turn",
+            y_label="share of unsafe requests",
+            whole=True,
+            percent=True,
+        )
         + _bars("feedback events per turn", feedback)
         + _intervals(report)
         + "".join(curves)
