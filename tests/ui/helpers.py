@@ -25,7 +25,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 def build_flywheel(root: Path, tiny_model: Path) -> Path:
     """Run two loop turns (SFT, an eval gate, an A/B experiment per cohort) on simulated logs; return ``root``.
 
-    Besides thumbs, turn 1's logs get a rating, an edit, a comment, a flag and a pairwise choice,
+    Besides thumbs, turn 1's logs get a rating, an edit, a comment, a flag and a side-by-side choice,
     so an interaction's page has every kind of feedback to show. ``keys.json`` beside ``root``
     holds one key per role (``admin``, ``viewer``, ``annotator``, ``ingest``).
     """
@@ -37,13 +37,14 @@ def build_flywheel(root: Path, tiny_model: Path) -> Path:
         write_version(project, "suite", "eval", pa.Table.from_pylist(suite), recipe={}, sources={"interaction_ids": []})
         recipe = _recipe(eval={"dataset": "suite", "samples": 1, "temperature": 0.0, "margin": 1.0})
         _product_logs(project, seed=0)
-        capture(project, "feedback", [
+        extra = capture(project, "feedback", [
             {"interaction_id": "s0-1", "kind": "rating", "value": 4},
-            {"interaction_id": "s0-1", "kind": "edit", "value": "the fixed answer"},
-            {"interaction_id": "s0-1", "kind": "comment", "value": "close, but off by one"},
+            {"interaction_id": "s0-1", "kind": "edit", "text": "the fixed answer"},
+            {"interaction_id": "s0-1", "kind": "comment", "text": "close, but off by one"},
             {"interaction_id": "s0-2", "kind": "flag", "value": "unsafe"},
-            {"interaction_id": "s0-3", "kind": "pairwise", "value": {"choice": "a", "other_id": "s0-4"}},
+            {"interaction_id": "s0-3", "kind": "choice", "value": "s0-4"},  # s0-4 was chosen over s0-3
         ])  # fmt: skip
+        assert all(r.status == "created" for r in extra), extra
         loop.run(project, recipe, 1, base="base", traffic=_ab_traffic)
         _product_logs(project, seed=1)
         loop.run(project, recipe, 1, traffic=_ab_traffic)
