@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from posttrain import keys
-from posttrain.project import Project, init_project
+from posttrain.project import Project, init_project, open_project
 from posttrain.server import create_app
 
 
@@ -135,3 +136,35 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from posttrain.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", arch="qwen2", hidden=64, layers=2)
+
+
+@pytest.fixture(scope="session")
+def flywheel(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """The folder of a closed project that ran two loop turns (the console's tests); ``keys.json`` beside it."""
+    from ui.helpers import build_flywheel
+
+    return build_flywheel(tmp_path_factory.mktemp("flywheel") / "proj", tiny_model)
+
+
+@pytest.fixture
+def console(flywheel: Path, tmp_path: Path) -> Iterator[Any]:
+    """A copy of the flywheel project, the real app over it, and sign-in per role (``ui.helpers.Console``)."""
+    from ui.helpers import Console
+
+    root = tmp_path / "proj"
+    shutil.copytree(flywheel, root)
+    role_keys = json.loads((flywheel.parent / "keys.json").read_text())
+    project = open_project(root)
+    app = create_app(project)
+    clients: list[TestClient] = []
+
+    def make_client() -> TestClient:
+        client = TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield Console(project=project, keys=role_keys, new_client=make_client)
+    for client in clients:
+        client.__exit__(None, None, None)
+    project.close()

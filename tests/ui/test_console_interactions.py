@@ -181,18 +181,21 @@ def test_ingest_is_refused_and_unknown_ids_are_404(console: Console) -> None:
 
 def test_an_interaction_shows_its_messages_feedback_datasets_and_models(console: Console) -> None:
     capture(console.project, "feedback", [
-        {"interaction_id": "s0-1", "kind": "edit", "text": "the fixed answer", "author": "dana"},
-        {"interaction_id": "s0-1", "kind": "comment", "text": "close, but off by one", "source": "annotator"},
+        {"interaction_id": "s0-1", "kind": "edit", "text": "an edit by dana", "author": "dana"},
+        {"interaction_id": "s0-1", "kind": "comment", "text": "an annotator's note", "source": "annotator"},
     ])  # fmt: skip
+    [[events]] = (
+        console.project.cursor().execute("SELECT count(*) FROM feedback WHERE interaction_id = 's0-1'").fetchall()
+    )
     client, _ = console.sign_in("viewer")
     page = _main(client.get("/ui/interactions/s0-1").text)
     assert '<div class="msg user">' in page and "add 0 1" in page
     for kind in ("thumb", "rating", "edit", "comment"):
         assert f'<span class="state {kind}">{kind}</span>' in page
-    assert "the fixed answer" in page and "close, but off by one" in page and "dana" in page
+    assert "an edit by dana" in page and "an annotator&#39;s note" in page and "dana" in page
     assert ">4</td>" in page  # the rating's value
     feedback = page[page.index('id="feedback"') :].split("</table>")[0]
-    assert feedback.count("<tr><td>") == 4
+    assert feedback.count("<tr><td>") == events == 6  # the fixture's thumb, rating, edit, comment and these two
     # which dataset versions were built from it (their sources.parquet), and the models trained on them
     uses = page[page.index('id="datasets"') :].split("</table>")[0]
     assert '<a href="/ui/datasets/t-sft/1">t-sft@1</a>' in uses

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from posttrain import jobs, routing
+from posttrain import jobs, routing, versions
 from posttrain.experiments.store import list_experiments
 from posttrain.models.registry import get_model, list_models
 from ui.helpers import Console
@@ -56,11 +56,12 @@ def test_model_page_shows_lineage_experiments_decisions_and_loss_curve(console: 
     assert 'id="base"><a href="/ui/models/base">base</a>' in page.text
     assert model.dataset_versions == ["t-sft@1"]
     datasets = _block(page.text, "lineage-datasets")
-    assert 'href="/ui/datasets/t-sft/1"' in datasets and "20 rows" in datasets
+    rows = versions.resolve(console.project, "t-sft@1").row_count
+    assert 'href="/ui/datasets/t-sft/1"' in datasets and f"{rows} rows" in datasets
     assert f'href="/ui/jobs/{model.run_id}"' in page.text
-    # feedback behind the dataset, by kind and source (turn 1's logs: thumbs and one rating)
+    # feedback behind the dataset, by kind and source (turn 1's logs: thumbs up and one edit)
     feedback = _text(_block(page.text, "lineage-feedback"))
-    assert "thumb (user): 20" in feedback and "interactions 20" in feedback
+    assert "thumb (user): 20" in feedback and "edit (user): 1" in feedback and "interactions 21" in feedback
     # the experiments it was in and their decisions
     mine = [e for e in list_experiments(console.project, with_analyses=False)
             if any(v.model == "t-t1-sft" for v in e.config.variants)]  # fmt: skip
