@@ -138,16 +138,12 @@ def test_overview_numbers_match_the_api(site: Site, chromium: Any) -> None:
 
 def test_click_through_interaction_dataset_model_experiment_and_back(site: Site, chromium: Any) -> None:
     tab = Browser(chromium, site.live.url, site.keys["viewer"])
-    [[iid]] = site.sql(
-        "SELECT i.id FROM interactions i JOIN feedback f ON f.interaction_id = i.id "
-        "WHERE i.id LIKE 's0-%' GROUP BY i.id ORDER BY i.id LIMIT 1"
-    )
-    tab.open(f"/ui/interactions?q={iid}")
-    tab.page.locator(f'main a[href="/ui/interactions/{iid}"]').first.click()
+    tab.open("/ui/datasets/t-sft/1")  # the first turn's SFT data: one of its rows' interactions
+    tab.page.locator('main a[href^="/ui/interactions/"]').first.click()
     tab.page.wait_for_load_state()
-    assert tab.path() == f"/ui/interactions/{iid}"
+    assert re.match(r"^/ui/interactions/s0-\d+$", tab.path()), tab.path()
     visited = [tab.path()]
-    for pattern in (r"^/ui/datasets/[^/]+/\d+$", r"^/ui/models/[^/]+$", r"^/ui/experiments/[^/]+$"):
+    for pattern in (r"^/ui/datasets/t-sft/\d+$", r"^/ui/models/[^/]+$", r"^/ui/experiments/[^/]+$"):
         links = [a for a in tab.page.locator("main a").all() if re.match(pattern, a.get_attribute("href") or "")]
         assert links, f"no link matching {pattern} on {tab.path()}"
         links[0].click()
@@ -161,3 +157,73 @@ def test_click_through_interaction_dataset_model_experiment_and_back(site: Site,
         tab.page.wait_for_load_state()
         assert tab.path() == expected
     tab.context.close()
+
+
+def test_side_by_side_in_the_playground_stores_the_choice(site: Site, chromium: Any) -> None:
+    tab = Browser(chromium, site.live.url, site.keys["admin"])
+    tab.open("/ui/playground")
+    tab.page.select_option("select[name=model_a]", "base")
+    tab.page.select_option("select[name=model_b]", "t-t1-sft")
+    tab.page.fill("input[name=max_tokens]", "8")
+    tab.page.fill("#prompt", "add 2 3")
+    tab.page.screenshot(path=site.shots / "playground-form.png", full_page=True)
+    tab.page.click("#playground-form button[type=submit]")
+    tab.page.wait_for_selector("#choice-form")
+    assert not tab.problems, tab.problems
+    a_id = tab.page.get_attribute("#choice-form input[name=a_id]", "value")
+    b_id = tab.page.get_attribute("#choice-form input[name=b_id]", "value")
+    tab.page.screenshot(path=site.shots / "playground-answers.png", full_page=True)
+    tab.page.check("#choice-form input[name=choice][value=b]")
+    tab.page.fill("#comment", "b is right")
+    tab.page.click("#choice-form button[type=submit]")
+    tab.page.wait_for_load_state()
+    assert "Saved" in tab.page.inner_text("main")
+    tab.page.screenshot(path=site.shots / "playground-saved.png", full_page=True)
+    stored = site.sql(
+        f"SELECT interaction_id, kind, value, text FROM feedback WHERE interaction_id IN ('{a_id}', '{b_id}')"
+    )
+    assert stored == [[a_id, "choice", f'"{b_id}"', "b is right"]] or stored == [[a_id, "choice", b_id, "b is right"]]
+    models = site.sql(
+        f"SELECT id, model, list_contains(tags, 'playground') FROM interactions WHERE id IN ('{a_id}', '{b_id}') ORDER BY id"
+    )
+    assert sorted(m for _, m, _ in models) == ["base", "t-t1-sft"] and all(tagged for *_, tagged in models)
+    tab.context.close()
+
+
+def test_an_admin_promotes_through_the_confirmation_and_a_viewer_is_refused(site: Site, chromium: Any) -> None:
+    variants = [{"name": "serving", "model": "t-t2-sft", "share": 0.5},
+                {"name": "candidate", "model": "t-t1-sft", "share": 0.5}]  # fmt: skip
+    with site.live.http() as http:
+        assert (
+            http.post(
+                "/api/experiments", json={"name": "ui-ab", "variants": variants, "cohorts": ["adult"]}
+            ).status_code
+            == 201
+        )
+        assert http.post("/api/experiments/ui-ab/start").status_code == 200
+        route = {"name": "ui-ab-route", "cohort": "adult", "requested": "ui-asks", "experiment": "ui-ab"}
+        assert http.post("/api/routes", json=route).status_code == 201
+    viewer = Browser(chromium, site.live.url, site.keys["viewer"])
+    viewer.open("/ui/experiments/ui-ab")
+    assert viewer.page.locator("a[data-action]").count() == 0
+    refused = viewer.page.request.post(f"{site.live.url}/ui/experiments/ui-ab/promote", form={"confirm": "yes"})
+    assert refused.status == 403
+    viewer.page.screenshot(path=site.shots / "viewer-experiment.png", full_page=True)
+    admin = Browser(chromium, site.live.url, site.keys["admin"])
+    admin.open("/ui/experiments/ui-ab")
+    assert [a.get_attribute("data-action") for a in admin.page.locator("a[data-action]").all()] == [
+        "stop", "promote", "rollback"]  # fmt: skip
+    admin.page.screenshot(path=site.shots / "admin-experiment.png", full_page=True)
+    admin.page.click("a[data-action=promote]")
+    admin.page.wait_for_load_state()
+    assert "/confirm/promote" in admin.path()
+    admin.page.screenshot(path=site.shots / "admin-confirm-promote.png", full_page=True)
+    admin.page.locator("main form button[type=submit]").click()
+    admin.page.wait_for_load_state()
+    assert admin.path() == "/ui/experiments/ui-ab" and not admin.problems
+    [[state]] = site.sql("SELECT state FROM experiments WHERE name = 'ui-ab'")
+    assert state == "promoted"
+    viewer.page.reload()
+    assert "promoted" in viewer.page.inner_text("main")
+    viewer.context.close()
+    admin.context.close()
