@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/build_datasets.py
 	$(PY) benchmarks/curation.py
 	$(PY) benchmarks/pii.py
+	cd benchmarks && ../$(PY) console.py
 	$(PY) benchmarks/train_sft.py
 	$(PY) benchmarks/ab_sequential.py
 	$(PY) benchmarks/gateway.py
