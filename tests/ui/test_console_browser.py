@@ -179,14 +179,11 @@ def test_side_by_side_in_the_playground_stores_the_choice(site: Site, chromium: 
     tab.page.wait_for_load_state()
     assert "Saved" in tab.page.inner_text("main")
     tab.page.screenshot(path=site.shots / "playground-saved.png", full_page=True)
-    stored = site.sql(
-        f"SELECT interaction_id, kind, value, text FROM feedback WHERE interaction_id IN ('{a_id}', '{b_id}')"
-    )
-    assert stored == [[a_id, "choice", f'"{b_id}"', "b is right"]] or stored == [[a_id, "choice", b_id, "b is right"]]
-    models = site.sql(
-        f"SELECT id, model, list_contains(tags, 'playground') FROM interactions WHERE id IN ('{a_id}', '{b_id}') ORDER BY id"
-    )
-    assert sorted(m for _, m, _ in models) == ["base", "t-t1-sft"] and all(tagged for *_, tagged in models)
+    pair = f"('{a_id}', '{b_id}')"
+    stored = site.sql(f"SELECT interaction_id, kind, value ->> '$', text FROM feedback WHERE interaction_id IN {pair}")
+    assert stored == [[a_id, "choice", b_id, "b is right"]]  # on the losing answer, naming the chosen one
+    models = site.sql(f"SELECT model, list_contains(tags, 'playground') FROM interactions WHERE id IN {pair}")
+    assert sorted(m for m, _ in models) == ["base", "t-t1-sft"] and all(tagged for _, tagged in models)
     tab.context.close()
 
 

@@ -207,12 +207,20 @@ def _turn_charts(turns: list[TurnRecord]) -> dict[str, Any]:
                     (x, chosen["mean"], chosen.get("ci_low"), chosen.get("ci_high"))
                 )
         step = turn.step("evaluate")
-        for pair in getattr(step.result, "gates", []) if step is not None and step.result is not None else []:
+        pairs = list(getattr(step.result, "gates", []) if step is not None and step.result is not None else [])
+        special = turn.step("specialise")
+        candidates = dict(getattr(special.result, "candidates", {}) if special is not None and special.result else {})
+        for pair in pairs:
             gate_metric = gate_metric or pair.metric
             for check in pair.checks:
-                if check.candidate is not None:
-                    name = f"{prefix}{'overall' if check.cohort is None else check.cohort}"
-                    gates.setdefault(name, []).append((x, float(check.candidate)))
+                if check.candidate is None:
+                    continue
+                if check.cohort is None and len(pairs) > 1:
+                    continue  # several candidates (a model per cohort): each is drawn on its own cohort's slice
+                if check.cohort is not None and candidates.get(check.cohort, pair.candidate) != pair.candidate:
+                    continue  # this cohort's slice of another cohort's candidate
+                name = f"{prefix}{'overall' if check.cohort is None else check.cohort}"
+                gates.setdefault(name, []).append((x, float(check.candidate)))
     decided = [
         plots.Series(
             name, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points], [p[3] for p in points]
@@ -231,7 +239,7 @@ def _turn_charts(turns: list[TurnRecord]) -> dict[str, Any]:
     scored = [plots.Series(name, [p[0] for p in pts], [p[1] for p in pts]) for name, pts in gates.items()]
     evals = plots.lines(
         scored,
-        title=f"Candidate's eval suite score at each turn's gate ({gate_metric or 'metric'})",
+        title=f"Each cohort's candidate at its turn's gate: eval suite score ({gate_metric or 'metric'})",
         x_label="loop turn",
         y_label=gate_metric or "",
         width=7.0,
