@@ -85,6 +85,7 @@ def test_create_queue_twice_is_409(client: TestClient) -> None:
     ("body", "word"),
     [
         ({"name": "q", "task": "rating", "scale": [5, 1]}, "scale"),
+        ({"name": "q", "task": "rewrite", "scale": [5687640256838755711573594254646181888, 611]}, "scale"),  # was a 500
         ({"name": "q", "task": "classify", "categories": ["one"]}, "categories"),
         ({"name": "q", "task": "nope"}, "task"),
         ({"name": "q", "task": "rating", "overlap": 11}, "overlap"),

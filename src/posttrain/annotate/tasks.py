@@ -45,7 +45,7 @@ class QueueConfig(BaseModel):
     guidelines: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = Field(
         "", description="What annotators should do, in markdown."
     )
-    scale: list[int] = Field(
+    scale: list[Annotated[int, Field(ge=-1_000_000, le=1_000_000)]] = Field(
         default_factory=lambda: [1, 5], min_length=2, max_length=2, description="rating: the lowest and highest rating."
     )
     categories: list[Category] = Field(default_factory=list, max_length=50, description="classify: the categories.")
