@@ -180,6 +180,7 @@ def test_client_bad_key_sets_last_error_and_stops(server: LiveServer, kind: str,
     client.close()
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_client_delivers_events_logged_while_server_is_down(tmp_path: Path) -> None:
     proj = init_project(tmp_path / "down")
     admin = keys.create_key(proj, "admin").key

@@ -214,6 +214,7 @@ def test_cli_loop_run_and_status(served: Project) -> None:
     assert turn["state"] == "done" and turn["result"]["serving"] == {"adult": "cli-t1-sft", "minor": "cli-t1-sft"}
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_loop_runs_in_the_server_when_one_owns_the_warehouse(served: Project) -> None:
     from conftest import LiveServer
     from posttrain import keys

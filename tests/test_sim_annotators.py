@@ -126,6 +126,7 @@ def test_run_annotators_stops_at_max_items(project: Project) -> None:
     assert run.labels == 10 and not run.finished
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_run_annotators_repeats_with_the_same_seed(tmp_path: Any) -> None:
     from posttrain.project import init_project
 
@@ -146,6 +147,7 @@ def test_run_annotators_repeats_with_the_same_seed(tmp_path: Any) -> None:
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_careful_annotators_gold_accuracy_is_near_their_skill(project: Project) -> None:
     ids = _interactions(project, 50, seed=4)
     annotate.create_queue(project, annotate.QueueConfig(name="acc", task="accept", overlap=5, gold_share=0))
@@ -172,6 +174,7 @@ def make_prompt_task(prompt: str) -> Any:
     return task_of(_view(prompt, None))
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_alpha_of_careful_annotators_is_high_and_drops_with_the_adversarial(project: Project) -> None:
     ids = _interactions(project, 40, seed=5)
     annotate.create_queue(project, annotate.QueueConfig(name="acc", task="accept", overlap=4, gold_share=0))

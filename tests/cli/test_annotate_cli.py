@@ -121,6 +121,7 @@ def assert_one_error_line(out: subprocess.CompletedProcess[str], *words: str) ->
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_annotate_bad_input_is_one_line_exit_2(root: Path, tmp_path: Path) -> None:
     assert run(root, "queues", "create", "q", "--task", "rating", "--gold-share", "0").returncode == 0
     assert run(root, "fill", "q", "--where", "true").returncode == 0
@@ -189,6 +190,7 @@ def test_annotate_next_and_submit_go_through_the_server_as_the_key(
     assert json.loads(judged.stdout) == {"queue": "s", "labelled": {}, "failed": {}, "resolved_by_judges": 0}
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_prelabel_trusts_a_judge_once_people_agree_with_it_and_it_then_resolves_the_rest(tmp_path: Path) -> None:
     root = tmp_path / "judged"
     proj = init_project(root)

@@ -56,6 +56,7 @@ def test_sql_json_and_refused_writes(proj: tuple[Path, str]) -> None:
     assert refused.returncode == 2 and "read-only" in refused.stderr
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_keys_create_list_revoke(proj: tuple[Path, str]) -> None:
     root, _ = proj
     env = {"POSTTRAIN_PROJECT": str(root)}
@@ -96,6 +97,7 @@ def test_import_missing_file_is_exit_2(proj: tuple[Path, str], tmp_path: Path) -
     assert out.returncode == 2 and "no file" in out.stderr
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_serve_get_sends_one_request_without_a_socket(proj: tuple[Path, str]) -> None:
     out = run("serve", "--get", "/api/interactions?limit=5", "--project", str(proj[0]))
     assert out.returncode == 0, out.stderr

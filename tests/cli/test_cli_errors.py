@@ -106,6 +106,7 @@ def _seed(root: Path) -> None:
         capture.capture(proj, "interactions", rows)
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_sql_limit_and_json_columns(tmp_path: Path) -> None:
     root = tmp_path / "p"
     assert run("init", str(root)).returncode == 0

@@ -73,6 +73,7 @@ def assert_each_stored_once(server: LiveServer, acked: set[str]) -> dict[str, in
     return counts
 
 
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_acked_batches_survive_kill_9_after_each_reply(server: LiveServer) -> None:
     acked: set[str] = set()
     for round_ in range(5):
@@ -115,6 +116,7 @@ class _Sender(threading.Thread):
 
 
 @pytest.mark.parametrize("crash", ["kill -9", "graceful stop"])
+@pytest.mark.slow  # one of the slowest of the default suite; CI runs it in make test-slow
 def test_acked_batches_survive_a_crash_under_load(server: LiveServer, crash: str) -> None:
     acked: set[str] = set()
     unknown: list[list[str]] = []

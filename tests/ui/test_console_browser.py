@@ -224,3 +224,42 @@ def test_an_admin_promotes_through_the_confirmation_and_a_viewer_is_refused(site
     assert "promoted" in viewer.page.inner_text("main")
     viewer.context.close()
     admin.context.close()
+
+
+def test_a_running_job_updates_on_its_page_until_it_finishes(site: Site, chromium: Any) -> None:
+    body = {"model": "base", "dataset": "t-sft@1", "output": "ui-live", "max_steps": 300, "logging_steps": 10,
+            "learning_rate": 1e-3}  # fmt: skip
+    with site.live.http() as http:
+        started = http.post("/api/train/sft", json=body)
+    assert started.status_code == 202, started.text
+    job = started.json()["job_id"]
+    tab = Browser(chromium, site.live.url, site.keys["viewer"])
+    tab.open(f"/ui/jobs/{job}")
+    if tab.page.get_attribute(".live", "data-finished") == "false":  # still running: the page's script polls
+        tab.page.screenshot(path=site.shots / "job-running.png", full_page=True)
+        first = tab.page.inner_text(".live")
+        tab.page.wait_for_selector('.live[data-finished="true"]', timeout=120_000)
+        assert tab.page.inner_text(".live") != first  # swapped in without a reload
+    assert tab.page.get_attribute(".live", "data-state") == "succeeded"
+    assert tab.page.locator(".live img.chart").count() >= 1 and not tab.problems, tab.problems
+    tab.page.screenshot(path=site.shots / "job-finished.png", full_page=True)
+    tab.context.close()
+
+
+def test_an_admin_rolls_back_through_the_confirmation(site: Site, chromium: Any) -> None:
+    variants = [{"name": "serving", "model": "t-t2-sft", "share": 0.5},
+                {"name": "candidate", "model": "t-t1-sft", "share": 0.5}]  # fmt: skip
+    with site.live.http() as http:
+        assert http.post("/api/experiments", json={"name": "ui-back", "variants": variants}).status_code == 201
+        assert http.post("/api/experiments/ui-back/start").status_code == 200
+    admin = Browser(chromium, site.live.url, site.keys["admin"])
+    admin.open("/ui/experiments/ui-back")
+    admin.page.click("a[data-action=rollback]")
+    admin.page.wait_for_load_state()
+    assert "/confirm/rollback" in admin.path()
+    admin.page.locator("main form button[type=submit]").click()
+    admin.page.wait_for_load_state()
+    assert admin.path() == "/ui/experiments/ui-back" and not admin.problems
+    [[state]] = site.sql("SELECT state FROM experiments WHERE name = 'ui-back'")
+    assert state == "rolled_back"
+    admin.context.close()
