@@ -168,7 +168,7 @@ def test_side_by_side_in_the_playground_stores_the_choice(site: Site, chromium: 
     tab.page.fill("#prompt", "add 2 3")
     tab.page.screenshot(path=site.shots / "playground-form.png", full_page=True)
     tab.page.click("#playground-form button[type=submit]")
-    tab.page.wait_for_selector("#choice-form")
+    tab.page.wait_for_selector("#choice-form", timeout=180_000)  # the first send loads both models
     assert not tab.problems, tab.problems
     a_id = tab.page.get_attribute("#choice-form input[name=a_id]", "value")
     b_id = tab.page.get_attribute("#choice-form input[name=b_id]", "value")
