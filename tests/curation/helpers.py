@@ -13,6 +13,18 @@ from posttrain.capture import capture
 from posttrain.curation.frame import Frame
 from posttrain.project import Project
 
+# three near-copies of one answer (an edit apart), and five distinct rows
+NEAR_DUPLICATES = [
+    ("How do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password."),
+    ("How do I reset my password on the billing portal??", "Open Settings, then Security, then Reset password."),
+    ("how do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password!"),
+    ("What is the capital of France?", "Paris."),
+    ("Translate 'good morning' into German.", "Guten Morgen."),
+    ("Sort the letters of 'dcba'.", "abcd"),
+    ("Write a haiku about rain on a tin roof.", "Drops drum on the tin, small hands applaud."),
+    ("Which planet is known as the red planet?", "Mars."),
+]  # fmt: skip
+
 
 def make_frame(
     project: Project,

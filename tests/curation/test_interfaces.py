@@ -10,23 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from curation.helpers import NEAR_DUPLICATES as ROWS
 from curation.helpers import build_sft, store_accepted
 from posttrain import datasets, loop
 from posttrain.cli import app
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
-
-# three near-copies of one answer (an edit apart), and five distinct rows
-ROWS = [
-    ("How do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password."),
-    ("How do I reset my password on the billing portal??", "Open Settings, then Security, then Reset password."),
-    ("how do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password!"),
-    ("What is the capital of France?", "Paris."),
-    ("Translate 'good morning' into German.", "Guten Morgen."),
-    ("Sort the letters of 'dcba'.", "abcd"),
-    ("Write a haiku about rain on a tin roof.", "Drops drum on the tin, small hands applaud."),
-    ("Which planet is known as the red planet?", "Mars."),
-]  # fmt: skip
 
 
 def test_build_records_each_stage_in_the_manifest_and_details(project: Project) -> None:

@@ -11,22 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from curation.helpers import build_sft, store_accepted
+from curation.helpers import NEAR_DUPLICATES, build_sft, store_accepted
 from posttrain import versions
 from posttrain.records import DatasetVersion
 from ui.helpers import Console
 
 # three near-copies of one answer (an edit apart) and five distinct rows: dedup at 0.7 removes two
-PLANTED = [
-    ("How do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password."),
-    ("How do I reset my password on the billing portal??", "Open Settings, then Security, then Reset password."),
-    ("how do I reset my password on the billing portal?", "Open Settings, then Security, then Reset password!"),
-    ("What is the capital of France?", "Paris."),
-    ("Translate 'good morning' into German.", "Guten Morgen."),
-    ("Sort the letters of 'dcba'.", "abcd"),
-    ("Write a haiku about rain on a tin roof.", "Drops drum on the tin, small hands applaud."),
-    ("Which planet is known as the red planet?", "Mars."),
-]  # fmt: skip
+PLANTED = NEAR_DUPLICATES
 MORE = [("Name a prime number above ten.", "Eleven."), ("Spell 'cat' backwards.", "tac"), ("What is 7 times 6?", "42")]
 
 
