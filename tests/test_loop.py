@@ -433,4 +433,8 @@ def test_a_turn_curates_every_dataset_it_builds(served: Project) -> None:
     assert shared.row_count == stages["select"]["rows_in"] - stages["select"]["removed"]
     minors = datasets.resolve(served, built.built("sft", "minor").ref or "")
     assert minors.stats["curation"]["strict"] is True  # the minors' data: strict, with the recipe's stages too
-    assert [s["stage"] for s in minors.stats["curation"]["stages"]] == ["decontaminate", "safety", "select"]
+    minor_stages = {s["stage"]: s for s in minors.stats["curation"]["stages"]}
+    assert list(minor_stages) == ["decontaminate", "safety", "select"]
+    # selection keeps a strict cohort's rows whole: the minors' model learns to refuse from their number
+    assert minor_stages["select"]["removed"] == 0
+    assert minor_stages["select"]["details"]["kept_strict_cohorts"] == minor_stages["select"]["rows_in"] > 0

@@ -57,6 +57,26 @@ def test_fraction_is_shared_over_strata_by_size(project: Project) -> None:
     assert len(choice.x) == len(choice.y) == len(choice.cluster) == 36 and not np.isnan(choice.x).any()
 
 
+def test_strict_cohorts_are_kept_whole_unless_the_stage_says_otherwise(project: Project) -> None:
+    frame = _strata_frame(project)
+    frame.strict_cohorts = frozenset({"minor"})
+    choice = select.run(frame, _stage(fraction=0.5))
+    # the minors' 6 rows all stay; the budget is half of the 30 others, shared by size
+    assert _kept_per_stratum(frame, choice.verdict.keep) == {"adult/add": 10, "adult/sub": 5, "minor/add": 6}
+    assert choice.verdict.details["kept_strict_cohorts"] == 6
+    assert "minor/add" not in choice.verdict.details["strata"]
+    assert "6 rows of strict cohorts kept whole" in (choice.verdict.note or "")
+    assert all(r is None for r, c in zip(choice.verdict.reasons, frame.cohort, strict=True) if c == "minor")
+    # a dataset of minors alone keeps every row
+    minors = frame.take(np.asarray(frame.cohort == "minor"))
+    assert select.run(minors, _stage(fraction=0.3)).verdict.keep.all()
+    assert select.run(minors, _stage(tokens=6, by="quality")).verdict.keep.all()
+    # said so: the minors are selected among like everyone else
+    choice = select.run(frame, _stage(fraction=0.5, strict_cohorts=True))
+    assert _kept_per_stratum(frame, choice.verdict.keep) == {"adult/add": 10, "adult/sub": 5, "minor/add": 3}
+    assert "kept_strict_cohorts" not in choice.verdict.details and choice.verdict.note is None
+
+
 def test_rows_use_the_largest_remainder_and_every_stratum_gets_one(project: Project) -> None:
     frame = _strata_frame(project)
     # 7 * (20, 10, 6) / 36 = 3.89, 1.94, 1.17: floors 3, 1, 1 and the two extra rows to the largest remainders

