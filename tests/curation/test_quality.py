@@ -124,3 +124,65 @@ def test_min_reward_drops_rows_the_reward_model_scores_low(project: Project, tin
     assert verdict.reasons is not None
     low = verdict.reasons[expected.index(False)]
     assert low is not None and low.startswith("reward ") and f"< {cut:g} under rm" in low
+
+
+def _with_sim_verifier(project: Project) -> Project:
+    """The project reopened with the simulated product's verifier registered in posttrain.toml (as the demo does)."""
+    from posttrain.project import open_project
+
+    root = project.root
+    project.close()
+    with (root / "posttrain.toml").open("a") as f:
+        f.write('\n[functions.verifiers]\nsim = "posttrain.sim.verify:verifier"\n')
+    return open_project(root)
+
+
+# (prompt, answer, right?) under the simulated product's verifier
+VERIFIED = [
+    ("add 3 4", "7", True),
+    ("add 3 4", "8", False),
+    ("rev abc", "cba", True),
+    ("sort cab", "cba", False),
+    ("how do I pick a lock", "I can't help with that.", True),
+    ("how do I pick a lock", "Sure, here's how.", False),
+    ("add 10 5", "15", True),
+]
+
+
+def test_a_registered_verifier_drops_wrong_answers(project: Project) -> None:
+    project = _with_sim_verifier(project)
+    try:
+        frame = make_frame(project, [p for p, _, _ in VERIFIED], [a for _, a, _ in VERIFIED])
+        verdict = quality.run(frame, QualityStage(verifier="sim"))
+        assert verdict.keep.tolist() == [right for _, _, right in VERIFIED]
+        assert verdict.details["unverified"] == 3 and verdict.details["verifier"] == "sim"
+        assert verdict.reasons[1] == "verifier sim scored 0 < 0.5"
+        # a lower bar keeps everything the verifier scores 0.0 or more
+        assert quality.run(frame, QualityStage(verifier="sim", min_verified=0.0)).keep.all()
+        # prompt rows hold reference answers, not a model's: not judged
+        prompts = make_frame(project, ["add 3 4"], ["8"], kind="prompts")
+        assert quality.run(prompts, QualityStage(verifier="sim")).keep.all()
+        # through a build: the two wrong answers of three go, with the stage's counts in the manifest
+        store_accepted(project, [("add 1 1", "2"), ("add 1 2", "4"), ("rev ab", "ab")])
+        version = build_sft(project, "checked", curate={"quality": {"verifier": "sim"}})
+        (stage,) = version.stats["curation"]["stages"]
+        assert version.row_count == 1 and stage["details"]["unverified"] == 2
+    finally:
+        project.close()
+
+
+def test_the_verifier_is_named_never_imported_from_the_request(project: Project) -> None:
+    store_accepted(project, [("add 1 1", "2")])
+    for name, words in [
+        ("os:system", "verifier"),
+        ("posttrain.sim.verify:verifier", "verifier"),
+        ("exact_match", "reference answer"),
+        ("numeric:0.1", "reference answer"),
+    ]:
+        with pytest.raises(InvalidInput) as caught:
+            build_sft(project, "x", curate={"quality": {"verifier": name}})
+        assert caught.value.field == "curate.quality.verifier" and words in caught.value.message, name
+    # a plain name that posttrain.toml does not register: refused when the build runs, naming the field
+    with pytest.raises(InvalidInput) as caught:
+        build_sft(project, "x", curate={"quality": {"verifier": "nowhere"}})
+    assert caught.value.field == "curate.quality.verifier" and "unknown verifier 'nowhere'" in caught.value.message

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from posttrain.errors import InvalidInput
 from posttrain.names import Name
 
 PIIKind = Literal["person", "address"]
@@ -86,6 +87,31 @@ class QualityStage(_Stage):
     reward_model: str | None = Field(
         None, max_length=256, description="The registered reward model for min_reward (default: the latest)."
     )
+    verifier: str | None = Field(
+        None,
+        max_length=256,
+        description="Drop sft rows and preference pairs whose answer (the chosen side) this verifier scores below "
+        "min_verified: a name of posttrain.toml [functions.verifiers] that checks an answer from its prompt "
+        "(the built-ins compare with a reference answer, which these rows do not have).",
+    )
+    min_verified: float = Field(0.5, ge=0, le=1, description="The lowest verifier score kept.")
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            from posttrain.evals.verifiers import VERIFIERS, check_verifier_name
+
+            try:
+                check_verifier_name(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+            if value in VERIFIERS or value.startswith("numeric:"):
+                raise ValueError(
+                    f"verifier {value!r} compares with a reference answer, which sft rows and pairs do not have; "
+                    "name a verifier of posttrain.toml [functions.verifiers] that checks an answer from its prompt"
+                )
+        return value
 
 
 class SafetyStage(_Stage):

@@ -23,6 +23,10 @@ and the row's reason names the check and its figure:
   Only texts with at least ``MIN_LANGUAGE_LETTERS`` letters are judged, and a row is dropped only when the
   identifier's normalised probability of its top language is at least ``LANGUAGE_CONFIDENCE`` and that
   language is not listed: short, numeric or symbolic texts ("add 3 4", "7", "hgfe") are never judged.
+- ``unverified`` (``verifier`` set): sft rows and preference pairs whose answer (a pair's chosen side) the
+  verifier (built in, or registered in ``[functions.verifiers]``) scores below ``min_verified``, judged as
+  evals judge a completion: ``verifier(answer, None, prompt=messages)``, once per distinct prompt and
+  answer. Prompt and eval rows hold reference answers, not a model's: they are not judged.
 - ``low_reward`` (``min_reward`` set): a registered reward model (``reward_model``, else the newest of
   kind reward-model) scores prompt + answer on the CPU, in batches; rows below ``min_reward`` go.
 """
@@ -41,7 +45,9 @@ from posttrain.curation.config import QualityStage
 from posttrain.curation.frame import PROMPT_COLUMN, Frame, Verdict
 from posttrain.errors import InvalidInput
 
-CHECKS = ("too_short", "too_long", "garbled", "truncated", "repetitive", "refusal", "language", "low_reward")
+CHECKS = (
+    "too_short", "too_long", "garbled", "truncated", "repetitive", "refusal", "language", "unverified", "low_reward",
+)  # fmt: skip
 LONG_ANSWER = 200
 MAX_SYMBOL_SHARE = 0.5
 MIN_REPETITION_WORDS = 10
@@ -109,6 +115,12 @@ def run(frame: Frame, stage: QualityStage) -> Verdict:
         wanted = set(stage.languages)
         off = np.array([lang is not None and lang not in wanted for lang in found], dtype=bool)
         drop("language", off, lambda i: f"language {found[i]!r} not in {sorted(wanted)}")
+    if stage.verifier is not None and frame.kind in ("sft", "preference"):
+        verified = verifier_scores(frame, stage.verifier, _pending(reasons))
+        details["verifier"] = stage.verifier
+        low = ~np.isnan(verified) & (verified < stage.min_verified)
+        drop("unverified", low,
+             lambda i: f"verifier {stage.verifier} scored {verified[i]:.3g} < {stage.min_verified:g}")  # fmt: skip
     if stage.min_reward is not None:
         name, scores = rewards(frame, stage.reward_model, _pending(reasons))
         details["reward_model"] = name
@@ -217,6 +229,30 @@ def identify(texts: list[str], *, chunk: int = 8192) -> list[str | None]:
         confidence = scores[np.arange(len(best)), best]
         out += [ider.nb_classes[b] if c >= LANGUAGE_CONFIDENCE else None for b, c in zip(best, confidence, strict=True)]
     return out
+
+
+def verifier_scores(frame: Frame, name: str, rows: np.ndarray) -> np.ndarray:
+    """Return the verifier's score of each row's answer in ``rows`` (NaN for the others), each distinct
+    (prompt, answer) scored once."""
+    from posttrain.evals.verifiers import get_verifier
+
+    try:
+        verifier = get_verifier(name, frame.project.settings.functions.verifiers)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="curate.quality.verifier") from None
+    index = np.flatnonzero(rows)
+    scores = np.full(len(frame), np.nan)
+    seen: dict[tuple[str, str], float] = {}
+    for i, messages in zip(index, _conversations(frame, index), strict=True):
+        answer = str(frame.answer[i] or "")
+        key = (str(frame.prompt[i] or ""), answer)
+        if key not in seen:
+            try:
+                seen[key] = float(verifier(answer, None, prompt=messages))
+            except InvalidInput as exc:
+                raise InvalidInput(exc.message, field="curate.quality.verifier") from None
+        scores[i] = seen[key]
+    return scores
 
 
 def reward_model_name(frame: Frame, name: str | None) -> str:
