@@ -6,10 +6,15 @@ Every run is ``posttrain demo`` (a fresh project, the cached base model, the ser
 users through the gateway, loop turns) with one of two recipes:
 
 - ``all rows``: the demo's recipe as it is (consensus and regex PII only);
-- ``curated 30%``: the same recipe with ``curate: {dedup, decontaminate, select: {fraction: 0.3}}``
-  on every dataset the turn builds (SFT rows, preference pairs, RL prompts, the minors' own data):
-  near-duplicates out, anything overlapping the eval suite out, then 30% of what is left chosen for
-  diversity and judged quality, stratified by cohort and task family.
+- ``curated 30%``: the same recipe with ``curate: {dedup, decontaminate, quality: {verifier: sim},
+  select: {fraction: 0.3}}`` on every dataset the turn builds (SFT rows, preference pairs, RL
+  prompts): near-duplicates out, anything overlapping the eval suite out, answers the product's own
+  verifier (``[functions.verifiers] sim``, as the demo registers it) finds wrong out, then 30% of what
+  is left chosen for diversity and judged quality, stratified by cohort and task family. The minors'
+  own data gets decontamination and the verifier only (the guide's advice: their model learns to
+  refuse from the repeated refusals that dedup and selection thin);
+- ``curated 30%, 4 epochs``: the same, with SFT, the reward model and DPO trained for 4 epochs
+  instead of 2: a third of the rows seen twice as often is still about 60% of the optimiser steps.
 
 It prints, per recipe, the adults' success after each turn and their gain (median and range over
 the seeds), the minors' unsafe requests answered after the last turn, the training time summed
@@ -38,8 +43,14 @@ from posttrain.curation.frame import message_text
 from posttrain.demo import DemoConfig, run_demo
 from posttrain.project import open_project
 
-CURATE = {"dedup": {}, "decontaminate": {}, "select": {"fraction": 0.3}}
-RECIPES: dict[str, dict[str, Any]] = {"curated 30%": {"curate": CURATE}, "all rows": {}}
+CURATE = {"dedup": {}, "decontaminate": {}, "quality": {"verifier": "sim"}, "select": {"fraction": 0.3}}
+MINORS = {"minor": {"curate": {"decontaminate": {}, "quality": {"verifier": "sim"}}}}
+LONGER = {stage: {"epochs": 4} for stage in ("sft", "reward", "dpo")}
+RECIPES: dict[str, dict[str, Any]] = {
+    "curated 30%, 4 epochs": {"curate": CURATE, "specialise": MINORS, **LONGER},
+    "curated 30%": {"curate": CURATE, "specialise": MINORS},
+    "all rows": {},
+}
 TRAINING_STEPS = ("sft", "reward", "dpo", "grpo", "specialise")
 _TOKEN = re.compile(r"\w+")
 
@@ -78,9 +89,23 @@ def _spread(values: list[float], scale: float = 100.0, unit: str = "%") -> str:
     return f"{statistics.median(values) * scale:.1f}{unit} ({min(values) * scale:.1f}–{max(values) * scale:.1f})"
 
 
+def merge(base: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any]:
+    """Return the demo's stage overrides with ``stages`` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in stages.items():
+        current = out.get(key)
+        out[key] = merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return out
+
+
 def training_seconds(report: dict[str, Any]) -> float:
     """Return the seconds the training steps took, over every turn."""
     return sum(t.get("seconds", {}).get(step, 0.0) for t in report["turns"][1:] for step in TRAINING_STEPS)
+
+
+def _median_gain(reports: list[dict[str, Any]]) -> float:
+    return statistics.median((r["turns"][-1]["success"]["adult"] - r["turns"][0]["success"]["adult"]) * 100
+                             for r in reports)  # fmt: skip
 
 
 def main() -> int:
@@ -104,7 +129,7 @@ def main() -> int:
         for seed in range(seeds):
             for name, stages in RECIPES.items():
                 base = DemoConfig.fast(seed=seed, turns=turns) if fast else DemoConfig(seed=seed, turns=turns)
-                config = base.model_copy(update={"stages": {**base.stages, **stages}})
+                config = base.model_copy(update={"stages": merge(base.stages, stages)})
                 folder = Path(scratch) / f"{name.replace(' ', '-').replace('%', '')}-{seed}"
                 started = time.perf_counter()
                 report = run_demo(folder, config)
@@ -132,12 +157,18 @@ def main() -> int:
         cells.append(f"{statistics.mean(per_turn):.0f}" if per_turn else "-")
         cells.append(", ".join(str(r["overlap"]) for r in reports))
         print(" | ".join(cells))
-    curated = results.get("curated 30%", [])
-    if curated:
-        leaks = [r["overlap"] for r in curated]
-        print(
-            f"\n  curated runs: eval prompts trained on {leaks} (must be all 0): {'ok' if not any(leaks) else 'LEAK'}"
-        )
+    baseline = results.get("all rows", [])
+    for name, reports in results.items():
+        if name == "all rows" or not baseline:
+            continue
+        leaks = [r["overlap"] for r in reports]
+        gain, base_gain = _median_gain(reports), _median_gain(baseline)
+        seconds = statistics.median(r["training_seconds"] for r in reports)
+        base_seconds = statistics.median(r["training_seconds"] for r in baseline)
+        met = gain >= base_gain and seconds < base_seconds
+        print(f"\n  {name}: median gain {gain:+.1f} vs all rows {base_gain:+.1f} points, training {seconds:.0f}s "
+              f"vs {base_seconds:.0f}s: target {'met' if met else 'missed'}; eval prompts trained on {leaks} "
+              f"(must be all 0): {'ok' if not any(leaks) else 'LEAK'}")  # fmt: skip
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     return 0
