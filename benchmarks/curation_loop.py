@@ -13,7 +13,7 @@ users through the gateway, loop turns) with one of two recipes:
   is left chosen for diversity and judged quality, stratified by cohort and task family. The minors'
   own data gets decontamination and the verifier only (the guide's advice: their model learns to
   refuse from the repeated refusals that dedup and selection thin);
-- ``curated 30%, 4 epochs``: the same, with SFT, the reward model and DPO trained for 4 epochs
+- ``curated 30% (4 epochs)``: the same, with SFT, the reward model and DPO trained for 4 epochs
   instead of 2: a third of the rows seen twice as often is still about 60% of the optimiser steps.
 
 It prints, per recipe, the adults' success after each turn and their gain (median and range over
@@ -47,7 +47,7 @@ CURATE = {"dedup": {}, "decontaminate": {}, "quality": {"verifier": "sim"}, "sel
 MINORS = {"minor": {"curate": {"decontaminate": {}, "quality": {"verifier": "sim"}}}}
 LONGER = {stage: {"epochs": 4} for stage in ("sft", "reward", "dpo")}
 RECIPES: dict[str, dict[str, Any]] = {
-    "curated 30%, 4 epochs": {"curate": CURATE, "specialise": MINORS, **LONGER},
+    "curated 30% (4 epochs)": {"curate": CURATE, "specialise": MINORS, **LONGER},
     "curated 30%": {"curate": CURATE, "specialise": MINORS},
     "all rows": {},
 }
@@ -115,19 +115,23 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--fast", action="store_true", help="the fast demo size with --seeds and --turns")
     parser.add_argument("--out", type=Path, default=None, help="write every run's report here (JSON)")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="which recipes, comma-separated")
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
     turns = 2 if args.quick else args.turns
     fast = args.quick or args.fast
+    chosen = {name: RECIPES[name] for name in (n.strip() for n in args.recipes.split(",")) if name in RECIPES}
+    if not chosen:
+        parser.error(f"--recipes: name one or more of {', '.join(RECIPES)}")
     print_header("curation on the loop: all rows vs a curated 30%", [
-        ("runs", f"{len(RECIPES)} recipes x {seeds} seeds x {turns} turns"),
+        ("runs", f"{len(chosen)} recipes x {seeds} seeds x {turns} turns"),
         ("size", "fast demo" if fast else "full demo"),
         ("curated", json.dumps(CURATE)),
     ])  # fmt: skip
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="posttrain-curation-loop-") as scratch:
         for seed in range(seeds):
-            for name, stages in RECIPES.items():
+            for name, stages in chosen.items():
                 base = DemoConfig.fast(seed=seed, turns=turns) if fast else DemoConfig(seed=seed, turns=turns)
                 config = base.model_copy(update={"stages": merge(base.stages, stages)})
                 folder = Path(scratch) / f"{name.replace(' ', '-').replace('%', '')}-{seed}"

@@ -18,7 +18,8 @@ ROWS = [(f"Question {i} about topic {i % 4}: how do I do thing {i}?", f"Do it li
 def _curated(project: Project) -> str:
     store_accepted(project, ROWS[:8], extra={"metadata": {"family": SCRIPT}})
     store_accepted(project, [(f"{SCRIPT} {p}", a) for p, a in ROWS[8:]], prefix="j", cohort="minor")
-    version = build_sft(project, "curated", curate={"select": {"fraction": 0.5, "embedder": "hashing", "strict_cohorts": True}})
+    select = {"fraction": 0.5, "embedder": "hashing", "strict_cohorts": True}
+    version = build_sft(project, "curated", curate={"select": select})
     assert version.stats["curation"]["rows_out"] == 8  # the minors too: strict_cohorts selects among them
     return version.ref
 
