@@ -24,9 +24,10 @@ and the row's reason names the check and its figure:
   identifier's normalised probability of its top language is at least ``LANGUAGE_CONFIDENCE`` and that
   language is not listed: short, numeric or symbolic texts ("add 3 4", "7", "hgfe") are never judged.
 - ``unverified`` (``verifier`` set): sft rows and preference pairs whose answer (a pair's chosen side) the
-  verifier (built in, or registered in ``[functions.verifiers]``) scores below ``min_verified``, judged as
-  evals judge a completion: ``verifier(answer, None, prompt=messages)``, once per distinct prompt and
-  answer. Prompt and eval rows hold reference answers, not a model's: they are not judged.
+  verifier registered in ``[functions.verifiers]`` scores below ``min_verified``, called as evals call one
+  without a reference answer: ``verifier(answer, None, prompt=messages)``, once per distinct prompt and
+  answer (the built-ins need a reference answer and are refused). Prompt and eval rows hold reference
+  answers, not a model's: they are not judged.
 - ``low_reward`` (``min_reward`` set): a registered reward model (``reward_model``, else the newest of
   kind reward-model) scores prompt + answer on the CPU, in batches; rows below ``min_reward`` go.
 """
