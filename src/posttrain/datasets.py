@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from posttrain import curate
 from posttrain.curation.config import CurationConfig
 from posttrain.errors import DependencyMissing, InvalidInput
-from posttrain.evals.verifiers import check_verifier_name
+from posttrain.evals.verifiers import validated_name
 from posttrain.names import check_name
 from posttrain.project import Project
 from posttrain.records import DatasetKind, DatasetVersion, FeedbackSource, UtcTime
@@ -128,12 +128,7 @@ class BuildConfig(BaseModel):
     @field_validator("verifier")
     @classmethod
     def _verifier_name(cls, value: str | None) -> str | None:
-        if value is not None and value != "row":
-            try:
-                check_verifier_name(value)
-            except InvalidInput as exc:
-                raise ValueError(exc.message) from None
-        return value
+        return value if value == "row" else validated_name(value)
 
     @field_validator("answer_from")
     @classmethod

@@ -15,7 +15,6 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from posttrain.errors import InvalidInput
 from posttrain.names import Name
 
 PIIKind = Literal["person", "address"]
@@ -99,18 +98,14 @@ class QualityStage(_Stage):
     @field_validator("verifier")
     @classmethod
     def _verifier_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            from posttrain.evals.verifiers import VERIFIERS, check_verifier_name
+        from posttrain.evals.verifiers import VERIFIERS, validated_name
 
-            try:
-                check_verifier_name(value)
-            except InvalidInput as exc:
-                raise ValueError(exc.message) from None
-            if value in VERIFIERS or value.startswith("numeric:"):
-                raise ValueError(
-                    f"verifier {value!r} compares with a reference answer, which sft rows and pairs do not have; "
-                    "name a verifier of posttrain.toml [functions.verifiers] that checks an answer from its prompt"
-                )
+        value = validated_name(value)
+        if value is not None and (value in VERIFIERS or value.startswith("numeric:")):
+            raise ValueError(
+                f"verifier {value!r} compares with a reference answer, which sft rows and pairs do not have; "
+                "name a verifier of posttrain.toml [functions.verifiers] that checks an answer from its prompt"
+            )
         return value
 
 

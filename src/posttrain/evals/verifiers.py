@@ -103,6 +103,17 @@ def check_verifier_name(name: str) -> None:
         functions.check_name(name, what="verifier", field="verifier")
 
 
+def validated_name(value: str | None) -> str | None:
+    """A pydantic field validator's body: ``value`` if it is a verifier name ``check_verifier_name`` takes,
+    else ValueError with its message (pydantic names the field)."""
+    if value is not None:
+        try:
+            check_verifier_name(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+    return value
+
+
 def get_verifier(name: str, registry: Mapping[str, str] | None = None) -> Verifier:
     """Return the verifier called ``name``: built in, ``numeric:TOL``, or registered in ``registry``."""
     check_verifier_name(name)

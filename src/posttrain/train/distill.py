@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from posttrain.datasets import read_rows, resolve, write_version
 from posttrain.errors import InvalidInput
-from posttrain.evals.verifiers import check_verifier_name, get_verifier
+from posttrain.evals.verifiers import get_verifier, validated_name
 from posttrain.ids import new_id
 from posttrain.models.registry import check_name_free, get_model
 from posttrain.project import Project
@@ -73,12 +73,7 @@ class DistillConfig(SFTConfig):
     @field_validator("verifier")
     @classmethod
     def _known_verifier(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                check_verifier_name(value)
-            except InvalidInput as exc:
-                raise ValueError(exc.message) from None
-        return value
+        return validated_name(value)
 
     @model_validator(mode="after")
     def _one_filter(self) -> DistillConfig:
