@@ -60,7 +60,7 @@ def test_each_planted_defect_is_removed_with_its_reason_and_nothing_else(project
     for (_, _, _, why), reason in zip(BAD, verdict.reasons[len(GOOD) :], strict=True):
         assert reason is not None and why in reason, (why, reason)
     assert verdict.details == {"too_short": 1, "too_long": 1, "garbled": 4, "truncated": 1, "repetitive": 1,
-                               "refusal": 2, "language": 2, "low_reward": 0}  # fmt: skip
+                               "refusal": 2, "language": 2, "unverified": 0, "low_reward": 0}  # fmt: skip
 
 
 def test_checks_that_are_off_keep_their_rows(project: Project) -> None:
