@@ -115,7 +115,9 @@ def test_api_never_answers_5xx(
     api_schema: schemathesis.BaseSchema, server: LiveServer, method: str, path: str, mode: GenerationMode
 ) -> None:
     def check(case: schemathesis.Case, response: schemathesis.Response) -> None:
-        assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text[:500]}"
+        assert response.status_code < 500, (  # the server's log holds the traceback
+            f"{case.method} {case.formatted_path}: {response.text[:500]}\n{server.stderr()[-4000:]}"
+        )
         content_type = response.headers.get("content-type", [""])[0]
         if response.status_code >= 400 and content_type.startswith("text/plain"):
             # uvicorn's HTTP parser refused the request line before the app saw it
