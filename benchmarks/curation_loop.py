@@ -103,6 +103,22 @@ def training_seconds(report: dict[str, Any]) -> float:
     return sum(t.get("seconds", {}).get(step, 0.0) for t in report["turns"][1:] for step in TRAINING_STEPS)
 
 
+def paired(reports: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
+    """Return the per-seed difference in adults' success after the last turn (the same seed's runs paired,
+    so the shared base model and traffic cancel) with a 95% t-interval over the seeds."""
+    from scipy import stats
+
+    by_seed = {r["seed"]: r for r in baseline}
+    diffs = [(r["turns"][-1]["success"]["adult"] - by_seed[r["seed"]]["turns"][-1]["success"]["adult"]) * 100
+             for r in reports if r["seed"] in by_seed]  # fmt: skip
+    if len(diffs) < 2:
+        return "paired by seed: needs two seeds"
+    mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * se
+    return (f"paired by seed, success after the last turn minus all rows': {', '.join(f'{d:+.1f}' for d in diffs)} "
+            f"points; mean {mean:+.1f}, 95% interval [{mean - half:+.1f}, {mean + half:+.1f}]")  # fmt: skip
+
+
 def _median_gain(reports: list[dict[str, Any]]) -> float:
     return statistics.median((r["turns"][-1]["success"]["adult"] - r["turns"][0]["success"]["adult"]) * 100
                              for r in reports)  # fmt: skip
@@ -173,6 +189,7 @@ def main() -> int:
         print(f"\n  {name}: median gain {gain:+.1f} vs all rows {base_gain:+.1f} points, training {seconds:.0f}s "
               f"vs {base_seconds:.0f}s: target {'met' if met else 'missed'}; eval prompts trained on {leaks} "
               f"(must be all 0): {'ok' if not any(leaks) else 'LEAK'}")  # fmt: skip
+        print(f"    {paired(reports, baseline)}")
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     return 0
