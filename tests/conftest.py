@@ -168,3 +168,42 @@ def console(flywheel: Path, tmp_path: Path) -> Iterator[Any]:
     for client in clients:
         client.__exit__(None, None, None)
     project.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster_session() -> Iterator[Any]:
+    """A real Ray cluster on loopback for the session: a head and one worker node, each a ``ray start``
+    process of its own (1 CPU each); stopped after the session."""
+    pytest.importorskip("ray")
+    from posttrain.compute import ray_runtime
+    from posttrain.compute.cluster import LocalCluster
+
+    cluster = LocalCluster(workers=1).start()
+    yield cluster
+    ray_runtime.disconnect()
+    cluster.stop()
+
+
+@pytest.fixture
+def ray_cluster(ray_cluster_session: Any) -> Any:
+    """The session's Ray cluster, this process connected to it (not to another a test made)."""
+    from posttrain.compute import ray_runtime
+
+    if ray_runtime.connected_to() not in (None, ray_cluster_session.address):
+        ray_runtime.disconnect()
+    return ray_cluster_session
+
+
+@pytest.fixture
+def ray_project(project: Project, ray_cluster: Any) -> Project:
+    """The ``project`` fixture with ``[compute] backend = "ray"`` on the session's cluster."""
+    use_ray(project, ray_cluster.address)
+    return project
+
+
+def use_ray(project: Project, address: str, **more: Any) -> None:
+    """Switch ``project``'s compute settings to the Ray cluster at ``address``."""
+    from posttrain.settings import ComputeSettings
+
+    compute = ComputeSettings(backend="ray", address=address, rows_per_block=more.pop("rows_per_block", 200), **more)
+    project.settings = project.settings.model_copy(update={"compute": compute})

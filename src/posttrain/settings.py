@@ -244,6 +244,50 @@ class CurateSettings(BaseModel):
         return _from_json(value, "must be a JSON list of cohort names") if isinstance(value, str) else value
 
 
+class ComputeSettings(BaseModel):
+    """Where the heavy stages run: in this process (``local``) or on a Ray cluster (``ray``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="local: builds, curation, generation, evals and training run in this process; "
+        "ray: on the Ray cluster at compute.address (pip install 'posttrain[ray]').",
+    )
+    address: str = Field(
+        "auto",
+        max_length=500,
+        description="The Ray cluster: auto (the one `ray start` made on this machine), HOST:PORT or ray://HOST:PORT.",
+    )
+    storage: str = Field(
+        "",
+        max_length=1000,
+        description="URL (fsspec) every worker reads inputs from and writes checkpoints to, e.g. s3://bucket/pt; "
+        "empty: the project's artifacts folder (a cluster on one machine or a shared filesystem).",
+    )
+    workers: int = Field(
+        2, ge=1, le=4096, description="Ray workers a stage uses when its command gives none (train --workers)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs Ray reserves for each worker.")
+    rows_per_block: int = Field(
+        20_000, ge=100, le=10_000_000, description="Rows per Ray Data block of a build or curation stage."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value != "auto" and not re.match(r"^(ray://)?[A-Za-z0-9_.\[\]:-]+:\d{1,5}$", value):
+            raise ValueError("give auto, HOST:PORT or ray://HOST:PORT, as in ray://head:10001")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if value and any(c in value for c in "\n\r\0"):
+            raise ValueError("a URL on one line, as in s3://bucket/posttrain")
+        return value
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -256,6 +300,7 @@ class Settings(BaseModel):
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     annotate: AnnotateSettings = Field(default_factory=AnnotateSettings)
     curate: CurateSettings = Field(default_factory=CurateSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:

@@ -1,0 +1,97 @@
+"""The connection to the Ray cluster (``compute.address``): made once per process, on first use.
+
+Only imported when ``compute.backend = "ray"``. The cluster's nodes run posttrain from the same
+install as this process (a cluster on one machine, or nodes built from the same image); nothing is
+shipped to them but the data and the functions the stages name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from posttrain.errors import DependencyMissing, JobFailed, PosttrainError, Unavailable
+from posttrain.settings import ComputeSettings
+
+NAMESPACE = "posttrain"
+_lock = threading.Lock()
+_connected: str | None = None
+
+
+def require_ray() -> Any:
+    """Import Ray, or say how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise DependencyMissing(
+            "compute.backend = ray needs Ray: pip install 'posttrain[ray]' (or set compute.backend = local)"
+        ) from None
+    return ray
+
+
+def connect(settings: ComputeSettings) -> Any:
+    """Connect this process to the cluster at ``settings.address`` (once); return the ``ray`` module."""
+    global _connected
+    ray = require_ray()
+    with _lock:
+        if ray.is_initialized():
+            if _connected is not None and _connected != settings.address:
+                raise Unavailable(
+                    f"this process is connected to the Ray cluster at {_connected}; "
+                    f"one process uses one cluster (compute.address is {settings.address})"
+                )
+            return ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            ray.init(
+                address=settings.address,
+                namespace=NAMESPACE,
+                log_to_driver=False,  # the workers' output belongs in the cluster's logs, not the user's terminal
+                logging_level=logging.ERROR,
+                configure_logging=True,
+            )
+        except ConnectionError as exc:
+            raise Unavailable(
+                f"no Ray cluster at compute.address = {settings.address!r} ({str(exc).splitlines()[0]}); "
+                "start one with 'ray start --head', or set compute.backend = local"
+            ) from None
+        _connected = settings.address
+        for name in ("ray", "ray.data", "ray.train"):  # "execution finished" and the like are the cluster's business
+            logging.getLogger(name).setLevel(logging.ERROR)
+        data = __import__("ray.data", fromlist=["DataContext"])
+        context = data.DataContext.get_current()
+        context.enable_progress_bars = False  # posttrain shows its own progress (job rows, the CLI's bars)
+        context.execution_options.preserve_order = True  # blocks come back in input order
+        context.print_on_execution_start = False
+        return ray
+
+
+def disconnect() -> None:
+    """Leave the cluster (tests switch clusters; the CLI never needs it)."""
+    global _connected
+    ray = require_ray()
+    with _lock:
+        if ray.is_initialized():
+            ray.shutdown()
+        _connected = None
+
+
+def unwrap(exc: BaseException, what: str) -> PosttrainError:
+    """Return the error to raise for a failure on the cluster: the stage's own error, else a one-line JobFailed."""
+    cause = getattr(exc, "cause", None)
+    while cause is not None and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    if isinstance(cause, PosttrainError):
+        return cause
+    if isinstance(exc, PosttrainError):
+        return exc
+    detail = str(cause if cause is not None else exc).strip().splitlines()
+    line = next((d for d in reversed(detail) if d.strip()), type(exc).__name__)
+    return JobFailed(f"{what} failed on the Ray cluster: {type(cause or exc).__name__}: {line[:300]}")
+
+
+def connected_to() -> str | None:
+    """Return the address this process is connected to, if any."""
+    return _connected
