@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from posttrain.cli import (
     annotate,
     capture,
+    compute,
     curate,
     datasets,
     demo,
@@ -53,6 +54,7 @@ app.add_typer(routing.app, name="routes")
 app.add_typer(evals.app, name="evals")
 app.add_typer(loop.app, name="loop")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(compute.app, name="compute")
 generate.register(app)
 demo.register(app)
 

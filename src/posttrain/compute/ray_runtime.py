@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -44,6 +45,7 @@ def connect(settings: ComputeSettings) -> Any:
                 )
             return ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        _probe(settings.address)
         try:
             ray.init(
                 address=settings.address,
@@ -66,6 +68,20 @@ def connect(settings: ComputeSettings) -> Any:
         context.execution_options.preserve_order = True  # blocks come back in input order
         context.print_on_execution_start = False
         return ray
+
+
+def _probe(address: str) -> None:
+    """Refuse an address nothing listens on at once (Ray itself would retry for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise Unavailable(
+            f"no Ray cluster answers at compute.address = {address!r} ({exc.strerror or exc}); "
+            "start one with 'ray start --head', or set compute.backend = local"
+        ) from None
 
 
 def disconnect() -> None:
