@@ -131,7 +131,7 @@ def train_part(rows: int, tmp: Path) -> tuple[list[Figure], list[str]]:
         figures.append(Figure(f"train sft, ray {workers} worker(s)", rate, "tokens/s", f"local {local_rate:,.0f}",
                               f"x{rate / local_rate:.2f} of local"))  # fmt: skip
         notes.append(f"ray {workers}: trainer {result['train_runtime']:.1f} s of {result['wall']:.1f} s wall (the "
-                     f"rest: worker group start-up, loading, registration); final loss {result['loss']:.3f}")  # fmt: skip
+                     f"rest: start-up, loading, registration); final loss {result['loss']:.3f}")  # fmt: skip
     notes.insert(0, f"local: trainer {local['train_runtime']:.1f} s of {local['wall']:.1f} s wall; "
                     f"final loss {local['loss']:.3f}")  # fmt: skip
     project.close()
