@@ -11,6 +11,11 @@ means per dataset version.
 A row's task family comes from ``SuiteConfig.family``: ``auto`` takes the row's ``family``
 column, else its ``task`` column, else the first word of the prompt's last user message;
 ``first_word`` always takes that word; any other value names the column to read.
+
+With ``[compute] backend = "ray"`` the completions are sampled by model actors on the cluster and
+scored there, beside them (``posttrain.compute.ray_generate``); the driver resolves the scorers'
+names against the project first and sends the workers names, the project's registry and folders,
+never code. The stored run has the same shape either way, and greedy runs the same completions.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from posttrain import datasets, jobs
+from posttrain import compute, datasets, jobs
 from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.evals.intervals import Slices, slice_values
 from posttrain.evals.judges import check_judge_spec
-from posttrain.evals.scorers import build_scorer, check_scorer_name
+from posttrain.evals.scorers import ScorerSpec, check_scorer_name, resolve_scorer, scorer_from_spec
 from posttrain.evals.verifiers import get_verifier
 from posttrain.ids import new_id
 from posttrain.models.registry import get_model
@@ -40,6 +45,7 @@ from posttrain.records import DatasetVersion, ModelRecord, UtcTime
 from posttrain.warehouse.rows import fetch_all, fetch_one
 
 Progress = Callable[[int, int], None]
+Scores = dict[str, list[float]]  # scorer name → one score per completion, prompt-major
 SUITE_KINDS = ("eval", "prompts")
 NO_VALUE = "(none)"
 _WORD = re.compile(r"[A-Za-z0-9_]+")
@@ -192,21 +198,46 @@ def _generate(path: str, rows: list[dict[str, Any]], suite: SuiteConfig, progres
     return out
 
 
+def _score(scorers: list[ScorerSpec], rows: list[dict[str, Any]], completions: list[list[str]]) -> Scores:
+    """Return every scorer's score of every completion, flattened prompt-major."""
+    flat_rows = [row for row, texts in zip(rows, completions, strict=True) for _ in texts]
+    flat = [text for texts in completions for text in texts]
+    return {spec.name: scorer_from_spec(spec).score(flat_rows, flat) for spec in scorers}
+
+
+def _generate_on_ray(
+    project: Project,
+    path: str,
+    rows: list[dict[str, Any]],
+    suite: SuiteConfig,
+    scorers: list[ScorerSpec],
+    progress: Progress | None,
+) -> tuple[list[list[str]], Scores]:
+    """Generate and score on the Ray cluster: model actors sample, the scorers run beside them."""
+    from posttrain.compute import ray_generate
+
+    sampling = ray_generate.Sampling(**suite.model_dump(include=set(ray_generate.Sampling.model_fields)))
+    out = ray_generate.sample(project, path, rows, sampling, scorers=scorers, what="evals.run", progress=progress)
+    flat = out.column("completion").to_pylist()
+    completions = [flat[i : i + suite.samples] for i in range(0, len(flat), suite.samples)]
+    scores = {s.name: out.column(ray_generate.score_column(s.name)).to_pylist() for s in scorers}
+    return completions, scores
+
+
 def _score_table(
-    project: Project, suite: SuiteConfig, rows: list[dict[str, Any]], completions: list[list[str]]
+    suite: SuiteConfig, rows: list[dict[str, Any]], completions: list[list[str]], scores: Scores
 ) -> pa.Table:
     """Return one row per (prompt, sample) with its completion and every scorer's score."""
     flat_rows = [row for row, texts in zip(rows, completions, strict=True) for _ in texts]
-    flat = [text for texts in completions for text in texts]
     columns: dict[str, Any] = {
         "prompt_index": [i for i, texts in enumerate(completions) for _ in texts],
         "sample": [j for texts in completions for j in range(len(texts))],
         "cohort": [cohort_of(r) for r in flat_rows],
         "family": [family_of(r, suite.family) for r in flat_rows],
-        "completion": flat,
+        "completion": [text for texts in completions for text in texts],
     }
     for name in suite.scorers:
-        columns[name] = pa.array(build_scorer(project, name).score(flat_rows, flat), pa.float64())
+        columns[name] = pa.array(scores[name], pa.float64())
     return pa.table(columns)
 
 
@@ -265,11 +296,23 @@ def run_eval(
     suite = suite.model_copy(update={"dataset": version.ref})
     for row in rows[:1]:
         family_of(row, suite.family)  # a missing family column fails before any generation
+    scorers = [resolve_scorer(project, name) for name in suite.scorers]
     config = {"model": record.name, **suite.model_dump(mode="json")}
     return jobs.run_as_job(
-        project, "evals.run", config, lambda job: _run(project, record, version, rows, suite, job, progress),
-        on_job=on_job,
+        project, "evals.run", config,
+        lambda job: _run(project, record, version, rows, suite, scorers, job, progress), on_job=on_job,
     )  # fmt: skip
+
+
+def _tracking(job: jobs.JobHandle, progress: Progress | None) -> Progress:
+    """Return a progress callback that moves the job row (and checks for a cancel), then the caller's."""
+
+    def track(done: int, total: int) -> None:
+        job.progress(done / total)
+        if progress is not None:
+            progress(done, total)
+
+    return track
 
 
 def _run(
@@ -278,12 +321,17 @@ def _run(
     version: DatasetVersion,
     rows: list[dict[str, Any]],
     suite: SuiteConfig,
+    scorers: list[ScorerSpec],
     job: jobs.JobHandle,
     progress: Progress | None,
 ) -> EvalResult:
-    started = time.perf_counter()
-    completions = _generate(record.path, rows, suite, progress)
-    table = _score_table(project, suite, rows, completions)
+    started, progress = time.perf_counter(), _tracking(job, progress)
+    if compute.uses_ray(project):
+        completions, scores = _generate_on_ray(project, record.path, rows, suite, scorers, progress)
+    else:
+        completions = _generate(record.path, rows, suite, progress)
+        scores = _score(scorers, rows, completions)
+    table = _score_table(suite, rows, completions, scores)
     run_id = new_id()
     folder = project.artifacts / "evals" / run_id
     folder.mkdir(parents=True, exist_ok=False)

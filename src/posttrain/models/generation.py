@@ -4,6 +4,8 @@
 batches on the CPU, and commits them all in one transaction through ``capture.commit``, tagged
 ``generated`` and ``output:NAME`` so later stages (curation, judges, evals) find them. It runs as a
 job row. torch and transformers are imported inside the functions, so this module stays light.
+With ``[compute] backend = "ray"`` the batches are sampled by model actors on the Ray cluster
+(``posttrain.compute.ray_generate``) and the interactions stored here, the same as local ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from posttrain import capture, datasets, jobs
+from posttrain import capture, compute, datasets, jobs
 from posttrain.errors import Conflict, InvalidInput
 from posttrain.models.registry import get_model
 from posttrain.project import Project
@@ -252,9 +254,24 @@ def _run(
     job: jobs.JobHandle,
     on_progress: Progress | None,
 ) -> GenerateReport:
+    started = time.perf_counter()
+    if compute.uses_ray(project):
+        events = _sample_on_ray(project, config, path, rows, job, on_progress)
+    else:
+        events = _sample_here(config, path, rows, job, on_progress)
+    stored = _store(project, events)
+    return GenerateReport(
+        model=config.model, dataset=config.prompts, output=config.output, tag=config.tag, prompts=len(rows),
+        samples=config.samples, interactions=stored, job_id=job.id, seconds=round(time.perf_counter() - started, 3),
+    )  # fmt: skip
+
+
+def _sample_here(
+    config: GenerateConfig, path: Path, rows: list[dict[str, Any]], job: jobs.JobHandle, on_progress: Progress | None
+) -> list[dict[str, Any]]:
+    """Return the run's interactions, sampled in this process batch by batch."""
     import torch
 
-    started = time.perf_counter()
     torch.set_num_threads(_available_cpus())
     torch.manual_seed(config.seed)
     lm, tokenizer = load_causal_lm(path)
@@ -272,8 +289,36 @@ def _run(
         job.progress(len(events) / total)
         if on_progress is not None:
             on_progress(len(events), total)
-    stored = _store(project, events)
-    return GenerateReport(
-        model=config.model, dataset=config.prompts, output=config.output, tag=config.tag, prompts=len(rows),
-        samples=config.samples, interactions=stored, job_id=job.id, seconds=round(time.perf_counter() - started, 3),
-    )  # fmt: skip
+    return events
+
+
+def _sample_on_ray(
+    project: Project,
+    config: GenerateConfig,
+    path: Path,
+    rows: list[dict[str, Any]],
+    job: jobs.JobHandle,
+    on_progress: Progress | None,
+) -> list[dict[str, Any]]:
+    """Return the run's interactions, sampled by model actors on the Ray cluster (see ``compute.ray_generate``)."""
+    from posttrain.compute import ray_generate
+
+    def progress(done: int, total: int) -> None:
+        job.progress(done / total)
+        if on_progress is not None:
+            on_progress(done, total)
+
+    sampling = ray_generate.Sampling(**config.model_dump(include=set(ray_generate.Sampling.model_fields)))
+    prompts = [{"prompt": row["prompt"]} for row in rows]  # the workers need the prompts alone
+    out = ray_generate.sample(project, str(path), prompts, sampling, what="generate", progress=progress).to_pydict()
+    return [
+        _interaction(rows[index], index, sample, (text, prompt_tokens, completion_tokens), config)
+        for index, sample, text, prompt_tokens, completion_tokens in zip(
+            out["prompt_index"],
+            out["sample"],
+            out["completion"],
+            out["prompt_tokens"],
+            out["completion_tokens"],
+            strict=True,
+        )
+    ]
