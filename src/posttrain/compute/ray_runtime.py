@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 from typing import Any
 
+from posttrain import errors
 from posttrain.errors import DependencyMissing, JobFailed, PosttrainError, Unavailable
 from posttrain.settings import ComputeSettings
 
 NAMESPACE = "posttrain"
 _lock = threading.Lock()
 _connected: str | None = None
+_RAISED = re.compile(r"^posttrain\.errors\.(\w+): (.+)$", re.MULTILINE)  # a traceback's last line
 
 
 def require_ray() -> Any:
@@ -103,9 +106,21 @@ def unwrap(exc: BaseException, what: str) -> PosttrainError:
         return cause
     if isinstance(exc, PosttrainError):
         return exc
+    raised = _raised_on_worker(str(exc))
+    if raised is not None:
+        return raised
     detail = str(cause if cause is not None else exc).strip().splitlines()
     line = next((d for d in reversed(detail) if d.strip()), type(exc).__name__)
     return JobFailed(f"{what} failed on the Ray cluster: {type(cause or exc).__name__}: {line[:300]}")
+
+
+def _raised_on_worker(text: str) -> PosttrainError | None:
+    """Return the posttrain error a worker's traceback ends with: Ray Data keeps a UDF's traceback as text only."""
+    found = _RAISED.findall(text)
+    kind = getattr(errors, found[-1][0], None) if found else None
+    if isinstance(kind, type) and issubclass(kind, PosttrainError):
+        return kind(found[-1][1].strip())
+    return None
 
 
 def connected_to() -> str | None:
