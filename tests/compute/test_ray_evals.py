@@ -38,11 +38,15 @@ def where_scored(completion: str, answer: str | None, *, trace: str, **row: obje
     return 1.0
 
 
-def use_ray(project: Project, address: str) -> None:
+def explodes(completion: str, answer: str | None, **row: object) -> float:
+    raise ValueError("no score today")
+
+
+def use_ray(project: Project, address: str, **more: Any) -> None:
     """conftest's ``use_ray``, imported here: the Ray workers import this module without tests/ on their path."""
     import conftest
 
-    conftest.use_ray(project, address)
+    conftest.use_ray(project, address, **more)
 
 
 @pytest.fixture
@@ -60,7 +64,9 @@ def suite_project(project: Project, tiny_model: Path, tmp_path: Path) -> Project
         }
     )
     write_version(project, "ev", "eval", table, recipe={"test": True}, sources={})
-    project.settings.functions.verifiers.update({n: f"{MODULE}:{n}" for n in ("length_parity", "where_scored")})
+    project.settings.functions.verifiers.update(
+        {n: f"{MODULE}:{n}" for n in ("length_parity", "where_scored", "explodes")}
+    )
     return project
 
 
@@ -98,6 +104,14 @@ def test_run_eval_on_ray_scores_in_the_workers_as_local_does(
     job = jobs.get_job(project, there.job_id or "")
     assert (job.state, job.progress, job.output) == ("succeeded", 1.0, there.id)
     assert [r.id for r in evals.list_runs(project, model="tiny")] == [there.id, here.id]
+
+
+def test_run_eval_on_ray_fails_with_the_workers_error(suite_project: Project, ray_cluster: Any) -> None:
+    use_ray(suite_project, ray_cluster.address)
+    with pytest.raises(InvalidInput, match="verifier 'explodes' failed: ValueError: no score today"):
+        evals.run_eval(suite_project, "tiny", suite("explodes"))
+    (job,) = jobs.list_jobs(suite_project)
+    assert job.state == "failed" and "no score today" in (job.error or "")
 
 
 def test_generate_on_ray_stores_what_local_stores(suite_project: Project, ray_cluster: Any) -> None:
