@@ -289,3 +289,11 @@ def test_cli_train_bad_learning_rate_is_one_line(project: Project, cli: CliRunne
 
     assert isinstance(result.exception, InvalidInput)
     assert "learning_rate: must be in (0, 1]" in result.exception.message
+
+
+def test_train_workers_without_ray_is_refused(project: Project, base: ModelRecord) -> None:
+    write_sft(project, spell_rows(4))
+
+    with pytest.raises(InvalidInput, match='workers: 2 workers need Ray Train; set \\[compute\\] backend = "ray"'):
+        train_sft(project, SFTConfig(model="base", dataset="spell", output="o", workers=2))
+    assert list_jobs(project) == []
