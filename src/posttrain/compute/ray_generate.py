@@ -2,10 +2,12 @@
 
 ``sample(project, path, rows, Sampling(...))`` cuts the prompt rows into the batches the local path
 makes (``batch_size // samples`` prompts), one Ray Data block each, and maps up to
-``compute.workers`` ``ModelActor`` s (``compute.cpus_per_worker`` CPUs each) over them. An actor
-loads the model once — the folder as it is when ``compute.storage`` is local, else a copy the
-driver put there, fetched to a temporary folder — and samples each batch with ``_sample_batch``,
-the function the local path calls. It then scores the completions with the scorers the driver
+``compute.workers`` ``ModelActor`` s (``compute.cpus_per_worker`` CPUs each) over them. The caller
+passes the local path's own functions, ``load_causal_lm`` and ``_sample_batch`` of
+``posttrain.models.generation`` (as the per-row stages pass theirs to ``compute.map_batches``). An
+actor loads the model once with the first — the folder as it is when ``compute.storage`` is local,
+else a copy the driver put there, fetched to a temporary folder — and samples each batch with the
+second. It then scores the completions with the scorers the driver
 resolved (``ScorerSpec``: a name, the project's ``[functions.verifiers]``, a reward model's folder;
 never code), so rows, completions and scores stay on the worker until they come back. Batches
 come back in order; the caller's ``progress(done, total)`` counts sequences as they do.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 INDEX = "prompt_index"
 SCORE = "score:"  # a scorer's column is SCORE + its name (a scorer may be called "completion")
 DEBUG = ("node", "pid")  # where each batch ran: for tests and logs, never stored
+Load = Callable[[str], tuple[Any, Any]]  # a model folder → (model, tokenizer): load_causal_lm
+SampleBatch = Callable[..., list[tuple[str, int, int]]]  # _sample_batch: (completion, prompt tokens, completion tokens)
 
 
 class Sampling(BaseModel):
@@ -63,18 +67,26 @@ class ModelActor:
     """One model loaded in one Ray worker, with its scorers; called with a batch of prompt rows."""
 
     def __init__(
-        self, *, model: str, storage_url: str | None, sampling: Sampling, scorers: list[ScorerSpec], threads: int
+        self,
+        *,
+        model: str,
+        load: Load,
+        sample_batch: SampleBatch,
+        storage_url: str | None,
+        sampling: Sampling,
+        scorers: list[ScorerSpec],
+        threads: int,
     ) -> None:
         import ray
         import torch
 
         from posttrain.evals.scorers import scorer_from_spec
-        from posttrain.models.generation import load_causal_lm
 
         torch.set_num_threads(threads)
         self._copies: list[tempfile.TemporaryDirectory[str]] = []
         self._storage_url = storage_url
-        self.model, self.tokenizer = load_causal_lm(self._local(model))
+        self.model, self.tokenizer = load(self._local(model))
+        self.sample_batch = sample_batch
         self.sampling = sampling
         self.scorers = [scorer_from_spec(s, path=self._local(s.path) if s.path else None) for s in scorers]
         self.node = ray.get_runtime_context().get_node_id()
@@ -92,13 +104,11 @@ class ModelActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from posttrain.models.generation import _sample_batch
-
         rows = batch.drop_columns([INDEX]).to_pylist()
         indexes = batch.column(INDEX).to_pylist()
         s = self.sampling
         torch.manual_seed(s.seed + indexes[0])
-        results = _sample_batch(
+        results = self.sample_batch(
             self.model, self.tokenizer, [r["prompt"] for r in rows], samples=s.samples,
             max_new_tokens=s.max_new_tokens, temperature=s.temperature,
         )  # fmt: skip
@@ -124,6 +134,8 @@ def sample(
     rows: Sequence[dict[str, Any]],
     sampling: Sampling,
     *,
+    load: Load,
+    sample_batch: SampleBatch,
     scorers: Sequence[ScorerSpec] = (),
     what: str,
     progress: ProgressFn | None = None,
@@ -140,7 +152,9 @@ def sample(
         model = _stage(store, path, scratch, "model")
         specs = [s.model_copy(update={"path": _stage(store, s.path, scratch, f"scorer-{i}")}) if s.path else s
                  for i, s in enumerate(scorers)]  # fmt: skip
-        return _map(project, model, rows, sampling, specs, what=what, progress=progress)
+        actor = {"model": model, "load": load, "sample_batch": sample_batch, "sampling": sampling, "scorers": specs,
+                 "storage_url": None if store.is_local else store.url_root}  # fmt: skip
+        return _map(project, actor, rows, sampling, what=what, progress=progress)
     finally:
         if not store.is_local:
             store.remove(store.path(scratch))
@@ -153,10 +167,9 @@ def _stage(store: Storage, path: str, scratch: str, name: str) -> str:
 
 def _map(
     project: Project,
-    model: str,
+    actor: dict[str, Any],
     rows: Sequence[dict[str, Any]],
     sampling: Sampling,
-    scorers: list[ScorerSpec],
     *,
     what: str,
     progress: ProgressFn | None,
@@ -166,18 +179,14 @@ def _map(
     table = pa.Table.from_pylist(list(rows)).append_column(INDEX, pa.array(range(len(rows)), pa.int64()))
     step, total = sampling.prompts_per_batch, len(rows) * sampling.samples
     blocks = [table.slice(start, step) for start in range(0, len(rows), step)]  # one block per generate call
-    store = storage(project)
     dataset = ray.data.from_arrow(blocks).map_batches(
         ModelActor,
         batch_size=step,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=settings.workers),
         num_cpus=settings.cpus_per_worker,
-        fn_constructor_kwargs={
-            "model": model, "storage_url": None if store.is_local else store.url_root, "sampling": sampling,
-            "scorers": scorers, "threads": max(1, int(settings.cpus_per_worker)),
-        },
-    )  # fmt: skip
+        fn_constructor_kwargs={**actor, "threads": max(1, int(settings.cpus_per_worker))},
+    )
     done, out = 0, []
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):

@@ -215,9 +215,13 @@ def _generate_on_ray(
 ) -> tuple[list[list[str]], Scores]:
     """Generate and score on the Ray cluster: model actors sample, the scorers run beside them."""
     from posttrain.compute import ray_generate
+    from posttrain.models.generation import _sample_batch, load_causal_lm
 
     sampling = ray_generate.Sampling(**suite.model_dump(include=set(ray_generate.Sampling.model_fields)))
-    out = ray_generate.sample(project, path, rows, sampling, scorers=scorers, what="evals.run", progress=progress)
+    out = ray_generate.sample(
+        project, path, rows, sampling, load=load_causal_lm, sample_batch=_sample_batch, scorers=scorers,
+        what="evals.run", progress=progress,
+    )  # fmt: skip
     flat = out.column("completion").to_pylist()
     completions = [flat[i : i + suite.samples] for i in range(0, len(flat), suite.samples)]
     scores = {s.name: out.column(ray_generate.score_column(s.name)).to_pylist() for s in scorers}

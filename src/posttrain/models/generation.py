@@ -310,7 +310,10 @@ def _sample_on_ray(
 
     sampling = ray_generate.Sampling(**config.model_dump(include=set(ray_generate.Sampling.model_fields)))
     prompts = [{"prompt": row["prompt"]} for row in rows]  # the workers need the prompts alone
-    out = ray_generate.sample(project, str(path), prompts, sampling, what="generate", progress=progress).to_pydict()
+    out = ray_generate.sample(
+        project, str(path), prompts, sampling, load=load_causal_lm, sample_batch=_sample_batch, what="generate",
+        progress=progress,
+    ).to_pydict()  # fmt: skip
     return [
         _interaction(rows[index], index, sample, (text, prompt_tokens, completion_tokens), config)
         for index, sample, text, prompt_tokens, completion_tokens in zip(
