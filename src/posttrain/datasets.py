@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from posttrain import curate
+from posttrain import compute, curate
 from posttrain.curation.config import CurationConfig
 from posttrain.errors import DependencyMissing, InvalidInput
 from posttrain.evals.verifiers import validated_name
@@ -540,6 +540,16 @@ def _conversations(table: pa.Table) -> pa.Table:
     return table
 
 
+def _scrub_rows(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """Scrub PII by regex from every text of the rows (a build's per-row step: any batch of them, anywhere).
+
+    Module-level, so Ray pickles it by reference; a row's text never depends on another row's.
+    """
+    table, pii = curate.scrub_table(table)
+    table, more = _scrub_parts_and_calls(table)
+    return table, {key: n + more.get(key, 0) for key, n in pii.items()}
+
+
 def _scrub_parts_and_calls(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     """Scrub PII from the text that ``curate.scrub_table`` does not reach: content parts, tool call arguments."""
     counts: dict[str, int] = {}
@@ -594,16 +604,21 @@ def build(project: Project, kind: DatasetKind, name: str, config: BuildConfig | 
     """Build the next version of dataset ``name`` from the warehouse: select, scrub PII, write.
 
     The selection runs as one DuckDB query; rows are ordered by interaction id, so the same recipe
-    over the same data gives the same ``content_hash``. Raise InvalidInput when no rows match.
+    over the same data gives the same ``content_hash``. The PII scrub and curation's per-row steps
+    run where ``[compute]`` says (here, or on the Ray cluster batch by batch), with the same rows
+    either way. Raise InvalidInput when no rows match.
     """
     check_name(name, what="dataset name")
     config = config or BuildConfig()
+    # the selection stays in this process on either backend: the warehouse is this project's DuckDB
+    # file, which only the driver opens; the workers get the selected rows
     table = query(project, kind, config)
     if table.num_rows == 0:
         raise InvalidInput(f"no rows match: {_describe(kind, config)}; loosen the filters", field="filters")
-    table, pii = curate.scrub_table(table)
-    table, more = _scrub_parts_and_calls(table)
-    pii = {key: n + more.get(key, 0) for key, n in pii.items()}
+    scrubbed, pii = compute.map_batches(project, table, _scrub_rows, what="the PII scrub of the build")
+    # on Ray the rows went through Parquet, which names a list's items 'element' (DuckDB: 'l'); the
+    # selection's schema keeps the file's stored Arrow schema, so its bytes, the same on both backends
+    table = scrubbed.cast(table.schema)
     dropped = 0
     if kind == "eval" and config.exclude:
         table, dropped = _drop_seen(project, table, config.exclude)

@@ -18,6 +18,7 @@ new version adds only new material.
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from posttrain import compute
 from posttrain import versions as datasets
 from posttrain.curation.config import DedupStage
 from posttrain.curation.frame import ANSWER_COLUMN, PROMPT_COLUMN, Frame, Verdict, message_text
 from posttrain.errors import DependencyMissing, NotFound
+from posttrain.project import Project
 
 _INSTALL = "pip install 'posttrain[curate]'"
 SEED = 1
@@ -72,7 +75,7 @@ def run(frame: Frame, stage: DedupStage) -> Verdict:
     unique = encoded.dictionary.to_pylist()
     rank = _rank(frame)
     group_best = _best_by(group, rank, len(unique))  # best row of each exact group
-    sketches = sketch(unique, stage)
+    sketches = sketch_rows(frame.project, unique, stage)
     reasons: list[str | None] = [None] * n
     keep = np.ones(n, dtype=bool)
     live = np.ones(len(unique), dtype=bool)  # groups still in play after the earlier versions
@@ -173,6 +176,27 @@ def sketch(texts: list[str], stage: DedupStage) -> Sketches:
     if not parts:
         return Sketches(np.empty((0, stage.num_perm), dtype=dtype))
     return Sketches(np.concatenate(parts))
+
+
+def sketch_rows(project: Project, texts: list[str], stage: DedupStage) -> Sketches:
+    """Return ``sketch(texts, stage)``, computed here or batch by batch on the Ray cluster (``[compute]``).
+
+    A text's signature depends on that text alone, so any batching gives the same values; the LSH
+    banding and the clusters need every signature at once and stay in this process.
+    """
+    table = pa.table({"text": pa.array(texts, pa.string())})
+    signed, _ = compute.map_batches(
+        project, table, functools.partial(_sketch_rows, stage=stage), what="curation's dedup stage (MinHash)"
+    )
+    column = signed.column("signature").combine_chunks()
+    return Sketches(column.flatten().to_numpy().reshape(len(texts), stage.num_perm))
+
+
+def _sketch_rows(table: pa.Table, *, stage: DedupStage) -> tuple[pa.Table, dict[str, int]]:
+    """Return the MinHash signature of each row's ``text`` as a fixed-size list (a per-row step)."""
+    values = sketch(table.column("text").to_pylist(), stage).values
+    signature = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), stage.num_perm)
+    return pa.table({"signature": signature}), {}
 
 
 def _symbols(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +369,7 @@ def _drop_near_earlier(
     texts, refs = _earlier_texts(frame, stage.on, notes)
     if not texts:
         return live
-    earlier = sketch(texts, stage)
+    earlier = sketch_rows(frame.project, texts, stage)
     candidates: list[tuple[np.ndarray, np.ndarray]] = []
     for start, end in _bands(stage):
         theirs = _band_keys(earlier.values, start, end)

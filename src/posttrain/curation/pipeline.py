@@ -10,6 +10,7 @@ report page draws.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from posttrain import compute
 from posttrain.curation.config import CurationConfig, SafetyStage
 from posttrain.curation.frame import Frame, Verdict, build_frame
 from posttrain.project import Project
@@ -166,25 +168,30 @@ def curate(
     selected[position] = True
     table = frame.table
     if config.pii is not None and config.pii.enabled and config.pii.ner:
-        table, pii_report = _scrub_names(table, stages, config)
+        table, pii_report = _scrub_names(project, table, stages, config)
         stages.append(pii_report)
     full = build_details(first, removed_by, reason, x, y, cluster, selected)
     report = CurationReport(rows_in=rows_in, rows_out=len(frame), strict=frame.strict, stages=stages)
     return Curated(table=table, report=report, details=full)
 
 
-def _scrub_names(table: pa.Table, stages: list[StageReport], config: CurationConfig) -> tuple[pa.Table, StageReport]:
+def _scrub_names(
+    project: Project, table: pa.Table, stages: list[StageReport], config: CurationConfig
+) -> tuple[pa.Table, StageReport]:
     """Replace names and addresses (NER) in the rows kept and in every stage's examples.
 
     The NER is the slow part of PII (~200 texts/s past its regex gate), so it runs last, on what the
-    other stages kept; the regexes ran on every row before any stage, and the examples of removed
-    rows that the manifest shows go through the NER too.
+    other stages kept, and batch by batch on the Ray cluster when ``[compute]`` says so; the regexes
+    ran on every row before any stage. The examples of removed rows that the manifest shows (a few
+    dozen) go through the NER here.
     """
     from posttrain.curation import pii
 
     assert config.pii is not None
     started = time.perf_counter()
-    table, counts = pii.scrub_table(table, config.pii)
+    scrub = functools.partial(pii.scrub_table, stage=config.pii)
+    scrubbed, counts = compute.map_batches(project, table, scrub, what="curation's PII stage (NER)")
+    table = scrubbed.cast(table.schema)  # Ray's Parquet round trip renames list items (see datasets.build)
     examples = [e for s in stages for e in s.examples]
     if examples:
         texts = pa.table({"prompt": [e["prompt"] for e in examples], "answer": [e["answer"] for e in examples]})

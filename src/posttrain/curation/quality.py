@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from posttrain import compute
 from posttrain.curation.config import QualityStage
 from posttrain.curation.frame import PROMPT_COLUMN, Frame, Verdict
 from posttrain.errors import InvalidInput
@@ -191,10 +192,19 @@ def languages(frame: Frame, rows: np.ndarray) -> list[str | None]:
         return out
     texts = pc.take(text, pa.array(index, pa.int64())).to_pylist()
     distinct = list(dict.fromkeys(texts))
-    decided = dict(zip(distinct, identify(distinct), strict=True))
+    found, _ = compute.map_batches(
+        frame.project, pa.table({"text": pa.array(distinct, pa.string())}), _identify_rows,
+        what="curation's quality stage (language identification)",
+    )  # fmt: skip
+    decided = dict(zip(distinct, found.column("language").to_pylist(), strict=True))
     for i, t in zip(index, texts, strict=True):
         out[i] = decided[t]
     return out
+
+
+def _identify_rows(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """Return the language of each row's ``text`` (a per-row step: any batch of texts, anywhere)."""
+    return pa.table({"language": pa.array(identify(table.column("text").to_pylist()), pa.string())}), {}
 
 
 def identify(texts: list[str], *, chunk: int = 8192) -> list[str | None]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from posttrain import compute
 from posttrain.curation.config import SelectStage
 from posttrain.curation.embed import embed, normalise
 from posttrain.curation.frame import Frame, Verdict, message_text
@@ -87,7 +88,7 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
         empty = np.zeros(0)
         verdict = Verdict(keep=np.zeros(0, dtype=bool), reasons=[], note="no rows to select from")
         return Selection(verdict, empty, empty, np.zeros(0, dtype=np.int64))
-    vectors = embed([str(p) for p in frame.prompt], stage.embedder)
+    vectors = _embed(frame, stage)
     reduced, offset = principal_components(vectors, stage.seed, REDUCED_DIMS)
     x, y = reduced[:, 0].astype(np.float64), reduced[:, 1].astype(np.float64)
     cluster = cluster_ids(reduced, stage.seed)
@@ -129,6 +130,28 @@ def run(frame: Frame, stage: SelectStage) -> Selection:
         note = (f"{details['kept_strict_cohorts']} rows of strict cohorts kept whole "
                 "(select.strict_cohorts: true selects among them too)")  # fmt: skip
     return Selection(Verdict(keep=keep, reasons=reasons, details=details, note=note), x, y, cluster)
+
+
+def _embed(frame: Frame, stage: SelectStage) -> np.ndarray:
+    """Return the prompts' embeddings: ``hashing`` here or batch by batch on the Ray cluster, the models here.
+
+    Only the hashing embedder is a pure function of each text. MiniLM pads each batch to its longest
+    text, so a text's vector changes in the last bits (about 1e-7) with the texts beside it, and
+    k-center may then pick other rows; the static model is a folder distilled into this machine's
+    cache, which a worker elsewhere would distill again for itself. Both stay in this process.
+    """
+    texts = [str(p) for p in frame.prompt]
+    if stage.embedder != "hashing":
+        return embed(texts, stage.embedder)
+    table = pa.table({"text": pa.array(texts, pa.string())})
+    found, _ = compute.map_batches(frame.project, table, _embed_rows, what="curation's select stage (embeddings)")
+    return found.column("vector").combine_chunks().flatten().to_numpy().reshape(len(texts), -1)
+
+
+def _embed_rows(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """Return the hashing embedding of each row's ``text`` as a fixed-size list (a per-row step)."""
+    vectors = embed(table.column("text").to_pylist(), "hashing")
+    return pa.table({"vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])}), {}
 
 
 def exempt_rows(frame: Frame, stage: SelectStage) -> np.ndarray:
