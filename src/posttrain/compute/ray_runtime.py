@@ -63,9 +63,10 @@ def connect(settings: ComputeSettings) -> Any:
                 "start one with 'ray start --head', or set compute.backend = local"
             ) from None
         _connected = settings.address
+        # imported first: importing ray.data sets its logger to DEBUG with a console handler of its own
+        data = __import__("ray.data", fromlist=["DataContext"])
         for name in ("ray", "ray.data", "ray.train"):  # "execution finished" and the like are the cluster's business
             logging.getLogger(name).setLevel(logging.ERROR)
-        data = __import__("ray.data", fromlist=["DataContext"])
         context = data.DataContext.get_current()
         context.enable_progress_bars = False  # posttrain shows its own progress (job rows, the CLI's bars)
         context.execution_options.preserve_order = True  # blocks come back in input order
