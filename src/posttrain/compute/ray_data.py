@@ -13,6 +13,7 @@ fails with a one-line error, never hangs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,11 @@ from posttrain.ids import new_id
 from posttrain.settings import ComputeSettings
 
 if TYPE_CHECKING:
-    from posttrain.compute import BatchFn, ProgressFn, Storage
+    from posttrain.compute.storage import Storage
+
+# as posttrain.compute's BatchFn and ProgressFn (repeated here: that package imports this module)
+BatchFn = Callable[[pa.Table], tuple[pa.Table, dict[str, int]]]
+ProgressFn = Callable[[int, int], None]
 
 ROW = "__posttrain_row"
 COUNTS = "__posttrain_counts"

@@ -56,7 +56,9 @@ class Storage:
             if Path(target).resolve() != Path(local).resolve():
                 shutil.copytree(local, target, dirs_exist_ok=True)
             return target
-        self.fs.put(str(local).rstrip("/") + "/", target, recursive=True)
+        for file in sorted(Path(local).rglob("*")):
+            if file.is_file():  # file by file: fsspec's recursive put nests into a folder that exists
+                self.put_file(file, *parts, file.relative_to(local).as_posix())
         return target
 
     def put_file(self, local: Path | str, *parts: str) -> str:
@@ -73,7 +75,11 @@ class Storage:
             shutil.copytree(path, local, dirs_exist_ok=True)
             return local
         local.mkdir(parents=True, exist_ok=True)
-        self.fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+        root = path.rstrip("/")
+        for file in self.fs.find(root):  # file by file, for the same reason as put_dir
+            target = local / posixpath.relpath(file, root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(file, str(target))
         return local
 
     def exists(self, path: str) -> bool:
