@@ -8,7 +8,7 @@ with its recipe (NER PII, dedup, decontaminate, quality, select 30%) on ``local`
 and on a Ray cluster started here with ``ray start`` (a head with no CPUs, so every task runs on
 the 1 or 2 worker nodes of 1 CPU each). Each cluster first builds a 2,000-interaction slice (its
 workers load spaCy/Presidio and the embedder once, as a cluster that lives between builds has);
-then the full build is timed. The content hash of the three versions must agree.
+then the full build is timed, in blocks of 20,000 rows. The content hash of the three versions must agree.
 
 Part 2 — ``train sft`` on the tiny Qwen2 of ``benchmarks/train_sft.py``: tokens/s of the local
 trainer beside Ray Train with 1 and 2 workers (data-parallel, gloo on CPU, each worker 1 CPU),
@@ -45,12 +45,12 @@ from posttrain.settings import ComputeSettings  # noqa: E402
 WARM_ROWS = 2_000
 
 
-def use(project: Project, cluster: LocalCluster | None, workers: int) -> None:
+def use(project: Project, cluster: LocalCluster | None, workers: int, rows_per_block: int = 20_000) -> None:
     """Point the project's compute settings at ``cluster`` (None: local)."""
     compute = (
         ComputeSettings()
         if cluster is None
-        else ComputeSettings(backend="ray", address=cluster.address, workers=workers, rows_per_block=20_000)
+        else ComputeSettings(backend="ray", address=cluster.address, workers=workers, rows_per_block=rows_per_block)
     )
     project.settings = project.settings.model_copy(update={"compute": compute})
 
@@ -82,8 +82,9 @@ def curation_part(rows: int, tmp: Path) -> tuple[list[Figure], list[str]]:
         started = time.perf_counter()
         with LocalCluster(workers=workers, head_cpus=0) as cluster:
             start_s = time.perf_counter() - started
-            use(project, cluster, workers)
+            use(project, cluster, workers, rows_per_block=100)  # small blocks: every worker gets some
             warm_s, _ = build_curated(project, f"warm-{workers}", where=warm_where)
+            use(project, cluster, workers)
             seconds, version = build_curated(project, f"curated-ray-{workers}")
             hashes[f"ray {workers}"] = version.content_hash
             ray_runtime.disconnect()

@@ -58,7 +58,7 @@ class LocalCluster:
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
 
-    def start(self, timeout: float = 90.0) -> LocalCluster:
+    def start(self, timeout: float = 180.0) -> LocalCluster:
         """Start the head and the workers; return once every node is alive."""
         self.head = self._start(
             ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus), "--include-dashboard=false",
@@ -95,7 +95,7 @@ class LocalCluster:
         )  # fmt: skip
         return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
 
-    def wait_nodes(self, count: int, timeout: float = 90.0) -> None:
+    def wait_nodes(self, count: int, timeout: float = 180.0) -> None:
         """Wait until ``count`` nodes are alive."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ the stage's function on each block as Arrow (``batch_format="pyarrow"``; the scr
 are vectorised over Arrow already). A block's counts ride on its first row in one JSON column. The
 blocks are gathered as they finish (the progress the caller sees), sorted by row number, and the
 numbering dropped: the same rows, in the same order, as the function applied to the whole table.
-A task whose worker dies is retried by Ray (``max_retries``) on another node; past that the stage
+A task whose worker dies is retried by Ray (a task's default: 3 times) on another node; past that the stage
 fails with a one-line error, never hangs.
 """
 
@@ -35,7 +35,6 @@ ProgressFn = Callable[[int, int], None]
 
 ROW = "__posttrain_row"
 COUNTS = "__posttrain_counts"
-MAX_RETRIES = 3
 
 
 def _udf(fn: BatchFn):  # type: ignore[no-untyped-def]
@@ -85,7 +84,6 @@ def map_batches(
             batch_format="pyarrow",
             batch_size=None,  # one call per block: the stage's vectorised code gets whole partitions
             num_cpus=settings.cpus_per_worker,
-            max_retries=MAX_RETRIES,
         )
         blocks, done = [], 0
         try:
