@@ -266,7 +266,11 @@ class ComputeSettings(BaseModel):
         "empty: the project's artifacts folder (a cluster on one machine or a shared filesystem).",
     )
     workers: int = Field(
-        2, ge=1, le=4096, description="Ray workers a stage uses when its command gives none (train --workers)."
+        2,
+        ge=1,
+        le=4096,
+        description="Ray workers a stage uses: tasks of a build at once, model actors of an eval, "
+        "Ray Train workers when train gives no --workers.",
     )
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs Ray reserves for each worker.")
     rows_per_block: int = Field(

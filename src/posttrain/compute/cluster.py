@@ -102,7 +102,11 @@ class LocalCluster:
             if self.alive_nodes() >= count:
                 return
             time.sleep(0.5)
-        raise Unavailable(f"the Ray cluster at {self.address} did not reach {count} nodes in {timeout:.0f} s")
+        logs = "; ".join(f"{name}: {self.log(name)[-600:]!r}" for name in ["head.log", *self._worker_logs()])
+        raise Unavailable(f"the Ray cluster at {self.address} did not reach {count} nodes in {timeout:.0f} s ({logs})")
+
+    def _worker_logs(self) -> list[str]:
+        return [f"worker-{index}.log" for index in range(len(self.nodes))]
 
     def log(self, name: str) -> str:
         path = self.temp / name

@@ -83,6 +83,7 @@ def map_batches(
             _udf(fn),
             batch_format="pyarrow",
             batch_size=None,  # one call per block: the stage's vectorised code gets whole partitions
+            compute=ray.data.TaskPoolStrategy(size=settings.workers),  # at most compute.workers tasks at once
             num_cpus=settings.cpus_per_worker,
         )
         blocks, done = [], 0
