@@ -65,10 +65,27 @@ class LocalCluster:
              "--temp-dir", str(self.temp / "ray")], "head.log",
         )  # fmt: skip
         self._wait_port(timeout)
-        for index in range(self.workers):
-            self.add_worker(index)
-        self.wait_nodes(1 + self.workers, timeout)
+        for index in range(self.workers):  # one at a time: a raylet that is not up in 30 s gives up
+            for attempt in range(3):
+                if attempt:
+                    self.nodes.pop()
+                self.add_worker(index)
+                if self._joined(2 + index, timeout):
+                    break
+            else:
+                self.wait_nodes(2 + index, 1)  # raises, naming the nodes' logs
         return self
+
+    def _joined(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` nodes are alive; False when the newest node's ``ray start`` exited first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.alive_nodes() >= count:
+                return True
+            if self.nodes[-1].poll() is not None:
+                return False
+            time.sleep(0.5)
+        return False
 
     def add_worker(self, index: int | None = None) -> None:
         """Start one more worker node."""
