@@ -92,3 +92,72 @@ def test_train_dpo_on_two_ray_workers_with_the_guard(ray_project: Project, tiny_
     assert job.state == "succeeded" and "ray: 2 workers" in job.log
     assert isinstance(record.metrics["guard"], dict) and "tripped" in record.metrics["guard"]
     assert any("rewards/margins" in point for point in job.metrics)
+
+
+@pytest.mark.timeout(600)
+def test_cancelling_a_ray_training_job_stops_every_worker(project: Project, ray_cluster: Any, tiny_model: Path) -> None:
+    import threading
+    import time
+
+    from posttrain.jobs import JobCancelled, cancel_job, list_jobs
+
+    register_model(project, "base", tiny_model)
+    write_sft(project, spell_rows(32))
+    use_ray(project, ray_cluster.address)
+    config = SFTConfig(model="base", dataset="spell", output="endless", max_steps=100_000, batch_size=2,
+                       logging_steps=1, save_steps=100_000, workers=2)  # fmt: skip
+    outcome: list[BaseException | None] = []
+
+    def train() -> None:
+        try:
+            train_sft(project, config)
+            outcome.append(None)
+        except BaseException as exc:  # the test checks which
+            outcome.append(exc)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until the workers report steps: the fit is running on the cluster
+        running = [j for j in list_jobs(project, kind="train.sft") if j.state == "running"]
+        if running and running[0].progress > 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the Ray training job never reported progress")
+    cancel_job(project, running[0].id)
+    stopped_at = time.monotonic()
+    thread.join(timeout=120)
+
+    assert not thread.is_alive(), "the job did not stop within 120 s of its cancellation"
+    assert isinstance(outcome[0], JobCancelled), outcome
+    job = get_job(project, running[0].id)
+    assert job.state == "cancelled"
+    assert time.monotonic() - stopped_at < 120
+    assert not (project.artifacts / "models" / "endless").exists()
+
+
+def test_reward_model_and_grpo_on_two_ray_workers(project: Project, ray_cluster: Any, tiny_model: Path) -> None:
+    """The reward model trains on Ray, then GRPO on Ray uses it beside a verifier (the rewards the driver
+    resolved by name travel to each worker)."""
+    from posttrain.train.grpo import GRPOConfig, train_grpo
+    from posttrain.train.reward import RewardConfig, train_reward
+    from test_train_rl import write_prompts
+
+    register_model(project, "base", tiny_model)
+    write_pairs(project, spell_rows(40, rejected="capitals"))
+    write_prompts(project, [(f"q{i}", "7", "contains") for i in range(8)])
+    use_ray(project, ray_cluster.address)
+
+    rm = train_reward(project, RewardConfig(model="base", dataset="pairs", output="rm", max_steps=4, batch_size=8,
+                                            logging_steps=1, workers=2))  # fmt: skip
+    assert rm.kind == "reward-model" and "eval_accuracy" in rm.metrics
+    config = GRPOConfig(model="base", dataset="toy", output="grpo", reward=["model:rm@0.5", "verifier:contains"],
+                        batch_size=2, num_generations=2, max_completion_length=4, max_steps=2, logging_steps=1,
+                        workers=2)  # fmt: skip
+    record = train_grpo(project, config)
+
+    job = get_job(project, record.run_id or "")
+    assert job.state == "succeeded" and "ray: 2 workers" in job.log
+    assert "rewards/rm/mean" in record.metrics and "rewards/verifier_contains/mean" in record.metrics
+    assert record.parent_id == get_model(project, "base").id and record.dataset_versions == ["toy@1"]
