@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import warnings
 from typing import Any
 
 from posttrain import errors
@@ -67,6 +68,9 @@ def connect(settings: ComputeSettings) -> Any:
         data = __import__("ray.data", fromlist=["DataContext"])
         for name in ("ray", "ray.data", "ray.train"):  # "execution finished" and the like are the cluster's business
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Ray Data's advice about its own operators ("only received 1 input", deprecations inside Ray) is
+        # not the user's to act on
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
         context = data.DataContext.get_current()
         context.enable_progress_bars = False  # posttrain shows its own progress (job rows, the CLI's bars)
         context.execution_options.preserve_order = True  # blocks come back in input order
