@@ -4,12 +4,19 @@
 … --block`` per worker node, each in its own process group, on 127.0.0.1 and a free port;
 ``kill_worker(i)`` kills one node's processes (the test of a worker lost mid-job); ``stop()`` kills
 them all. Nothing else on the machine is touched (``ray stop`` would stop every Ray node here).
+
+The cluster uses Ray's token authentication with a token of its own (``RAY_AUTH_TOKEN`` when this
+process already has one), set in this process's environment so that it and the processes it starts
+connect as clients. Leaving the mode to Ray's default does not work: since Ray 2.5x a head started
+while ``~/.ray/auth_token`` exists turns token mode on, and a worker node started the same way does
+not, so it cannot join (``InvalidAuthToken``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -50,7 +57,7 @@ class LocalCluster:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1"}
+        env = {**os.environ, **auth_environment(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1"}
         out = (self.temp / log).open("wb")
         return subprocess.Popen(
             [_ray_cli(), "start", *args, "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
@@ -60,6 +67,7 @@ class LocalCluster:
 
     def start(self, timeout: float = 180.0) -> LocalCluster:
         """Start the head and the workers; return once every node is alive."""
+        os.environ.update(auth_environment())  # this process and its children are the cluster's clients
         self.head = self._start(
             ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus), "--include-dashboard=false",
              "--temp-dir", str(self.temp / "ray")], "head.log",
@@ -73,7 +81,9 @@ class LocalCluster:
                 if self._joined(2 + index, timeout):
                     break
             else:
-                self.wait_nodes(2 + index, 1)  # raises, naming the nodes' logs
+                raise Unavailable(
+                    f"worker node {index} did not join the Ray cluster at {self.address} in 3 tries ({self._logs()})"
+                )
         return self
 
     def _joined(self, count: int, timeout: float) -> bool:
@@ -108,7 +118,7 @@ class LocalCluster:
         """Return how many nodes the cluster counts alive (asks the head through the ``ray`` CLI)."""
         done = subprocess.run(
             [sys.executable, "-c", _COUNT, self.address], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, **auth_environment(), "RAY_USAGE_STATS_ENABLED": "0"},
         )  # fmt: skip
         return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
 
@@ -119,8 +129,12 @@ class LocalCluster:
             if self.alive_nodes() >= count:
                 return
             time.sleep(0.5)
-        logs = "; ".join(f"{name}: {self.log(name)[-600:]!r}" for name in ["head.log", *self._worker_logs()])
-        raise Unavailable(f"the Ray cluster at {self.address} did not reach {count} nodes in {timeout:.0f} s ({logs})")
+        raise Unavailable(
+            f"the Ray cluster at {self.address} did not reach {count} nodes in {timeout:.0f} s ({self._logs()})"
+        )
+
+    def _logs(self) -> str:
+        return "; ".join(f"{name}: {self.log(name)[-600:]!r}" for name in ["head.log", *self._worker_logs()])
 
     def _worker_logs(self) -> list[str]:
         return [f"worker-{index}.log" for index in range(len(self.nodes))]
@@ -157,6 +171,15 @@ import sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 print(sum(1 for n in ray.nodes() if n["Alive"]))
 """
+
+
+def auth_environment() -> dict[str, str]:
+    """The environment that makes a Ray process use token authentication with this process's token."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or _TOKEN
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+
+
+_TOKEN = secrets.token_hex(32)
 
 
 def _kill_group(process: subprocess.Popen[bytes], sig: int) -> None:
