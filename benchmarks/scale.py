@@ -23,6 +23,7 @@ driver: read the figures as the per-worker rates ``docs/architecture.md`` projec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ import posttrain  # noqa: E402
 from curation import ANSWERS_PER_PROMPT, RECIPE, generate  # noqa: E402
 from posttrain import datasets  # noqa: E402
 from posttrain.compute import ray_runtime  # noqa: E402
-from posttrain.compute.cluster import LocalCluster  # noqa: E402
+from posttrain.compute.cluster import LocalCluster, auth_environment  # noqa: E402
 from posttrain.curation import embed  # noqa: E402
 from posttrain.project import Project  # noqa: E402
 from posttrain.settings import ComputeSettings  # noqa: E402
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--skip-curation", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
+    os.environ.update(auth_environment())  # the loopback clusters' token, before anything imports Ray
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     train_rows = args.train_rows or (400 if args.quick else 4_000)
     print_header("posttrain compute: local vs a Ray cluster", [

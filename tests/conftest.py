@@ -22,8 +22,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from posttrain import keys
+from posttrain.compute.cluster import auth_environment
 from posttrain.project import Project, init_project, open_project
 from posttrain.server import create_app
+
+# the loopback Ray clusters' token: Ray reads its auth mode once, when this process first imports it
+os.environ.update(auth_environment())
 
 
 @pytest.fixture

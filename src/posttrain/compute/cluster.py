@@ -7,9 +7,11 @@ them all. Nothing else on the machine is touched (``ray stop`` would stop every 
 
 The cluster uses Ray's token authentication with a token of its own (``RAY_AUTH_TOKEN`` when this
 process already has one), set in this process's environment so that it and the processes it starts
-connect as clients. Leaving the mode to Ray's default does not work: since Ray 2.5x a head started
-while ``~/.ray/auth_token`` exists turns token mode on, and a worker node started the same way does
-not, so it cannot join (``InvalidAuthToken``).
+connect as clients. Ray reads the mode once, when a process first imports it: a process that imports
+Ray before ``start()`` sets ``os.environ.update(auth_environment())`` first (the tests' conftest
+does). Leaving the mode to Ray's default does not work: since Ray 2.5x a head started while
+``~/.ray/auth_token`` exists turns token mode on, and a worker node started the same way does not,
+so it cannot join (``InvalidAuthToken``).
 """
 
 from __future__ import annotations
