@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from posttrain.compute.ray_runtime import connect, unwrap
+from posttrain.compute.ray_runtime import connect, gather, unwrap
 from posttrain.ids import new_id
 from posttrain.settings import ComputeSettings
 
@@ -86,18 +86,13 @@ def map_batches(
             compute=ray.data.TaskPoolStrategy(size=settings.workers),  # at most compute.workers tasks at once
             num_cpus=settings.cpus_per_worker,
         )
-        blocks, done = [], 0
-        try:
-            for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-                blocks.append(block)
-                done += block.num_rows
-                if progress is not None:
-                    progress(done, total)
-        except Exception as exc:
-            raise unwrap(exc, what) from None
+        gathered = gather(dataset, total, what=what, progress=progress)
     finally:
         storage.remove(storage.path(folder))
-    gathered = pa.concat_tables(blocks, promote_options="default") if blocks else table.slice(0, 0)
+    if gathered.num_rows == 0:
+        if total:
+            raise unwrap(RuntimeError(f"none of {total} rows came back"), what)
+        return table.slice(0, 0), {}
     counts: dict[str, int] = {}
     for mark in gathered.column(COUNTS).drop_null().to_pylist():
         for key, value in orjson.loads(mark).items():

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from posttrain.compute import ProgressFn, storage
-from posttrain.compute.ray_runtime import connect, unwrap
+from posttrain.compute.ray_runtime import connect, gather, unwrap
 from posttrain.evals.scorers import ScorerSpec
 from posttrain.ids import new_id
 
@@ -187,16 +187,7 @@ def _map(
         num_cpus=settings.cpus_per_worker,
         fn_constructor_kwargs={**actor, "threads": max(1, int(settings.cpus_per_worker))},
     )
-    done, out = 0, []
-    try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-            out.append(batch)
-            done += batch.num_rows
-            if progress is not None:
-                progress(done, total)
-    except Exception as exc:
-        raise unwrap(exc, what) from None
-    gathered = pa.concat_tables(out)
+    gathered = gather(dataset, total, what=what, progress=progress)
     if gathered.num_rows != total:
         raise unwrap(RuntimeError(f"{gathered.num_rows} of {total} sequences came back"), what)
     return gathered.take(pc.sort_indices(gathered, [(INDEX, "ascending"), ("sample", "ascending")]))

@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from posttrain import errors
@@ -117,6 +118,26 @@ def unwrap(exc: BaseException, what: str) -> PosttrainError:
     detail = str(cause if cause is not None else exc).strip().splitlines()
     line = next((d for d in reversed(detail) if d.strip()), type(exc).__name__)
     return JobFailed(f"{what} failed on the Ray cluster: {type(cause or exc).__name__}: {line[:300]}")
+
+
+def gather(dataset: Any, total: int, *, what: str, progress: Callable[[int, int], None] | None = None) -> Any:
+    """Run a Ray Dataset of Arrow blocks, calling ``progress(rows so far, total)`` as each block comes back.
+
+    Returns the blocks as one Arrow table (with no columns when there were none); a failure on
+    the cluster is raised as one line naming ``what`` (see ``unwrap``).
+    """
+    import pyarrow as pa
+
+    blocks, done = [], 0
+    try:
+        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            blocks.append(block)
+            done += block.num_rows
+            if progress is not None:
+                progress(done, total)
+    except Exception as exc:
+        raise unwrap(exc, what) from None
+    return pa.concat_tables(blocks, promote_options="default") if blocks else pa.table({})
 
 
 def _raised_on_worker(text: str) -> PosttrainError | None:
