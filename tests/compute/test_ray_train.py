@@ -12,9 +12,13 @@ from conftest import use_ray
 from posttrain.jobs import get_job
 from posttrain.models.registry import get_model, register_model
 from posttrain.project import Project, open_project
+from posttrain.records import ModelRecord
 from posttrain.train.dpo import DPOConfig, train_dpo
+from posttrain.train.grpo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
+from posttrain.train.reward import RewardConfig, train_reward
 from posttrain.train.sft import SFTConfig, train_sft
 from test_train import spell_rows, write_pairs, write_sft
+from test_train_rl import write_prompts
 
 pytest.importorskip("ray")
 pytest.importorskip("trl")
@@ -93,3 +97,92 @@ def test_train_dpo_on_two_ray_workers_with_the_guard(ray_project: Project, tiny_
     assert isinstance(record.metrics["guard"], dict) and "tripped" in record.metrics["guard"]
     assert any("rewards/margins" in point for point in job.metrics)
 
+
+def test_cancelling_a_training_job_on_ray_stops_every_worker(ray_project: Project, tiny_model: Path) -> None:
+    import threading
+    import time
+
+    from posttrain.jobs import JobCancelled, cancel_job, list_jobs
+
+    register_model(ray_project, "base", tiny_model)
+    write_sft(ray_project, spell_rows(64))
+    config = SFTConfig(model="base", dataset="spell", output="never", max_steps=100_000, batch_size=2, workers=2)
+    raised: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            train_sft(ray_project, config)
+        except BaseException as exc:  # the thread hands its error to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 240
+    job = None
+    while time.monotonic() < deadline and thread.is_alive():
+        jobs = [j for j in list_jobs(ray_project, kind="train.sft") if j.state == "running"]
+        if jobs and jobs[0].progress > 0:
+            job = jobs[0]
+            break
+        time.sleep(0.5)
+    assert job is not None, raised
+    cancelled_at = time.monotonic()
+    cancel_job(ray_project, job.id)
+    thread.join(120)
+
+    assert not thread.is_alive(), "the job did not stop within 120 s of its cancellation"
+    assert time.monotonic() - cancelled_at < 120
+    assert len(raised) == 1 and isinstance(raised[0], JobCancelled), raised
+    assert get_job(ray_project, job.id).state == "cancelled"
+    assert not (ray_project.root / "artifacts" / "models" / "never").exists()
+
+
+def test_train_reward_on_two_ray_workers(ray_project: Project, tiny_model: Path) -> None:
+    register_model(ray_project, "base", tiny_model)
+    write_pairs(ray_project, spell_rows(16))
+    config = RewardConfig(model="base", dataset="pairs", output="rm", max_steps=2, batch_size=2, workers=2)
+
+    record = train_reward(ray_project, config)
+
+    assert record.kind == "reward-model" and 0 <= record.metrics["eval_accuracy"] <= 1
+    assert "ray: 2 workers" in get_job(ray_project, record.run_id or "").log
+    assert (Path(record.path) / "config.json").is_file()
+
+
+def _rollouts(project: Project, tiny_model: Path) -> dict[str, Any]:
+    register_model(project, "base", tiny_model)
+    write_prompts(project, [(f"spell {i}", "7", "contains") for i in range(8)])
+    return {"model": "base", "dataset": "toy", "batch_size": 2, "num_generations": 2, "max_steps": 2,
+            "max_completion_length": 4, "logging_steps": 1, "workers": 2}  # fmt: skip
+
+
+def _rewarded(project: Project, record: ModelRecord) -> None:
+    job = get_job(project, record.run_id or "")
+    assert job.state == "succeeded" and "ray: 2 workers" in job.log
+    assert len([point for point in job.metrics if "reward" in point]) >= 2
+    assert record.parent_id == get_model(project, "base").id
+
+
+def test_train_grpo_on_two_ray_workers_with_a_reward_model_and_a_verifier(
+    ray_project: Project, tiny_model: Path
+) -> None:
+    """The reward model is loaded in each worker beside the policy; its scores and the verifier's are summed."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rollouts = _rollouts(ray_project, tiny_model)
+    folder = ray_project.artifacts / "models" / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    register_model(ray_project, "rm", folder, kind="reward-model")
+
+    record = train_grpo(
+        ray_project, GRPOConfig(output="grpo", reward=["model:rm@0.5", "verifier:contains"], **rollouts)
+    )
+
+    _rewarded(ray_project, record)
+
+
+def test_train_rloo_on_two_ray_workers(ray_project: Project, tiny_model: Path) -> None:
+    record = train_rloo(ray_project, RLOOConfig(output="rloo", **_rollouts(ray_project, tiny_model)))
+
+    _rewarded(ray_project, record)

@@ -215,12 +215,12 @@ def _follow(
         while True:
             fitting.join(POLL_S)
             done = not fitting.is_alive()
-            for event in ray.get(relay.take.remote()):
+            seen = cancelled
+            for event in ray.get(relay.take.remote()):  # a progress write may find the job cancelled
                 cancelled = _apply(event, job, on_progress) or cancelled
-            if cancelled is None:
-                cancelled = _check_cancelled(job)
-                if cancelled is not None:
-                    relay.stop.remote()
+            cancelled = cancelled or _check_cancelled(job)
+            if cancelled is not None and seen is None:
+                relay.stop.remote()  # the workers agree on it at their next step
             if done:
                 break
     except BaseException:
