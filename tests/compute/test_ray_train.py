@@ -13,6 +13,7 @@ from posttrain.jobs import get_job
 from posttrain.models.registry import get_model, register_model
 from posttrain.project import Project, open_project
 from posttrain.records import ModelRecord
+from posttrain.train.distill import DistillConfig, train_distill
 from posttrain.train.dpo import DPOConfig, train_dpo
 from posttrain.train.grpo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
 from posttrain.train.reward import RewardConfig, train_reward
@@ -186,3 +187,26 @@ def test_train_rloo_on_two_ray_workers(ray_project: Project, tiny_model: Path) -
     record = train_rloo(ray_project, RLOOConfig(output="rloo", **_rollouts(ray_project, tiny_model)))
 
     _rewarded(ray_project, record)
+
+
+def test_train_distill_samples_the_teacher_and_trains_the_student_on_ray(
+    ray_project: Project, tiny_model: Path
+) -> None:
+    """The teacher's samples come from model actors on the cluster; the student trains on 2 Ray workers."""
+    from posttrain.datasets import resolve
+
+    register_model(ray_project, "teacher", tiny_model)
+    register_model(ray_project, "student", tiny_model)
+    write_prompts(ray_project, [(f"spell {i}", "7", "contains") for i in range(8)])
+    config = DistillConfig(
+        teacher="teacher", student="student", prompts="toy", output="distilled", verifier="exact_match",
+        threshold=0.0, samples_per_prompt=2, max_new_tokens=4, batch_size=4, max_steps=2, workers=2,
+    )  # fmt: skip
+
+    record = train_distill(ray_project, config)
+
+    version = resolve(ray_project, record.dataset_versions[0])
+    assert version.stats["generated"] == 16 and version.row_count == 16
+    job = get_job(ray_project, record.run_id or "")
+    assert job.state == "succeeded" and job.kind == "train.distill" and "ray: 2 workers" in job.log
+    assert record.parent_id == get_model(ray_project, "student").id
