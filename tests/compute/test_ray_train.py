@@ -210,3 +210,54 @@ def test_train_distill_samples_the_teacher_and_trains_the_student_on_ray(
     job = get_job(ray_project, record.run_id or "")
     assert job.state == "succeeded" and job.kind == "train.distill" and "ray: 2 workers" in job.log
     assert record.parent_id == get_model(ray_project, "student").id
+
+
+@pytest.mark.timeout(420)
+def test_a_worker_node_killed_mid_training_is_retried_or_fails_the_job_in_one_line(
+    project: Project, tiny_model: Path
+) -> None:
+    """Two Ray Train workers on two worker nodes; one node is killed mid-run. Ray Train restarts the
+    worker group once from its last checkpoint (it cannot: one CPU is left) and the job fails with
+    one line, or finishes; it never hangs."""
+    import threading
+    import time
+
+    from posttrain.compute import ray_runtime
+    from posttrain.compute.cluster import LocalCluster
+    from posttrain.errors import PosttrainError
+    from posttrain.jobs import list_jobs
+
+    register_model(project, "base", tiny_model)
+    write_sft(project, spell_rows(64))
+    config = SFTConfig(model="base", dataset="spell", output="survivor", max_steps=60, batch_size=2, save_steps=5,
+                       workers=2)  # fmt: skip
+    ray_runtime.disconnect()
+    cluster = LocalCluster(workers=2, head_cpus=0).start()
+    try:
+        use_ray(project, cluster.address)
+
+        def kill_after_a_checkpoint() -> None:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                running = [j for j in list_jobs(project, kind="train.sft") if j.state == "running"]
+                if running and running[0].checkpoint:
+                    cluster.kill_worker(1)
+                    return
+                time.sleep(0.5)
+
+        killer = threading.Thread(target=kill_after_a_checkpoint, daemon=True)
+        killer.start()
+        started = time.monotonic()
+        try:
+            record = train_sft(project, config)
+        except PosttrainError as exc:
+            assert exc.message and "\n" not in exc.message, exc.message
+            job = list_jobs(project, kind="train.sft")[0]
+            assert job.state == "failed" and job.error
+        else:
+            assert get_job(project, record.run_id or "").state == "succeeded"
+        killer.join(timeout=5)
+        assert time.monotonic() - started < 360
+    finally:
+        ray_runtime.disconnect()
+        cluster.stop()

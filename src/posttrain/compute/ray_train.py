@@ -133,7 +133,7 @@ def fit(
             name=run.job.id,
             storage_path=store.path("ray-train"),
             storage_filesystem=store.arrow_filesystem(),
-            failure_config=FailureConfig(max_failures=1),
+            failure_config=_failure_config(FailureConfig),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
@@ -143,6 +143,18 @@ def fit(
     finally:
         store.remove(store.path("train", run.job.id))
     return outcome
+
+
+def _failure_config(failure_config: Any) -> Any:
+    """Restart the worker group once after a lost worker; give up when the group cannot start again.
+
+    A restart waits for the group's resources (60 s, Ray Train's default). Ray Train retries such a
+    wait without end by default, so a cluster that lost a node for good would hang the job; here the
+    wait is tried twice, then the job fails naming the cause.
+    """
+    fields = getattr(failure_config, "__dataclass_fields__", {})
+    limit = {"controller_failure_limit": 1} if "controller_failure_limit" in fields else {}
+    return failure_config(max_failures=1, **limit)
 
 
 def _use_gpu(ray: Any, device: str, workers: int, cpus_per_worker: float) -> bool:
@@ -272,7 +284,22 @@ def _unwrap(exc: BaseException, what: str) -> Exception:
     failures = getattr(exc, "worker_failures", None) or {}
     if failures:
         return unwrap(failures[min(failures)], what)
-    return unwrap(getattr(exc, "controller_failure", exc), what)
+    cause = getattr(exc, "controller_failure", exc)
+    if type(cause).__name__ == "WorkerGroupStartupTimeoutError":  # after a lost node, the group cannot restart
+        return JobFailed(
+            f"{what}: the Ray cluster could not start the training workers again after losing one "
+            f"({_free_cpus()}); the last checkpoint stays for --resume once the cluster is whole"
+        )
+    return unwrap(cause, what)
+
+
+def _free_cpus() -> str:
+    import ray
+
+    try:
+        return f"{ray.available_resources().get('CPU', 0):g} of {ray.cluster_resources().get('CPU', 0):g} CPUs free"
+    except Exception:  # the cluster itself may be gone
+        return "the cluster did not answer"
 
 
 def _fetch(store: Storage, path: str, output: Path) -> None:
