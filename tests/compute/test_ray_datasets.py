@@ -1,8 +1,8 @@
 """Dataset builds and curation on Ray Data: the same rows, hashes and counts as the local backend.
 
 Each build runs once with ``[compute] backend = "local"`` and once on a real loopback Ray cluster
-(``ray start`` processes) over blocks of 200 rows or fewer, so every per-row stage (the regex
-scrub, the NER, MinHash, language identification, hashing embeddings) runs across several blocks.
+(``ray start`` processes) in batches of 200 rows or fewer, so every per-row stage (the regex
+scrub, the NER, MinHash, language identification, hashing embeddings) runs across several batches.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.helpers import build_sft, store_accepted
-from posttrain import datasets
+from posttrain import compute, datasets
 from posttrain.cli import app
 from posttrain.errors import PosttrainError
 from posttrain.project import Project
@@ -124,13 +124,40 @@ def test_build_curated_gives_the_same_rows_and_counts_on_ray(project: Project, r
     assert local_details.equals(pq.read_table(Path(there.path).parent / "curation.parquet"))
 
 
+def test_a_stage_runs_on_batches_of_rows_per_block_rows(ray_cluster: Any, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from posttrain.compute import Storage, ray_data
+
+    settings = ComputeSettings(backend="ray", address=ray_cluster.address, rows_per_block=200)
+    table = pa.table({"x": list(range(589))})
+    seen: list[int] = []
+
+    def double(batch: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        assert batch.num_rows <= 200
+        return pa.table({"x": pa.compute.multiply(batch.column("x"), 2)}), {"calls": 1, "rows": batch.num_rows}
+
+    out, counts = ray_data.map_batches(
+        settings, Storage(str(tmp_path)), table, double, what="test", progress=lambda done, total: seen.append(done)
+    )
+
+    assert out.column("x").to_pylist() == [2 * x for x in range(589)]
+    assert counts == {"calls": 3, "rows": 589}
+    assert seen == [200, 400, 589]
+
+
 def test_build_plain_scrubs_the_same_pii_on_ray(project: Project, ray_cluster: Any) -> None:
     store_accepted(project, rows(600))
     switch(project, "local")
     here = datasets.build(project, "sft", "plain")
     switch(project, "ray", ray_cluster.address)
-    there = datasets.build(project, "sft", "plain")
+    seen: list[tuple[str, int, int]] = []
+    with compute.reporting(lambda what, done, total: seen.append((what, done, total))):
+        there = datasets.build(project, "sft", "plain")
     same_rows(here, there)
+    # blocks of 200 rows: the caller sees the scrub advance block by block as the cluster returns them
+    done = [d for what, d, total in seen if what == "the PII scrub of the build" and total == here.row_count]
+    assert len(done) >= 3 and done == sorted(done) and done[-1] == here.row_count, seen
     assert here.stats["pii_scrubbed"] == there.stats["pii_scrubbed"]
     scrubbed = here.stats["pii_scrubbed"]
     assert scrubbed["email"] > 100 and scrubbed["phone"] > 100 and here.row_count > 500

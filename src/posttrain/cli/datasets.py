@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from posttrain import compute
 from posttrain import datasets as library
 from posttrain.cli import render
 from posttrain.cli.options import JsonOption, ProjectOption, load, through_server
@@ -78,11 +82,12 @@ def build(
         curate=_curation_recipe(curate),
     )  # fmt: skip
     body = {"kind": _kind(kind), "name": name, "config": config.model_dump(mode="json", exclude_unset=True)}
-    version = through_server(
-        project,
-        lambda proj: library.build(proj, _kind(kind), name, config),
-        lambda api: DatasetVersion(**api.call("POST", "/api/datasets/build", json=body)),
-    )
+    with _stage_bars(json) as on_stage, compute.reporting(on_stage):
+        version = through_server(
+            project,
+            lambda proj: library.build(proj, _kind(kind), name, config),
+            lambda api: DatasetVersion(**api.call("POST", "/api/datasets/build", json=body)),
+        )
     if json:
         render.as_json(version)
         return
@@ -91,6 +96,24 @@ def build(
     if curation:
         removed = ", ".join(_stage_line(s) for s in curation["stages"])
         typer.echo(f"curation: {curation['rows_in']} rows in, {curation['rows_out']} kept ({removed or 'no stage'})")
+
+
+@contextlib.contextmanager
+def _stage_bars(quiet: bool) -> Iterator[compute.StageProgress]:
+    """Yield the callback that draws one progress bar per stage of the build (rows done of rows in)."""
+    if quiet:
+        yield lambda what, done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True, console=render.console) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def on_stage(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bars.add_task(what.removeprefix("the "), total=total)
+            bars.update(tasks[what], completed=done, total=total)
+
+        yield on_stage
 
 
 def _stage_line(stage: dict[str, Any]) -> str:

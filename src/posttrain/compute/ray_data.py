@@ -1,10 +1,11 @@
 """Per-row stages on Ray Data: Parquet partitions in, ``map_batches`` over Arrow blocks, rows back in order.
 
-The table is written as Parquet partitions under ``compute.storage`` (what a cluster on other
-machines reads), each row numbered; ``ray.data.read_parquet`` reads them and ``map_batches`` runs
-the stage's function on each block as Arrow (``batch_format="pyarrow"``; the scrubbers and filters
-are vectorised over Arrow already). A block's counts ride on its first row in one JSON column. The
-blocks are gathered as they finish (the progress the caller sees), sorted by row number, and the
+The table is written as Parquet partitions of ``rows_per_block`` rows under ``compute.storage``
+(what a cluster on other machines reads), each row numbered; ``ray.data.read_parquet`` reads them
+and ``map_batches`` runs the stage's function on batches of ``rows_per_block`` rows as Arrow
+(``batch_format="pyarrow"``; the scrubbers and filters are vectorised over Arrow already). A
+batch's counts ride on its first row in one JSON column. The rows are gathered as they come back
+(the progress the caller sees, every ``rows_per_block`` rows), sorted by row number, and the
 numbering dropped: the same rows, in the same order, as the function applied to the whole table.
 A task whose worker dies is retried by Ray (a task's default: 3 times) on another node; past that the stage
 fails with a one-line error, never hangs.
@@ -82,11 +83,13 @@ def map_batches(
         ).map_batches(
             _udf(fn),
             batch_format="pyarrow",
-            batch_size=None,  # one call per block: the stage's vectorised code gets whole partitions
+            # a call per partition's worth of rows: Ray Data bundles small files into one task and
+            # coalesces small blocks, so a block is not a partition
+            batch_size=settings.rows_per_block,
             compute=ray.data.TaskPoolStrategy(size=settings.workers),  # at most compute.workers tasks at once
             num_cpus=settings.cpus_per_worker,
         )
-        gathered = gather(dataset, total, what=what, progress=progress)
+        gathered = gather(dataset, total, what=what, progress=progress, rows=settings.rows_per_block)
     finally:
         storage.remove(storage.path(folder))
     if gathered.num_rows == 0:

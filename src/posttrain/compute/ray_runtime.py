@@ -120,8 +120,13 @@ def unwrap(exc: BaseException, what: str) -> PosttrainError:
     return JobFailed(f"{what} failed on the Ray cluster: {type(cause or exc).__name__}: {line[:300]}")
 
 
-def gather(dataset: Any, total: int, *, what: str, progress: Callable[[int, int], None] | None = None) -> Any:
-    """Run a Ray Dataset of Arrow blocks, calling ``progress(rows so far, total)`` as each block comes back.
+def gather(
+    dataset: Any, total: int, *, what: str, progress: Callable[[int, int], None] | None = None, rows: int | None = None
+) -> Any:
+    """Run a Ray Dataset of Arrow blocks, calling ``progress(rows so far, total)`` as they come back.
+
+    ``rows``: count progress every ``rows`` rows (the blocks Ray Data returns may be larger: it
+    coalesces small ones); else once per block.
 
     Returns the blocks as one Arrow table (with no columns when there were none); a failure on
     the cluster is raised as one line naming ``what`` (see ``unwrap``).
@@ -130,7 +135,7 @@ def gather(dataset: Any, total: int, *, what: str, progress: Callable[[int, int]
 
     blocks, done = [], 0
     try:
-        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        for block in dataset.iter_batches(batch_size=rows, batch_format="pyarrow", prefetch_batches=1):
             blocks.append(block)
             done += block.num_rows
             if progress is not None:
