@@ -544,6 +544,19 @@ def test_build_keeps_content_parts_and_gives_text_rows_parts_too(project: Projec
     assert _strip(found["a"]["completion"]) == [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
 
 
+@pytest.mark.parametrize("kind", ["sft", "prompts"])
+def test_build_writes_messages_holding_empty_objects_without_them(project: Project, kind: str) -> None:
+    """A recorded {} (a part's extra key, a tool call's) cannot be a Parquet struct of no fields: it is left out."""
+    odd = [{"role": "user", "content": [{"type": "text", "text": "What is this?", "extra": {}}]},
+           {"role": "user", "content": "and this?", "name": "bob", "meta": {"inner": {}, "k": 1}}]  # fmt: skip
+    store(project, [turn("a", "A cat.", odd), turn("b", "4")], [thumb("f1", "a", True), thumb("f2", "b", True)])
+    built = rows(datasets.build(project, kind, f"odd-{kind}"))  # type: ignore[arg-type]
+    (prompt,) = [_strip(r["prompt"]) for r in built if "bob" in json.dumps(r["prompt"])]
+    assert prompt[0] == {"role": "user", "content": [{"type": "text", "text": "What is this?"}]}
+    assert prompt[1] == {"role": "user", "content": [{"type": "text", "text": "and this?"}], "name": "bob",
+                         "meta": {"k": 1}}  # fmt: skip
+
+
 def test_build_preference_keeps_the_trajectory_in_the_prompt(project: Project) -> None:
     store(project, [turn("a", "Sunny.", TRAJECTORY), turn("b", "No idea.", TRAJECTORY)],
           [thumb("f1", "a", True), thumb("f2", "b", False)])  # fmt: skip

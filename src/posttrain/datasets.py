@@ -529,8 +529,9 @@ def _conversations(table: pa.Table) -> pa.Table:
     parts = any(isinstance(m.get("content"), list) for n in names for row in rows[n] for m in row or [])
     for n in names:
         for row in rows[n]:
-            for message in row or []:
+            for index, message in enumerate(row or []):
                 _normalise(message, parts=parts)
+                row[index] = _no_empty_objects(message)
         try:
             array = pa.array(rows[n]) if any(rows[n]) else pa.array(rows[n], type=_TEXT_MESSAGES)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -587,6 +588,18 @@ def _texts_beyond_content(message: dict[str, Any]) -> list[tuple[dict[str, Any],
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
             found.append((function, "arguments"))
     return found
+
+
+def _no_empty_objects(value: Any) -> Any:
+    """Return ``value`` without the empty JSON objects inside it (keys and list items whose value is ``{}``,
+    once emptied themselves): Parquet has no struct of no fields, and Arrow's null type inside such
+    structs breaks its own validation. An empty object says nothing a missing key does not."""
+    if isinstance(value, dict):
+        cleaned = {key: _no_empty_objects(item) for key, item in value.items()}
+        return {key: item for key, item in cleaned.items() if item != {}}
+    if isinstance(value, list):
+        return [item for item in (_no_empty_objects(v) for v in value) if item != {}]
+    return value
 
 
 def _normalise(message: dict[str, Any], *, parts: bool) -> None:
