@@ -175,6 +175,54 @@ def console(flywheel: Path, tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto's) on loopback for the session, in a process of its own;
+    yields its endpoint URL."""
+    import socket
+
+    from posttrain.compute.cluster import free_port
+
+    pytest.importorskip("s3fs")
+    program = Path(sys.executable).with_name("moto_server")
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(program), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback S3 server; returns ``s3://<bucket>/pt``. The endpoint and
+    credentials are set in the environment as a user would set them (``AWS_ENDPOINT_URL_S3`` …),
+    so processes started meanwhile (a Ray cluster's nodes) reach the same server."""
+    import uuid
+
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "posttrain-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "posttrain-test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    s3fs.S3FileSystem.clear_instance_cache()  # none made before these variables were set
+    bucket = f"pt-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    return f"s3://{bucket}/pt"
+
+
+@pytest.fixture(scope="session")
 def ray_cluster_session() -> Iterator[Any]:
     """A real Ray cluster on loopback for the session: a head and one worker node, each a ``ray start``
     process of its own (1 CPU each); stopped after the session."""

@@ -261,3 +261,65 @@ def test_a_worker_node_killed_mid_training_is_retried_or_fails_the_job_in_one_li
     finally:
         ray_runtime.disconnect()
         cluster.stop()
+
+
+@pytest.mark.timeout(480)
+def test_a_ray_run_on_object_storage_is_cancelled_then_resumed_from_its_checkpoint_there(
+    project: Project, tiny_model: Path, s3: str
+) -> None:
+    """``compute.storage = "s3://…"`` on a real S3-compatible server: the workers share no folder with
+    the driver. The job records the URL of each checkpoint Ray Train wrote there; ``--resume`` starts
+    two new workers from it; after the success the run's checkpoints are removed."""
+    import threading
+    import time
+
+    from posttrain.compute import Storage, ray_runtime
+    from posttrain.compute.cluster import LocalCluster
+    from posttrain.jobs import JobCancelled, cancel_job, list_jobs
+
+    register_model(project, "base", tiny_model)
+    write_sft(project, spell_rows(64))
+    config = SFTConfig(model="base", dataset="spell", output="resumed", max_steps=100_000, batch_size=2, save_steps=2,
+                       logging_steps=1, workers=2)  # fmt: skip
+    ray_runtime.disconnect()
+    cluster = LocalCluster(workers=1).start()  # started after the S3 endpoint is set: its nodes reach it
+    store = Storage(s3)
+    try:
+        use_ray(project, cluster.address, storage=s3)
+        raised: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                train_sft(project, config)
+            except BaseException as exc:  # the thread hands its error to the test
+                raised.append(exc)
+
+        thread = threading.Thread(target=train)
+        thread.start()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and thread.is_alive():
+            running = [j for j in list_jobs(project, kind="train.sft") if j.state == "running"]
+            if running and running[0].checkpoint:
+                cancel_job(project, running[0].id)
+                break
+            time.sleep(0.5)
+        thread.join(120)
+        assert not thread.is_alive() and len(raised) == 1 and isinstance(raised[0], JobCancelled), raised
+        [cancelled] = list_jobs(project, kind="train.sft")
+        assert cancelled.state == "cancelled" and cancelled.checkpoint
+        assert cancelled.checkpoint.startswith(f"{s3}/ray-train/{cancelled.id}/checkpoint-")
+        assert store.fs.exists(f"{cancelled.checkpoint}/trainer_state.json")
+        step = int(cancelled.checkpoint.rsplit("-", 1)[1])
+
+        record = train_sft(project, config.model_copy(update={"resume": True, "max_steps": step + 2}))
+
+        job = get_job(project, record.run_id or "")
+        assert job.state == "succeeded" and "ray: 2 workers" in job.log
+        assert job.config["resolved"]["resume_from"] == cancelled.checkpoint
+        assert min(m["step"] for m in job.metrics) > step and record.metrics["step"] == step + 2
+        assert not store.exists(store.path("ray-train", job.id))  # a success keeps only the model
+        assert store.exists(cancelled.checkpoint)  # the cancelled run's stay for another --resume
+        assert (Path(record.path) / "config.json").is_file()
+    finally:
+        ray_runtime.disconnect()
+        cluster.stop()

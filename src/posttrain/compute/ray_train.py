@@ -24,8 +24,12 @@ model); with ``compute.backend = "ray"`` it calls ``fit`` here instead of ``trai
 
 With a local ``compute.storage`` (the default, the project's artifacts folder) the workers share
 the driver's filesystem, so the trainer writes its checkpoints to ``artifacts/runs/<job id>`` as a
-local run does and ``--resume`` works the same way. With object storage the checkpoints live only
-under ``ray-train`` and ``--resume`` does not find them.
+local run does and the job records each one's path. With object storage (``s3://…``) the trainer
+writes them to each worker's scratch folder, and the job records the URL of Ray Train's upload
+(``<storage>/ray-train/<job id>/checkpoint-N``) once ``report`` has returned; ``--resume`` finds it
+there, and the workers (or a local run) copy it to their scratch folder to start from it. After a
+success the job's ``ray-train`` folder is removed (the model is saved; after a failure or a
+cancellation it stays for ``--resume``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from posttrain.compute import Storage, storage
 from posttrain.compute.ray_runtime import connect, unwrap
+from posttrain.compute.storage import local_folder
 from posttrain.errors import InvalidInput, JobFailed
 from posttrain.jobs import JobCancelled, JobHandle
 from posttrain.records import DatasetVersion, ModelRecord
@@ -140,6 +145,7 @@ def fit(
     try:
         outcome = _follow(ray, trainer, relay, run.job, on_progress, what=f"train.{plan.method}")
         _fetch(store, spec.output_path, output)
+        store.remove(store.path("ray-train", run.job.id))  # the model is saved: its checkpoints are not needed
     finally:
         store.remove(store.path("train", run.job.id))
     return outcome
@@ -336,10 +342,14 @@ class _JobRelay:
         self._send("log", line)
 
     def checkpoint(self, path: str) -> None:
-        if self.local_storage:  # the driver can read it: what --resume starts from
+        """Record the trainer's checkpoint folder when the driver can read it (a local storage)."""
+        if self.local_storage:
             self._send("checkpoint", path)
-        else:
-            self._send("log", f"checkpoint {Path(path).name} kept by Ray Train under compute.storage/ray-train")
+
+    def uploaded(self, url: str) -> None:
+        """Record the URL of a checkpoint Ray Train has written to object storage."""
+        if not self.local_storage:
+            self._send("checkpoint", url)
 
     def step(self, done: int, total: int) -> None:
         self._send("step", done, total)
@@ -369,10 +379,10 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="posttrain-train-") as scratch, contextlib.ExitStack() as stack:
         run = _worker_run(spec, store, cast(JobHandle, job), Path(scratch))
         trainer = load_trainer(run, spec.plan, job.step)
-        cluster = _cluster_callback(job, rank)
+        cluster = _cluster_callback(job, rank, store.url("ray-train", spec.job_id))
         trainer.add_callback(cluster)
         trainer = prepare_trainer(trainer)
-        trainer.train(resume_from_checkpoint=_resume_from(spec, job, stack))
+        trainer.train(resume_from_checkpoint=_resume_from(spec, job, stack, Path(scratch)))
         if getattr(cluster, "cancelled", False):
             return
         metrics = final_metrics(trainer, run)
@@ -400,13 +410,14 @@ def _worker_run(spec: _Spec, store: Storage, job: JobHandle, scratch: Path) -> T
     return TrainingRun(None, spec.config, job, base, version, Path(run_dir))
 
 
-def _resume_from(spec: _Spec, job: _JobRelay, stack: contextlib.ExitStack) -> str | None:
-    """Return the checkpoint to start from: Ray Train's latest after a restart, else the one --resume found."""
+def _resume_from(spec: _Spec, job: _JobRelay, stack: contextlib.ExitStack, scratch: Path) -> str | None:
+    """Return the checkpoint to start from: Ray Train's latest after a restart, else the one --resume found
+    (copied from object storage into ``scratch`` when it is a URL)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return spec.plan.resume_from
+        return local_folder(spec.plan.resume_from, scratch / "resume") if spec.plan.resume_from else None
     folder = stack.enter_context(checkpoint.as_directory())
     job.log(f"ray: the worker group restarted; resuming from {Path(checkpoint.path).name}")
     return str(folder)
@@ -432,8 +443,9 @@ def _agree(flag: bool, device: Any) -> bool:
     return bool(value.item())
 
 
-def _cluster_callback(job: _JobRelay, rank: int) -> TrainerCallback:
-    """Return the callback that stops every worker together and reports checkpoints to Ray Train."""
+def _cluster_callback(job: _JobRelay, rank: int, uploads: str) -> TrainerCallback:
+    """Return the callback that stops every worker together and reports checkpoints to Ray Train
+    (which writes them under the URL ``uploads``)."""
     from transformers import TrainerCallback
 
     class ClusterCallback(TrainerCallback):
@@ -448,14 +460,19 @@ def _cluster_callback(job: _JobRelay, rank: int) -> TrainerCallback:
             control.should_training_stop = _agree(control.should_training_stop, args.device)
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            _report_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step, rank)
+            name = _report_checkpoint(Path(args.output_dir), state.global_step, rank)
+            job.uploaded(f"{uploads}/{name}")
 
     return ClusterCallback()
 
 
-def _report_checkpoint(folder: Path, step: int, rank: int) -> None:
-    """Hand rank 0's checkpoint to Ray Train (every rank must call ``report``; it is a barrier)."""
+def _report_checkpoint(output_dir: Path, step: int, rank: int) -> str:
+    """Hand rank 0's checkpoint of ``step`` to Ray Train, which writes it to
+    ``<storage>/ray-train/<job id>/checkpoint-<step>``; return that folder's name. Every rank must call
+    ``report`` (a barrier); it returns once the upload is done."""
     import ray.train
 
-    checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
-    ray.train.report({"step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step}")
+    name = f"checkpoint-{step}"
+    checkpoint = ray.train.Checkpoint.from_directory(str(output_dir / name)) if rank == 0 else None
+    ray.train.report({"step": step}, checkpoint=checkpoint, checkpoint_dir_name=name)
+    return name

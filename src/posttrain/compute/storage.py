@@ -3,6 +3,10 @@
 Workers on other machines cannot read the project's folder, so what they need (a dataset's rows, a
 base model) is put under ``compute.storage`` first and what they make (checkpoints, a trained model)
 is written there and fetched back. A local path or ``file://`` URL costs no copy.
+
+A checkpoint Ray Train wrote to object storage is recorded in its job by URL; ``--resume`` checks it
+is there (``folder_exists``) and whoever trains from it, a Ray worker or a local run, copies it into
+a scratch folder first (``local_folder``): Hugging Face's trainer resumes only from a local folder.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import InvalidInput
+from posttrain.stored_paths import is_url
 
 
 class Storage:
     """One storage root: ``Storage("s3://bucket/pt")``, ``Storage("/data/pt")``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, field: str = "compute.storage") -> None:
         import fsspec
 
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
-            raise InvalidInput(f"compute.storage {url!r}: {exc}", field="compute.storage") from None
+            raise InvalidInput(f"{field} {url!r}: {exc}", field=field) from None
         self.url_root = url
 
     @property
@@ -89,3 +94,21 @@ class Storage:
         """Remove ``path`` (a file or folder) if it is there."""
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def folder_exists(path: str) -> bool:
+    """Return whether the folder ``path`` (a local path or a URL) is there."""
+    if not is_url(path):
+        return Path(path).is_dir()
+    store = Storage(path, field="resume")
+    return bool(store.fs.isdir(store.root))
+
+
+def local_folder(path: str, scratch: Path) -> str:
+    """Return a folder on this machine holding ``path``: itself, or a copy of the URL's folder in ``scratch``."""
+    if not is_url(path):
+        return path
+    store = Storage(path, field="resume")
+    if store.is_local:
+        return str(store.root)
+    return str(store.get_dir(store.root, scratch / posixpath.basename(store.root.rstrip("/"))))

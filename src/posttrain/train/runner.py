@@ -23,12 +23,14 @@ Torch, transformers and TRL are imported only inside functions, so configs stay 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from posttrain.compute import uses_ray
+from posttrain.compute.storage import folder_exists, local_folder
 from posttrain.datasets import read_rows, resolve
 from posttrain.errors import Conflict, InvalidInput, JobFailed, NotFound, PosttrainError
 from posttrain.jobs import JobCancelled, list_jobs, start_job
@@ -147,7 +149,7 @@ def _checkpoint_to_resume(project: Project, method: str, config: TrainConfig) ->
     for job in list_jobs(project, kind=f"train.{method}", limit=1000):
         if job.config.get("output") != config.output:
             continue
-        if job.state in ("failed", "cancelled") and job.checkpoint and Path(job.checkpoint).is_dir():
+        if job.state in ("failed", "cancelled") and job.checkpoint and folder_exists(job.checkpoint):
             return job.checkpoint
     raise NotFound(
         f"no failed or stopped train.{method} run of {config.output!r} left a checkpoint; drop --resume",
@@ -196,7 +198,10 @@ def _train(
 def _fit_here(run: TrainingRun, plan: TrainingPlan, output: Path, on_progress: ProgressFn | None) -> dict[str, Any]:
     """Train in this process, save the model to ``output`` and return the final metrics."""
     trainer = load_trainer(run, plan, on_progress)
-    trainer.train(resume_from_checkpoint=plan.resume_from)
+    with tempfile.TemporaryDirectory(prefix="posttrain-resume-") as scratch:
+        # a checkpoint a Ray run wrote to object storage is copied here first
+        resume_from = local_folder(plan.resume_from, Path(scratch)) if plan.resume_from else None
+        trainer.train(resume_from_checkpoint=resume_from)
     metrics = final_metrics(trainer, run)
     save_model(trainer, run, output)
     return metrics
