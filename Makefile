@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,curate,ray,dev]'
+	$(PY) -m pip install -q -e '.[train,curate,ray,postgres,dev]'
 	touch $(STAMP)
 
 # the default suite in parallel (pytest-xdist: one worker per core, at most 4); the slow one in order

@@ -175,6 +175,26 @@ def console(flywheel: Path, tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A real PostgreSQL server on loopback for the session (initdb + pg_ctl in a temp folder, a
+    free port); stopped and removed after the session."""
+    pytest.importorskip("psycopg")
+    from posttrain.warehouse.pg_local import LocalPostgres
+
+    server = LocalPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    return str(pg_server.database(f"t_{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server (moto's) on loopback for the session, in a process of its own;
     yields its endpoint URL."""

@@ -56,3 +56,11 @@ def test_old_absolute_paths_resolve_under_the_new_root(project: Project, tiny_mo
     with open_project(copy) as moved:
         assert get_model(moved, "m").path == str(copy / "artifacts" / "models" / "m")
         assert read_rows(resolve(moved, "d")).num_rows == 2
+
+
+def test_a_url_is_stored_and_loaded_as_it_is(tmp_path: Path) -> None:
+    url = "s3://bucket/pt/ray-train/job_1/checkpoint-8"
+    assert store_path(tmp_path, url) == url
+    assert load_path(tmp_path, url) == url
+    assert store_path(tmp_path, "file:///data/x") == "file:///data/x"
+    assert store_path(tmp_path, tmp_path / "artifacts" / "runs") == "artifacts/runs"  # a path stays a path

@@ -8,9 +8,9 @@ import pytest
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 from posttrain.warehouse import applied_migrations, migrate, sandbox
-from posttrain.warehouse.schema import _migrations
+from posttrain.warehouse.schema import migration_files
 
-ALL = [number for number, _, _ in _migrations()]
+ALL = [number for number, _, _ in migration_files()]
 
 TABLES = {
     "interactions",

@@ -529,7 +529,9 @@ def _conversations(table: pa.Table) -> pa.Table:
     parts = any(isinstance(m.get("content"), list) for n in names for row in rows[n] for m in row or [])
     for n in names:
         for row in rows[n]:
-            for index, message in enumerate(row or []):
+            if not row:
+                continue
+            for index, message in enumerate(row):
                 _normalise(message, parts=parts)
                 row[index] = _no_empty_objects(message)
         try:

@@ -43,9 +43,7 @@ def test_an_unknown_protocol_names_the_setting() -> None:
     assert caught.value.field == "compute.storage"
 
 
-def test_a_local_run_resumes_from_a_checkpoint_in_object_storage(
-    project: Project, tiny_model: Path, s3: str
-) -> None:
+def test_a_local_run_resumes_from_a_checkpoint_in_object_storage(project: Project, tiny_model: Path, s3: str) -> None:
     """A job that recorded its checkpoint by URL (as a Ray run on object storage does): ``--resume``
     finds it there and a local run copies it down to start from it."""
     pytest.importorskip("trl")

@@ -28,6 +28,7 @@ from posttrain.cli import (
     routing,
     server,
     train,
+    warehouse,
 )
 from posttrain.errors import PosttrainError
 from posttrain.validation import invalid_input
@@ -55,6 +56,7 @@ app.add_typer(evals.app, name="evals")
 app.add_typer(loop.app, name="loop")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(compute.app, name="compute")
+app.add_typer(warehouse.app, name="warehouse")
 generate.register(app)
 demo.register(app)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from posttrain import compute
 from posttrain import datasets as library
@@ -82,7 +79,7 @@ def build(
         curate=_curation_recipe(curate),
     )  # fmt: skip
     body = {"kind": _kind(kind), "name": name, "config": config.model_dump(mode="json", exclude_unset=True)}
-    with _stage_bars(json) as on_stage, compute.reporting(on_stage):
+    with render.stage_bars(json) as on_stage, compute.reporting(on_stage):
         version = through_server(
             project,
             lambda proj: library.build(proj, _kind(kind), name, config),
@@ -96,24 +93,6 @@ def build(
     if curation:
         removed = ", ".join(_stage_line(s) for s in curation["stages"])
         typer.echo(f"curation: {curation['rows_in']} rows in, {curation['rows_out']} kept ({removed or 'no stage'})")
-
-
-@contextlib.contextmanager
-def _stage_bars(quiet: bool) -> Iterator[compute.StageProgress]:
-    """Yield the callback that draws one progress bar per stage of the build (rows done of rows in)."""
-    if quiet:
-        yield lambda what, done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True, console=render.console) as bars:
-        tasks: dict[str, TaskID] = {}
-
-        def on_stage(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bars.add_task(what.removeprefix("the "), total=total)
-            bars.update(tasks[what], completed=done, total=total)
-
-        yield on_stage
 
 
 def _stage_line(stage: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ import duckdb
 from posttrain.clock import utc_now
 
 
-def _migrations() -> list[tuple[int, str, str]]:
+def migration_files() -> list[tuple[int, str, str]]:
     folder = resources.files("posttrain.warehouse") / "migrations"
     found = []
     for entry in folder.iterdir():
@@ -32,7 +32,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply every migration the warehouse lacks, each in its own transaction; return their numbers."""
     done = set(applied_migrations(con))
     applied = []
-    for number, name, sql in _migrations():
+    for number, name, sql in migration_files():
         if number in done:
             continue
         con.begin()

@@ -1,4 +1,5 @@
--- 001: every record in DESIGN.md. Later migrations add columns; this file never changes.
+-- 001: every record in DESIGN.md. Later migrations add columns; this file never changes (beyond spelling
+-- DOUBLE as DOUBLE PRECISION, the same type in DuckDB, so that PostgreSQL runs the same file).
 
 CREATE TABLE interactions (
     id                VARCHAR PRIMARY KEY,
@@ -12,11 +13,11 @@ CREATE TABLE interactions (
     model             VARCHAR,
     experiment        VARCHAR,
     variant           VARCHAR,
-    assignment_prob   DOUBLE,
-    latency_ms        DOUBLE,
+    assignment_prob   DOUBLE PRECISION,
+    latency_ms        DOUBLE PRECISION,
     prompt_tokens     BIGINT,
     completion_tokens BIGINT,
-    cost              DOUBLE,
+    cost              DOUBLE PRECISION,
     tags              VARCHAR[] NOT NULL,
     metadata          JSON NOT NULL,
     consent           JSON NOT NULL,
@@ -31,7 +32,7 @@ CREATE TABLE feedback (
     source         VARCHAR NOT NULL,
     kind           VARCHAR NOT NULL,
     value          JSON,
-    score          DOUBLE,
+    score          DOUBLE PRECISION,
     text           VARCHAR,
     author         VARCHAR,
     metadata       JSON NOT NULL
@@ -102,7 +103,7 @@ CREATE TABLE jobs (
     kind         VARCHAR NOT NULL,    -- train.sft, evals.run, datasets.build, ...
     config       JSON NOT NULL,
     state        VARCHAR NOT NULL,    -- queued, running, succeeded, failed, cancelled
-    progress     DOUBLE NOT NULL,
+    progress     DOUBLE PRECISION NOT NULL,
     metrics      JSON NOT NULL,       -- history: a list of {step, name: value}
     log          VARCHAR NOT NULL,
     error        VARCHAR,

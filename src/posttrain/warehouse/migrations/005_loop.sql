@@ -23,7 +23,7 @@ CREATE TABLE loop_steps (
     state        VARCHAR NOT NULL,    -- running, done, skipped, failed
     result       JSON,
     error        VARCHAR,
-    seconds      DOUBLE,
+    seconds      DOUBLE PRECISION,
     started_at   TIMESTAMP NOT NULL,
     finished_at  TIMESTAMP,
     PRIMARY KEY (turn_id, step)

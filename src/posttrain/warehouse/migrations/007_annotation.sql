@@ -28,7 +28,7 @@ CREATE TABLE annotation_items (
     interaction_id        VARCHAR NOT NULL,
     second_interaction_id VARCHAR,            -- pairwise: the other answer to the same prompt
     origin                VARCHAR NOT NULL,   -- where, dataset, ids, active, gold
-    priority              DOUBLE NOT NULL,    -- served highest first
+    priority              DOUBLE PRECISION NOT NULL,    -- served highest first
     reason                VARCHAR,            -- why active selection chose it
     cohort                VARCHAR,
     gold                  JSON,               -- a gold item's known answer
@@ -62,8 +62,8 @@ CREATE TABLE labels (
     annotator          VARCHAR NOT NULL,   -- a key id, or judge:NAME
     source             VARCHAR NOT NULL,   -- annotator, judge
     value              JSON NOT NULL,
-    confidence         DOUBLE,             -- a judge's confidence in [0, 1]
-    seconds            DOUBLE,             -- time the annotator spent
+    confidence         DOUBLE PRECISION,             -- a judge's confidence in [0, 1]
+    seconds            DOUBLE PRECISION,             -- time the annotator spent
     queue_version      INTEGER NOT NULL,
     guidelines_version INTEGER NOT NULL,
     created_at         TIMESTAMP NOT NULL

@@ -1,0 +1,195 @@
+"""PostgreSQL as the warehouse (issue 17, first part): a real server on loopback (initdb + pg_ctl),
+the same migrations as DuckDB's, and ``posttrain warehouse copy --to`` checked row by row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from posttrain import capture
+from posttrain.jobs import start_job
+from posttrain.project import Project
+from posttrain.warehouse import postgres
+from posttrain.warehouse.copy import _checksum, copy_to_postgres
+from posttrain.warehouse.schema import migration_files
+
+pytest.importorskip("psycopg")
+
+ALL = [number for number, _, _ in migration_files()]
+# DuckDB's and PostgreSQL's names of the same column types
+SAME_TYPE = {
+    "VARCHAR": "character varying",
+    "TIMESTAMP": "timestamp without time zone",
+    "DOUBLE": "double precision",
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "BOOLEAN": "boolean",
+    "JSON": "json",
+    "VARCHAR[]": "ARRAY",
+}
+
+
+def _columns_here(project: Project) -> dict[tuple[str, str], str]:
+    rows = (
+        project.cursor()
+        .execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'main'"
+        )
+        .fetchall()
+    )
+    return {(t, c): SAME_TYPE[kind] for t, c, kind in rows}
+
+
+def _columns_there(url: str) -> dict[tuple[str, str], str]:
+    with postgres.connect(url) as con:
+        rows = con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public'"
+        ).fetchall()
+    return {(t, c): kind for t, c, kind in rows}
+
+
+def test_the_same_migrations_make_the_same_tables_and_columns_on_postgresql(project: Project, pg_url: str) -> None:
+    with postgres.connect(pg_url, autocommit=True) as con:
+        assert postgres.applied_migrations(con) == []
+        assert postgres.migrate(con) == ALL
+        assert postgres.migrate(con) == []  # idempotent
+        assert postgres.applied_migrations(con) == ALL
+
+    assert _columns_there(pg_url) == _columns_here(project)
+
+
+def test_servers_starting_at_once_apply_the_migrations_once(pg_url: str) -> None:
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with postgres.connect(pg_url, autocommit=True) as con:
+                applied.append(postgres.migrate(con))
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert not errors, errors
+    assert sorted(applied, key=len) == [[], [], [], ALL]  # one applied them; the others waited and found them
+
+
+def _fill(project: Project) -> None:
+    """Rows of every shape: content parts, tool calls, unicode, tags, empty lists, nulls, feedback
+    before its interaction, a job."""
+    interactions = [
+        {
+            "id": f"i{i}",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": f"question {i} — ünïcødé"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+                    ],
+                },  # fmt: skip
+            ],
+            "response": f"answer {i}" if i % 3 else None,
+            "user_id": f"u{i % 7}",
+            "cohort": "minors" if i % 5 == 0 else "adults",
+            "tags": ["a", "b"] if i % 2 else [],
+            "metadata": {"n": i, "f": i / 3, "nested": {"z": [1, 2.5, None]}},
+            "latency_ms": i * 1.25,
+        }
+        for i in range(120)
+    ]
+    capture.capture(project, "interactions", interactions)
+    feedback = [
+        {"id": f"f{i}", "interaction_id": f"i{i}" if i < 100 else "later", "kind": "rating", "value": i % 5 + 1}
+        for i in range(110)
+    ]
+    capture.capture(project, "feedback", feedback)
+    job = start_job(project, "train.sft", {"output": "m", "lr": 0.001})
+    job.log("step 1: loss=1.5")
+    job.fail("stopped")
+
+
+def test_copy_moves_every_table_and_the_check_compares_counts_and_checksums(
+    project: Project, pg_url: str, cli: CliRunner
+) -> None:
+    from posttrain.cli import app
+
+    _fill(project)
+    root = project.root
+    project.close()
+
+    result = cli.invoke(app, ["warehouse", "copy", "--to", pg_url, "--project", str(root)])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("copied 17 tables, 231 rows to postgresql://")
+    with postgres.connect(pg_url) as con:
+        counts = {
+            t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("interactions", "feedback", "jobs")
+        }
+        row = con.execute("SELECT messages, tags, metadata FROM interactions WHERE id = 'i1'").fetchone()
+    assert counts == {"interactions": 120, "feedback": 110, "jobs": 1}
+    messages, tags, metadata = row
+    assert messages[0]["content"][0]["text"] == "question 1 — ünïcødé"
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x": 1}'}  # kept whole
+    assert tags == ["a", "b"] and metadata["nested"] == {"z": [1, 2.5, None]}
+
+    again = _posttrain("warehouse", "copy", "--to", pg_url, "--project", str(root))
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr == "error: the target already holds 110 rows in feedback; copy into an empty database\n"
+
+
+def test_copy_returns_one_result_per_table(project: Project, pg_url: str) -> None:
+    _fill(project)
+    seen: list[tuple[str, int, int]] = []
+
+    results = copy_to_postgres(project, pg_url, progress=lambda *a: seen.append(a))
+
+    by_table = {r.table: r for r in results}
+    assert by_table["interactions"].rows == by_table["interactions"].copied == 120
+    assert all(r.matches for r in results)
+    assert ("interactions", 120, 120) in seen and ("models", 0, 0) in seen
+
+
+@pytest.mark.parametrize(
+    ("to", "code", "message"),
+    [
+        ("mysql://h/db", 2, "error: to: give a PostgreSQL URL"),
+        (
+            "postgresql://u:secret@127.0.0.1:1/x",
+            1,
+            "error: the PostgreSQL warehouse at postgresql://u:***@127.0.0.1:1/x",
+        ),
+    ],
+)
+def test_copy_to_a_bad_or_silent_url_fails_in_one_line(project: Project, to: str, code: int, message: str) -> None:
+    project.close()
+    result = _posttrain("warehouse", "copy", "--to", to, "--project", str(project.root))
+
+    assert result.returncode == code
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert "secret" not in result.stderr + result.stdout
+
+
+def _posttrain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_checksum_ignores_row_order_and_key_order_but_not_values() -> None:
+    json_columns = [False, True, False]
+    rows: list[tuple[Any, ...]] = [("a", '{"x": 1, "y": [1, 2]}', 0.5), ("b", None, None)]
+    same = [("b", None, None), ("a", {"y": [1, 2], "x": 1}, 0.5)]  # reordered; JSON parsed, keys in another order
+    changed = [("a", '{"x": 1, "y": [1, 2]}', 0.5000001), ("b", None, None)]
+
+    assert _checksum(rows, json_columns) == _checksum(same, json_columns)
+    assert _checksum(rows, json_columns)[1] != _checksum(changed, json_columns)[1]
