@@ -208,8 +208,10 @@ def _store(cur: duckdb.DuckDBPyConnection, by_table: dict[str, list[Row]], *, fa
     return created
 
 
-def commit(cur: duckdb.DuckDBPyConnection, submissions: Sequence[tuple[str, list[Row]]]) -> list[list[str]]:
+def commit(cur: Any, submissions: Sequence[tuple[str, list[Row]]]) -> list[list[str]]:
     """Store several submissions in one transaction; return 'created'/'duplicate' per row.
+
+    ``cur`` is a DuckDB cursor, or a psycopg connection to a PostgreSQL warehouse.
 
     New ids take a plain INSERT, whose cost stays flat as the table grows; a group holding an id
     already stored is rolled back and redone with ``INSERT OR IGNORE … RETURNING`` (resends are rare).
@@ -220,10 +222,15 @@ def commit(cur: duckdb.DuckDBPyConnection, submissions: Sequence[tuple[str, list
         for row in rows:
             unique.setdefault(row["id"], row)  # the first of several rows with one id wins
     firsts = {table: list(unique.values()) for table, unique in by_table.items()}
-    try:
-        created = _store(cur, firsts, fast=True)
-    except duckdb.ConstraintException:
-        created = _store(cur, firsts, fast=False)
+    if not isinstance(cur, duckdb.DuckDBPyConnection):  # a PostgreSQL warehouse (many servers)
+        from posttrain.warehouse import postgres
+
+        created = postgres.store_rows(cur, firsts, {t: SCHEMAS[t].names for t in firsts})
+    else:
+        try:
+            created = _store(cur, firsts, fast=True)
+        except duckdb.ConstraintException:
+            created = _store(cur, firsts, fast=False)
     claimed: set[tuple[str, str]] = set()
     statuses = []
     for table, rows in submissions:

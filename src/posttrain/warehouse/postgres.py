@@ -9,7 +9,7 @@ for the lock and find them applied.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, Unavailable
@@ -71,3 +71,29 @@ def migrate(con: psycopg.Connection) -> list[int]:
             con.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)", [number, name, utc_now()])
             applied.append(number)
     return applied
+
+
+def store_rows(con: psycopg.Connection, by_table: dict[str, list[dict[str, Any]]],
+               columns: dict[str, list[str]]) -> dict[str, set[str]]:  # fmt: skip
+    """Insert rows whose id is not stored yet, every table in one transaction; return the ids created.
+
+    The rows go through ``COPY`` into a temp table of the connection's own, then one ``INSERT …
+    SELECT … ON CONFLICT (id) DO NOTHING RETURNING id`` per table: a resent id is skipped, and two
+    servers inserting the same id at once store it once (the second waits for the first's commit,
+    then skips it), so every id is answered "created" by exactly one of them.
+    """
+    created: dict[str, set[str]] = {}
+    with con.transaction(), con.cursor() as cur:
+        for table, rows in by_table.items():
+            if not rows:
+                continue
+            names = ", ".join(f'"{c}"' for c in columns[table])
+            staging = f'"_capture_{table}"'
+            cur.execute(f'CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE "{table}") ON COMMIT DELETE ROWS')
+            with cur.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([row.get(c) for c in columns[table]])
+            insert = f'INSERT INTO "{table}" ({names}) SELECT {names} FROM {staging}'
+            cur.execute(f"{insert} ON CONFLICT (id) DO NOTHING RETURNING id")
+            created[table] = {r[0] for r in cur.fetchall()}
+    return created
