@@ -6,6 +6,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +18,7 @@ from posttrain.clock import utc_now
 from posttrain.errors import Conflict
 from posttrain.jobs import JobCancelled, cancel_job, get_job, list_jobs, run_as_job, start_job
 from posttrain.project import Project, open_project
+from posttrain.records import Job
 from posttrain.warehouse.recovery import STALE_AFTER
 
 
@@ -113,12 +115,12 @@ def test_cancel_route_cancels_a_job(project: Project, client: TestClient) -> Non
     assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 409
 
 
-def test_a_cancelled_training_run_stops_cleanly_and_resumes(project: Project, tiny_model: Path) -> None:
-    pytest.importorskip("trl")
+def cancelled_run(project: Project, tiny_model: Path) -> tuple[Any, Job]:
+    """Train a tiny SFT run that is cancelled at step 2 (after its checkpoint-2); return its config and job."""
     import pyarrow as pa
 
     from posttrain.datasets import write_version
-    from posttrain.models.registry import list_models, register_model
+    from posttrain.models.registry import register_model
     from posttrain.train.sft import SFTConfig, train_sft
 
     register_model(project, "base", tiny_model)
@@ -133,6 +135,16 @@ def test_a_cancelled_training_run_stops_cleanly_and_resumes(project: Project, ti
     with pytest.raises(JobCancelled):
         train_sft(project, config, on_progress=cancel_at_two)
     [job] = list_jobs(project, kind="train.sft")
+    return config, job
+
+
+def test_a_cancelled_training_run_stops_cleanly_and_resumes(project: Project, tiny_model: Path) -> None:
+    pytest.importorskip("trl")
+    from posttrain.models.registry import list_models
+    from posttrain.train.sft import train_sft
+
+    config, job = cancelled_run(project, tiny_model)
+
     assert job.state == "cancelled" and job.checkpoint and job.checkpoint.endswith("checkpoint-2")
     assert [m.name for m in list_models(project)] == ["base"]
     resumed = train_sft(project, config.model_copy(update={"resume": True}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,21 @@ from test_train_rl import write_prompts
 pytest.importorskip("ray")
 pytest.importorskip("trl")
 pytestmark = pytest.mark.slow
+
+
+def _train_in_background(project: Project, config: SFTConfig) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``train_sft`` in a thread; return it and the list its error lands in."""
+    raised: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            train_sft(project, config)
+        except BaseException as exc:  # the thread hands its error to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    return thread, raised
 
 
 def losses(metrics: list[dict[str, Any]]) -> list[float]:
@@ -100,7 +116,6 @@ def test_train_dpo_on_two_ray_workers_with_the_guard(ray_project: Project, tiny_
 
 
 def test_cancelling_a_training_job_on_ray_stops_every_worker(ray_project: Project, tiny_model: Path) -> None:
-    import threading
     import time
 
     from posttrain.jobs import JobCancelled, cancel_job, list_jobs
@@ -108,16 +123,7 @@ def test_cancelling_a_training_job_on_ray_stops_every_worker(ray_project: Projec
     register_model(ray_project, "base", tiny_model)
     write_sft(ray_project, spell_rows(64))
     config = SFTConfig(model="base", dataset="spell", output="never", max_steps=100_000, batch_size=2, workers=2)
-    raised: list[BaseException] = []
-
-    def train() -> None:
-        try:
-            train_sft(ray_project, config)
-        except BaseException as exc:  # the thread hands its error to the test
-            raised.append(exc)
-
-    thread = threading.Thread(target=train)
-    thread.start()
+    thread, raised = _train_in_background(ray_project, config)
     deadline = time.monotonic() + 240
     job = None
     while time.monotonic() < deadline and thread.is_alive():
@@ -270,7 +276,6 @@ def test_a_ray_run_on_object_storage_is_cancelled_then_resumed_from_its_checkpoi
     """``compute.storage = "s3://…"`` on a real S3-compatible server: the workers share no folder with
     the driver. The job records the URL of each checkpoint Ray Train wrote there; ``--resume`` starts
     two new workers from it; after the success the run's checkpoints are removed."""
-    import threading
     import time
 
     from posttrain.compute import Storage, ray_runtime
@@ -286,16 +291,7 @@ def test_a_ray_run_on_object_storage_is_cancelled_then_resumed_from_its_checkpoi
     store = Storage(s3)
     try:
         use_ray(project, cluster.address, storage=s3)
-        raised: list[BaseException] = []
-
-        def train() -> None:
-            try:
-                train_sft(project, config)
-            except BaseException as exc:  # the thread hands its error to the test
-                raised.append(exc)
-
-        thread = threading.Thread(target=train)
-        thread.start()
+        thread, raised = _train_in_background(project, config)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and thread.is_alive():
             running = [j for j in list_jobs(project, kind="train.sft") if j.state == "running"]

@@ -10,6 +10,7 @@ import pytest
 from posttrain.compute import Storage
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
+from test_jobs import cancelled_run
 
 
 def _folder(root: Path) -> Path:
@@ -47,19 +48,10 @@ def test_a_local_run_resumes_from_a_checkpoint_in_object_storage(project: Projec
     """A job that recorded its checkpoint by URL (as a Ray run on object storage does): ``--resume``
     finds it there and a local run copies it down to start from it."""
     pytest.importorskip("trl")
-    from posttrain.jobs import JobCancelled, cancel_job, get_job, list_jobs
-    from posttrain.train.sft import SFTConfig, train_sft
+    from posttrain.jobs import get_job
+    from posttrain.train.sft import train_sft
 
-    _base_and_rows(project, tiny_model)
-    config = SFTConfig(model="base", dataset="d", output="o", max_steps=6, batch_size=2, save_steps=2, device="cpu")
-
-    def cancel_at_two(step: int, total: int) -> None:
-        if step == 2:
-            cancel_job(project, list_jobs(project, kind="train.sft")[0].id)
-
-    with pytest.raises(JobCancelled):
-        train_sft(project, config, on_progress=cancel_at_two)
-    [job] = list_jobs(project, kind="train.sft")
+    config, job = cancelled_run(project, tiny_model)
     assert job.checkpoint
     Storage(s3).put_dir(job.checkpoint, "ray-train", job.id, "checkpoint-2")
     url = Storage(s3).url("ray-train", job.id, "checkpoint-2")
