@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from posttrain.errors import Conflict, JobFailed
 from posttrain.warehouse import postgres
-from posttrain.warehouse.schema import applied_migrations
 
 if TYPE_CHECKING:
     import duckdb
@@ -61,7 +60,6 @@ def copy_to_postgres(project: Project, url: str, *, progress: CopyProgress | Non
 
 def _tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Return the warehouse's tables (all but the migrations' own record, which the target makes itself)."""
-    applied_migrations(con)
     rows = con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT temporary "
         "AND table_name <> 'schema_migrations' ORDER BY table_name"
