@@ -30,10 +30,29 @@ from posttrain.server import create_app
 os.environ.update(auth_environment())
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test on every warehouse its closest ``warehouses`` mark names (a module's ``pytestmark``)."""
+    mark = metafunc.definition.get_closest_marker("warehouses")
+    if mark is not None and "warehouse" in metafunc.fixturenames:
+        metafunc.parametrize("warehouse", list(mark.args), indirect=True)
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    """A fresh project with a real DuckDB warehouse."""
-    proj = init_project(tmp_path / "proj")
+def warehouse(request: pytest.FixtureRequest) -> str:
+    """The warehouse a test's project uses: ``duckdb`` (default) or ``postgresql`` (a fresh database)."""
+    name = getattr(request, "param", "duckdb")
+    if name == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        import uuid
+
+        return str(server.database(f"t_{uuid.uuid4().hex[:12]}"))
+    return "duckdb"
+
+
+@pytest.fixture
+def project(tmp_path: Path, warehouse: str) -> Iterator[Project]:
+    """A fresh project with a real warehouse: a DuckDB file, or a PostgreSQL database (``warehouses`` mark)."""
+    proj = init_project(tmp_path / "proj", warehouse_url=None if warehouse == "duckdb" else warehouse)
     yield proj
     proj.close()
 
@@ -124,9 +143,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """A started server over a fresh project; stopped after the test."""
-    proj = init_project(tmp_path / "live")
+def live_server(tmp_path: Path, warehouse: str) -> Iterator[LiveServer]:
+    """A started server over a fresh project (on the test's warehouse); stopped after the test."""
+    proj = init_project(tmp_path / "live", warehouse_url=None if warehouse == "duckdb" else warehouse)
     admin = keys.create_key(proj, "admin").key
     proj.close()
     server = LiveServer(root=proj.root, admin_key=admin).start()

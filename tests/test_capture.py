@@ -13,6 +13,8 @@ from posttrain.project import Project, init_project
 from posttrain.settings import CaptureSettings
 from posttrain.warehouse import queries
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _interaction(i: int | str, **extra: object) -> dict[str, object]:
     return {"id": f"i{i}", "messages": [{"role": "user", "content": f"q{i}"}], "response": f"a{i}", **extra}

@@ -19,6 +19,8 @@ from posttrain.experiments.records import MAX_COHORTS, MAX_VARIANTS
 from posttrain.models.registry import get_model, register_model
 from posttrain.project import Project, init_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _config(name: str = "exp", **kwargs: Any) -> ex.ExperimentConfig:
     variants = [ex.Variant(name="control", model="base", share=0.5), ex.Variant(name="new", model="cand", share=0.5)]

@@ -20,6 +20,8 @@ from posttrain.models.registry import register_model
 from posttrain.project import Project, init_project
 from upstream_stub import Upstream, running_upstream
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
 

@@ -21,6 +21,8 @@ from posttrain.project import Project, open_project
 from posttrain.records import Job
 from posttrain.warehouse.recovery import STALE_AFTER
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 class _Done(BaseModel):
     id: str = "done"

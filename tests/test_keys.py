@@ -10,6 +10,8 @@ from posttrain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from posttrain.project import Project
 from posttrain.server import create_app
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def test_create_key_stores_only_a_hash(project: Project) -> None:
     key = keys.create_key(project, "viewer", name="dash")

@@ -26,6 +26,8 @@ from posttrain.errors import InvalidInput
 from posttrain.project import init_project
 from upstream_stub import running_upstream
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 ASK = [{"role": "user", "content": "hi"}]
 
 

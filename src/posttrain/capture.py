@@ -211,7 +211,7 @@ def _store(cur: duckdb.DuckDBPyConnection, by_table: dict[str, list[Row]], *, fa
 def commit(cur: Any, submissions: Sequence[tuple[str, list[Row]]]) -> list[list[str]]:
     """Store several submissions in one transaction; return 'created'/'duplicate' per row.
 
-    ``cur`` is a DuckDB cursor, or a psycopg connection to a PostgreSQL warehouse.
+    ``cur`` is a DuckDB cursor, or a PostgreSQL warehouse's cursor or psycopg connection.
 
     New ids take a plain INSERT, whose cost stays flat as the table grows; a group holding an id
     already stored is rolled back and redone with ``INSERT OR IGNORE … RETURNING`` (resends are rare).
@@ -225,7 +225,12 @@ def commit(cur: Any, submissions: Sequence[tuple[str, list[Row]]]) -> list[list[
     if not isinstance(cur, duckdb.DuckDBPyConnection):  # a PostgreSQL warehouse (many servers)
         from posttrain.warehouse import postgres
 
-        created = postgres.store_rows(cur, firsts, {t: SCHEMAS[t].names for t in firsts})
+        columns = {t: SCHEMAS[t].names for t in firsts}
+        if hasattr(cur, "borrow"):  # a PgCursor: its transaction's connection, or one from the pool
+            with cur.borrow() as con:
+                created = postgres.store_rows(con, firsts, columns)
+        else:
+            created = postgres.store_rows(cur, firsts, columns)
     else:
         try:
             created = _store(cur, firsts, fast=True)
@@ -523,7 +528,9 @@ def import_file(
         "ignore_errors=true, maximum_object_size=67108864)"
     )
     source = _IMPORT_SELECT[kind].format(reader=reader)
-    cur = project.cursor()
+    # on a PostgreSQL warehouse DuckDB still parses and normalises the file (in memory); the valid rows
+    # then go through the capture store, which skips the ids already stored
+    cur = duckdb.connect() if project.is_postgres else project.cursor()
     cur.execute("SET preserve_insertion_order = false")  # lets DuckDB parallelise the writes
     try:
         with _progress(cur, total, on_progress, start=0.0, end=0.6):  # parse and normalise once
@@ -534,16 +541,21 @@ def import_file(
         rows, invalid, repeats = cur.execute(
             "SELECT count(*), count(*) FILTER (NOT _valid), count(id) FILTER (_valid) - "
             "count(DISTINCT id) FILTER (_valid) FROM _import"
-        ).fetchone()  # type: ignore[misc]
+        ).fetchall()[0]  # all, not one: DuckDB keeps a half-read result open
         # one row per id: the window costs ~15% of an import, so only when the file repeats ids
         once = "QUALIFY row_number() OVER (PARTITION BY s.id) = 1" if repeats else ""
-        with _progress(cur, total, on_progress, start=0.6, end=1.0):
-            created = cur.execute(
-                f"INSERT INTO {kind} BY NAME SELECT * EXCLUDE (_valid) FROM _import s "
-                f"WHERE _valid AND NOT EXISTS (SELECT 1 FROM {kind} t WHERE t.id = s.id) {once}"
-            ).fetchone()[0]  # type: ignore[index]
+        if project.is_postgres:
+            created = _import_to_postgres(project, cur, kind, once, rows - invalid, total, on_progress)
+        else:
+            with _progress(cur, total, on_progress, start=0.6, end=1.0):
+                created = cur.execute(
+                    f"INSERT INTO {kind} BY NAME SELECT * EXCLUDE (_valid) FROM _import s "
+                    f"WHERE _valid AND NOT EXISTS (SELECT 1 FROM {kind} t WHERE t.id = s.id) {once}"
+                ).fetchone()[0]  # type: ignore[index]
     finally:
         cur.execute("DROP TABLE IF EXISTS _import")
+        if project.is_postgres:
+            cur.close()
     unreadable = max(total - rows, 0)
     errors = []
     if invalid:
@@ -559,6 +571,33 @@ def import_file(
         errors=errors,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _import_to_postgres(
+    project: Project,
+    cur: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    once: str,
+    valid: int,
+    total: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> int:
+    """Store the valid rows of DuckDB's ``_import`` table in the PostgreSQL warehouse; return how many were new."""
+    from posttrain.warehouse import postgres
+
+    reader = cur.sql(f"SELECT * EXCLUDE (_valid) FROM _import s WHERE _valid {once}").to_arrow_reader(20_000)
+    created, done = 0, 0
+    columns = {kind: SCHEMAS[kind].names}
+    with project.cursor().borrow() as con:  # type: ignore[attr-defined]
+        for batch in reader:
+            rows = batch.to_pylist()
+            created += len(postgres.store_rows(con, {kind: rows}, columns).get(kind, ()))
+            done += len(rows)
+            if on_progress is not None and valid:
+                on_progress(int(total * (0.6 + 0.4 * min(done / valid, 1.0))), total)
+    if on_progress is not None:
+        on_progress(total, total)
+    return created
 
 
 @contextlib.contextmanager
@@ -607,6 +646,8 @@ def export_file(
         raise InvalidInput(f"unknown format {fmt!r}; choose jsonl or parquet", field="format")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if project.is_postgres:  # the rows stream out of PostgreSQL; DuckDB writes the Parquet
+        return export_stream(export_lines(project, kind=kind), path, fmt=fmt)
     option = "FORMAT json" if fmt == "jsonl" else "FORMAT parquet"
     literal = str(path).replace("'", "''")
     cur = project.cursor()
@@ -619,10 +660,14 @@ def export_lines(project: Project, *, kind: Kind = "interactions", batch_rows: i
     """Yield every record of ``kind`` as JSON lines, oldest first, a batch at a time."""
     json_columns = {"messages", "metadata", "consent", "media", "value"}
     cur = project.cursor()
-    reader = cur.sql(f'SELECT * FROM {kind} ORDER BY "timestamp", id').to_arrow_reader(batch_rows)
-    for batch in reader:
+    sql = f'SELECT * FROM {kind} ORDER BY "timestamp", id'
+    if project.is_postgres:
+        batches: Iterator[list[dict[str, Any]]] = cur.batches(sql, rows=batch_rows)  # type: ignore[attr-defined]
+    else:
+        batches = (batch.to_pylist() for batch in cur.sql(sql).to_arrow_reader(batch_rows))
+    for rows in batches:
         lines = []
-        for row in batch.to_pylist():
+        for row in rows:
             for name in json_columns.intersection(row):
                 if isinstance(row[name], str):
                     row[name] = orjson.loads(row[name])

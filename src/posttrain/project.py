@@ -50,6 +50,7 @@ class Project:
         self.root = root
         self.settings = settings
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._pg: Any = None  # the PostgreSQL warehouse's pool (warehouse.url = postgresql://…)
         self._lock = threading.Lock()
         # serialises annotation leases: two annotators pulling at once never get the same item
         self.lease_lock = threading.Lock()
@@ -58,7 +59,30 @@ class Project:
 
     @property
     def warehouse_path(self) -> Path:
+        url = self.settings.warehouse.url
+        if url.startswith("duckdb://"):
+            return self.root / Path(url.removeprefix("duckdb://"))  # an absolute path stays itself
         return self.root / WAREHOUSE_FILE
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the warehouse is a PostgreSQL database (many servers) rather than the DuckDB file."""
+        return self.settings.warehouse.postgres is not None
+
+    @property
+    def warehouse_name(self) -> str:
+        """The warehouse as messages name it: the DuckDB file, or the PostgreSQL URL without its password."""
+        from posttrain.warehouse.postgres import redacted
+
+        url = self.settings.warehouse.postgres
+        return redacted(url) if url else str(self.warehouse_path)
+
+    def open(self) -> None:
+        """Open and migrate the warehouse now (else on first use)."""
+        if self.is_postgres:
+            self._postgres()
+        else:
+            _ = self.con
 
     @property
     def artifacts(self) -> Path:
@@ -85,7 +109,24 @@ class Project:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """Return a new cursor on the warehouse, for use by one thread."""
+        if self.is_postgres:
+            return self._postgres().cursor()  # type: ignore[no-any-return]  # DuckDB's cursor API (PgCursor)
         return self.con.cursor()
+
+    def _postgres(self) -> Any:
+        """Return the PostgreSQL warehouse's pool, connecting and migrating it on first use."""
+        with self._lock:
+            if self._pg is None:
+                from posttrain.warehouse import pg_cursor, postgres
+
+                url = self.settings.warehouse.postgres
+                assert url is not None
+                with postgres.connect(url) as con:  # Unavailable, one line, when nobody answers
+                    postgres.migrate(con)  # once, under an advisory lock, however many servers start
+                pool = pg_cursor.Pool(url)
+                fail_stale_jobs(pool.cursor())  # by host and heartbeat: another host's jobs are left alone
+                self._pg = pool
+            return self._pg
 
     def running_server(self) -> dict[str, Any] | None:
         """Return the ``posttrain serve`` that owns this project (url, pid, token), if alive."""
@@ -107,6 +148,9 @@ class Project:
     def close(self) -> None:
         """Checkpoint and close the warehouse connection."""
         with self._lock:
+            if self._pg is not None:
+                self._pg.close()
+                self._pg = None
             if self._con is not None:
                 self._con.execute("CHECKPOINT")
                 self._con.close()
@@ -144,17 +188,26 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def init_project(root: Path | str) -> Project:
-    """Create a project at ``root`` (folder, settings file, warehouse, artifacts)."""
+def init_project(root: Path | str, *, warehouse_url: str | None = None) -> Project:
+    """Create a project at ``root`` (folder, settings file, warehouse, artifacts).
+
+    ``warehouse_url`` (``postgresql://…``) puts the warehouse in a PostgreSQL database, written to
+    ``posttrain.toml`` as ``[warehouse] url``; by default it is the project's DuckDB file.
+    """
     root = Path(root).resolve()
     if (root / CONFIG_FILE).exists():
         raise Conflict(f"{root} is already a posttrain project; open it with --project {root}")
     root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # a folder that exists already keeps its mode
-    _write_private(root / CONFIG_FILE, _TEMPLATE)
+    text = _TEMPLATE
+    if warehouse_url:
+        from posttrain.warehouse.postgres import check_url
+
+        text += f'\n[warehouse]\nurl = "{check_url(warehouse_url, field="--warehouse")}"\n'
+    _write_private(root / CONFIG_FILE, text)
     for folder in (ARTIFACTS_DIR, STATE_DIR):
         (root / folder).mkdir(mode=PRIVATE_DIR, exist_ok=True)
         (root / folder).chmod(PRIVATE_DIR)
     project = open_project(root)
-    _ = project.con  # create the warehouse and run the migrations now
+    project.open()  # create the warehouse and run the migrations now
     return project

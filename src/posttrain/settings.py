@@ -292,6 +292,31 @@ class ComputeSettings(BaseModel):
         return value
 
 
+class WarehouseSettings(BaseModel):
+    """Where the records live: the embedded DuckDB file (default) or a PostgreSQL database many servers share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        "",
+        max_length=2000,
+        description="empty: the project's warehouse.duckdb (one writer process); postgresql://user@host:5432/db: "
+        "a PostgreSQL database any number of `posttrain serve` processes share (pip install 'posttrain[postgres]').",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.match(r"^(duckdb://|postgres(ql)?://)[^\s]+$", value):
+            raise ValueError("give postgresql://user@host:5432/db, or leave it empty for the project's DuckDB file")
+        return value
+
+    @property
+    def postgres(self) -> str | None:
+        """The PostgreSQL URL, or None for the embedded DuckDB warehouse."""
+        return self.url if self.url.startswith("postgres") else None
+
+
 class Settings(BaseModel):
     """The resolved settings of one project."""
 
@@ -305,6 +330,7 @@ class Settings(BaseModel):
     annotate: AnnotateSettings = Field(default_factory=AnnotateSettings)
     curate: CurateSettings = Field(default_factory=CurateSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
 
 
 def describe() -> Iterator[tuple[str, Any, str]]:

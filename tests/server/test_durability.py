@@ -27,6 +27,8 @@ from conftest import LiveServer
 from posttrain import keys
 from posttrain.project import init_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def start_server(root: Path) -> LiveServer:
     """Create a project with an admin key at ``root`` and serve it."""

@@ -98,9 +98,11 @@ def get_experiment(project: Project, name: str) -> Experiment:
 def list_experiments(project: Project, *, state: State | None = None, with_analyses: bool = True) -> list[Experiment]:
     """Return experiments newest first, optionally in one state (and without their analysis snapshots)."""
     where, params = ("WHERE state = ?", [state]) if state else ("", [])
-    select = "*" if with_analyses else "* REPLACE ('[]' AS analyses)"
+    # DuckDB leaves the snapshots behind in the query; PostgreSQL has no * REPLACE, so they are dropped here
+    select = "*" if with_analyses or project.is_postgres else "* REPLACE ('[]' AS analyses)"
     sql = f"SELECT {select} FROM experiments {where} ORDER BY created_at DESC, id DESC"
-    return [_to_experiment(r) for r in fetch_all(project.cursor(), sql, params, json=_JSON)]
+    rows = fetch_all(project.cursor(), sql, params, json=_JSON)
+    return [_to_experiment(r if with_analyses else {**r, "analyses": []}) for r in rows]
 
 
 _FIX = {

@@ -164,8 +164,8 @@ def create_app(project: Project, *, control_token: str | None = None, sandbox_sq
         redoc_url=None,
     )
     app.add_route("/docs", _docs_page, methods=["GET"], include_in_schema=False)
-    _ = project.con  # open and migrate before the first request
-    if sandbox_sql:
+    project.open()  # open and migrate before the first request
+    if sandbox_sql and not project.is_postgres:
         project.con.execute("SET enable_external_access = false")
     app.state.project = project
     app.state.keys = KeyCache(project, control_token=control_token)

@@ -208,7 +208,7 @@ def feedback_counts(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str,
     if not ids:
         return {}
     sql = (
-        "SELECT interaction_id, kind, count(*) FROM feedback WHERE interaction_id IN (SELECT unnest(?)) "
+        "SELECT interaction_id, kind, count(*) FROM feedback WHERE list_contains(?, interaction_id) "
         "GROUP BY ALL ORDER BY 1, 2"
     )
     out: dict[str, dict[str, int]] = {}

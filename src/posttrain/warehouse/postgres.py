@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import psycopg
 
 MIGRATION_LOCK = 0x706F_7374_7472  # "posttr": the advisory lock every server takes to migrate
-_URL = re.compile(r"^postgres(ql)?://[^\s]+$")
+_URL = re.compile(r'^postgres(ql)?://[^\s"\\]+$')  # no quote or backslash: it is written into posttrain.toml
 
 
 def check_url(url: str, *, field: str = "warehouse.url") -> str:

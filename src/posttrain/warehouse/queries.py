@@ -74,7 +74,7 @@ def list_interactions(
 def _feedback_for(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, list[StoredFeedback]]:
     if not ids:
         return {}
-    sql = 'SELECT * FROM feedback WHERE interaction_id IN (SELECT unnest(?)) ORDER BY "timestamp", id'
+    sql = 'SELECT * FROM feedback WHERE list_contains(?, interaction_id) ORDER BY "timestamp", id'
     out: dict[str, list[StoredFeedback]] = {}
     for fb in fetch_all(cur, sql, [ids], json=_JSON_COLUMNS):
         fb.pop("score", None)
