@@ -222,3 +222,113 @@ def test_local_cli_sql_reads(project: Project) -> None:
     args = [sys.executable, "-m", "posttrain", "sql", "SELECT 40 + 2 AS answer", "--project", str(root), "--json"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and '"answer": 42' in result.stdout, result.stderr
+
+
+# --- a PostgreSQL warehouse: the same attacks, and what a SELECT can call there -------------------------
+
+# Functions a single SELECT may call on PostgreSQL that would undo a role set inside the session,
+# run SQL text past the parse's table check, write, or read the server's files. Wall 3 (the login
+# role's privileges) and wall 2 (the read-only transaction) must hold each.
+PG_ATTACKS = [
+    "SELECT set_config('role', 'posttrain', false)",
+    "SELECT set_config('default_transaction_read_only', 'off', false), query_to_xml('DELETE FROM feedback', true, true, '')",
+    "SELECT query_to_xml('DELETE FROM feedback RETURNING 1', true, true, '')",
+    "SELECT query_to_xml('CREATE TABLE pwn AS SELECT 1', true, true, '')",
+    "SELECT query_to_xml('RESET ROLE; DELETE FROM feedback', true, true, '')",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_ls_dir('.')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT lo_export(1, '{out}/pg.bin')",
+    "SELECT pg_reload_conf()",
+    "SELECT nextval('pwn_seq')",
+]
+# Secrets through a SELECT's own text, and through SQL text a function runs (past the parse's check).
+PG_SECRETS = [
+    "SELECT * FROM api_keys",
+    "WITH k AS (SELECT * FROM api_keys) SELECT * FROM k",
+    "SELECT query_to_xml('SELECT key_hash FROM api_keys', true, true, '')",
+]
+
+
+@pytest.fixture(scope="module")
+def served_pg(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    url = pg_server.database("sandbox")
+    proj = init_project(tmp_path_factory.mktemp("sandbox_pg") / "proj", warehouse_url=url)
+    role_keys = {role: keys.create_key(proj, role).key for role in ROLES}
+    proj.close()
+    live = LiveServer(root=proj.root, admin_key=role_keys["admin"]).start()
+    with live.http() as http:
+        asked = [{"role": "user", "content": "q"}]
+        events = [{"id": f"i{n}", "messages": asked, "response": "a"} for n in range(5)]
+        assert http.post("/api/capture/interactions", json={"interactions": events}).status_code == 200
+    yield live, role_keys
+    live.stop()
+
+
+def _pg_tables(http: httpx.Client) -> dict[str, Any]:
+    names = _sql(http, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+    return {
+        name: _sql(http, f"SELECT count(*), md5(string_agg(t::VARCHAR, '|' ORDER BY t::VARCHAR)) FROM {name} t")[0]
+        for (name,) in names
+    }
+
+
+def test_attack_suite_changes_nothing_on_postgresql(served_pg: tuple[LiveServer, dict[str, str]], out: Path) -> None:
+    server, role_keys = served_pg
+    with server.http() as admin:
+        before = _pg_tables(admin)
+    assert {"interactions", "api_keys", "feedback"} <= set(before)
+    attacks = [a.replace(OUT, str(out)) for a in [*ATTACKS, *PG_ATTACKS]]
+    for role in SQL_ROLES:
+        with server.http(role_keys[role]) as http:
+            for attack in attacks:
+                reply = http.post("/api/sql", json={"sql": attack})
+                assert reply.status_code == 400, (role, attack, reply.text)
+                assert reply.json()["error"]["field"] == "sql", reply.text
+            for secret in PG_SECRETS:
+                reply = http.post("/api/sql", json={"sql": secret})
+                assert reply.status_code == (200 if role == "admin" else 400), (role, secret, reply.text)
+    with server.http() as admin:
+        assert _pg_tables(admin) == before
+        roles = _sql(admin, "SELECT current_user, current_setting('transaction_read_only')")
+    assert roles[0][0].endswith("_admin_reader") and roles[0][1] == "on"
+    assert list(out.iterdir()) == []
+
+
+def test_reads_work_on_postgresql(served_pg: tuple[LiveServer, dict[str, str]]) -> None:
+    server, role_keys = served_pg
+    with server.http(role_keys["viewer"]) as http:
+        body = http.post(
+            "/api/sql", json={"sql": "SELECT count(*) AS n, any_value(id) IS NOT NULL AS some FROM interactions"}
+        ).json()
+        assert body["rows"] == [[5, True]], body
+        blocked = http.post("/api/sql", json={"sql": "SELECT pg_sleep(5)"})
+    assert blocked.status_code == 200  # reads may be slow; sql.timeout_seconds bounds them (tested on DuckDB)
+
+
+def test_local_cli_sql_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    proj = init_project(tmp_path / "p", warehouse_url=pg_url)
+    proj.close()
+    ok = [
+        sys.executable,
+        "-m",
+        "posttrain",
+        "sql",
+        "SELECT count(*) AS n FROM interactions",
+        "--project",
+        str(proj.root),
+        "--json",
+    ]
+    done = subprocess.run(ok, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and '"n": 0' in done.stdout, done.stderr
+    bad = [
+        sys.executable,
+        "-m",
+        "posttrain",
+        "sql",
+        "SELECT query_to_xml('DELETE FROM api_keys', true, true, '')",
+        "--project",
+        str(proj.root),
+    ]
+    done = subprocess.run(bad, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr

@@ -52,6 +52,14 @@ def sql(
     if remote is not None:
         body = {"sql": query} if limit is None else {"sql": query, "limit": limit}
         result = SqlResult(**remote.call("POST", "/api/sql", json=body))
+    elif proj.is_postgres:
+        from posttrain.warehouse.pg_reader import ReaderCursor
+
+        reader = ReaderCursor(proj, timeout_seconds=proj.settings.sql.admin_timeout_seconds)
+        try:
+            result = sandbox.run_read_only(reader, query, admin=True, max_rows=max_rows)
+        finally:
+            proj.close()
     else:
         con = connect(proj.warehouse_path, read_only=True, busy_hint="wait for it to finish")
         try:

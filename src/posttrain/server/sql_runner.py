@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import duckdb
 
@@ -77,7 +78,11 @@ class SqlRunner:
         self, sql: str, role: Role, deadline: float, limit: float, disconnected: Callable[[], Awaitable[bool]]
     ) -> SqlResult:
         loop = asyncio.get_running_loop()
-        cur = self._project.cursor()
+        cur: Any = self._project.cursor()
+        if self._project.is_postgres:
+            from posttrain.warehouse.pg_reader import ReaderCursor
+
+            cur = ReaderCursor(self._project, timeout_seconds=limit + 1)  # PostgreSQL's own wall, past ours
         with self._lock:
             self._running.add(cur)
         work = partial(sandbox.run_read_only, cur, sql, admin=role == "admin", max_rows=self._settings.max_rows)

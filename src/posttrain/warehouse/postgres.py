@@ -70,6 +70,9 @@ def migrate(con: psycopg.Connection) -> list[int]:
             con.execute(sql)  # several statements, no parameters: psycopg sends them as they are
             con.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)", [number, name, utc_now()])
             applied.append(number)
+        from posttrain.warehouse.pg_reader import grant_readers
+
+        grant_readers(con)  # the read-only SQL roles, their grants covering every table just made
     return applied
 
 

@@ -121,8 +121,19 @@ def check_tables(cur: duckdb.DuckDBPyConnection, select: str, *, admin: bool) ->
 def run_read_only(
     cur: duckdb.DuckDBPyConnection, sql: str, *, admin: bool = False, max_rows: int = 10_000
 ) -> SqlResult:
-    """Run one checked statement in a read-only transaction that is always rolled back."""
+    """Run one checked statement in a read-only transaction that is always rolled back.
+
+    ``cur`` is a DuckDB cursor, or a PostgreSQL warehouse's ``pg_reader.ReaderCursor``.
+    """
     select = select_text(sql)
+    if not isinstance(cur, duckdb.DuckDBPyConnection):  # PostgreSQL: the same parse, then a reader role
+        parser = duckdb.connect()
+        try:
+            check_tables(parser, select, admin=admin)
+        finally:
+            parser.close()
+        columns, values, truncated = cur.run(sql, admin=admin, max_rows=max_rows)
+        return SqlResult(columns=columns, rows=values, truncated=truncated)
     cur.execute("BEGIN TRANSACTION READ ONLY")
     try:
         check_tables(cur, select, admin=admin)
