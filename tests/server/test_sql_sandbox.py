@@ -231,7 +231,8 @@ def test_local_cli_sql_reads(project: Project) -> None:
 # role's privileges) and wall 2 (the read-only transaction) must hold each.
 PG_ATTACKS = [
     "SELECT set_config('role', 'posttrain', false)",
-    "SELECT set_config('default_transaction_read_only', 'off', false), query_to_xml('DELETE FROM feedback', true, true, '')",
+    "SELECT set_config('default_transaction_read_only', 'off', false), "
+    "query_to_xml('DELETE FROM feedback', true, true, '')",
     "SELECT query_to_xml('DELETE FROM feedback RETURNING 1', true, true, '')",
     "SELECT query_to_xml('CREATE TABLE pwn AS SELECT 1', true, true, '')",
     "SELECT query_to_xml('RESET ROLE; DELETE FROM feedback', true, true, '')",
