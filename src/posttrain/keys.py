@@ -97,6 +97,12 @@ def create_key(project: Project, role: str, *, name: str | None = None) -> NewAp
     return record
 
 
+def has_admin(project: Project) -> bool:
+    """Return whether the warehouse holds an admin key that is not revoked."""
+    sql = "SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+    return bool(project.cursor().execute(sql).fetchone()[0])  # type: ignore[index]
+
+
 def list_keys(project: Project) -> list[ApiKey]:
     """Return every key, newest first, revoked ones included."""
     rows = project.cursor().execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC")

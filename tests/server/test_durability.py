@@ -30,17 +30,17 @@ from posttrain.project import init_project
 pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 
-def start_server(root: Path) -> LiveServer:
-    """Create a project with an admin key at ``root`` and serve it."""
-    proj = init_project(root)
+def start_server(root: Path, warehouse: str = "duckdb") -> LiveServer:
+    """Create a project with an admin key at ``root`` (on ``warehouse``: duckdb or a PostgreSQL URL) and serve it."""
+    proj = init_project(root, warehouse_url=None if warehouse == "duckdb" else warehouse)
     admin = keys.create_key(proj, "admin", name="durability admin").key
     proj.close()
     return LiveServer(root=proj.root, admin_key=admin).start()
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LiveServer]:
-    live = start_server(tmp_path / "proj")
+def server(tmp_path: Path, warehouse: str) -> Iterator[LiveServer]:
+    live = start_server(tmp_path / "proj", warehouse)
     yield live
     live.stop()
 

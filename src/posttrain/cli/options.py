@@ -38,8 +38,11 @@ def remote_for(project: Project) -> Remote | None:
     """Return a client for the ``posttrain serve`` that owns this project, if one runs.
 
     It calls as ``$POSTTRAIN_API_KEY`` when set (an annotator labelling as their own key, a viewer
-    whose SQL the viewer's bounds limit), else with the server's control token.
+    whose SQL the viewer's bounds limit), else with the server's control token. A PostgreSQL
+    warehouse has no single writer, so commands there never go through a server.
     """
+    if project.is_postgres:  # no single writer: the command works on the shared database itself
+        return None
     server = project.running_server()
     return Remote(server["url"], os.environ.get(KEY_ENV) or server["token"]) if server else None
 

@@ -21,17 +21,33 @@ def init(
         Path | None, typer.Argument(help="Folder for the project (default: --project or cwd).")
     ] = None,
     project: ProjectOption = None,
+    warehouse: Annotated[
+        str | None,
+        typer.Option(
+            "--warehouse",
+            help="postgresql://user@host:5432/db: keep the records in this PostgreSQL database, which any number "
+            "of servers share (written to posttrain.toml as [warehouse] url); default: the project's DuckDB file.",
+        ),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Create a project: posttrain.toml, the warehouse, artifacts/, and an admin key (shown once)."""
-    created = init_project(resolve_root(directory or project))
-    admin = keys.create_key(created, "admin", name="admin (posttrain init)")
+    """Create a project: posttrain.toml, the warehouse, artifacts/, and an admin key (shown once).
+
+    With --warehouse naming a PostgreSQL database that already holds an admin key (a second server
+    joining the team's warehouse), no new key is made: the team's keys work on every server.
+    """
+    created = init_project(resolve_root(directory or project), warehouse_url=warehouse)
+    joined = warehouse is not None and keys.has_admin(created)
+    admin = None if joined else keys.create_key(created, "admin", name="admin (posttrain init)")
     created.close()
     if json:
-        render.as_json({"project": str(created.root), "admin_key": admin.key})
+        render.as_json({"project": str(created.root), "admin_key": admin.key if admin else None})
         return
     typer.echo(f"created posttrain project at {created.root}")
-    typer.echo(f"admin API key (shown once, keep it safe): {admin.key}")
+    if admin is None:
+        typer.echo(f"joined the warehouse at {created.warehouse_name}; its API keys work here")
+    else:
+        typer.echo(f"admin API key (shown once, keep it safe): {admin.key}")
 
 
 def sql(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,29 +16,39 @@ from posttrain.errors import InvalidInput, Unauthorized
 from posttrain.project import Project
 from posttrain.records import Role
 
+KEY_CACHE_SECONDS = 5.0  # how long a revocation made elsewhere may take to reach this server
+
 
 class KeyCache:
-    """Keys seen before (who holds each), so a request costs a dict lookup, not a query."""
+    """Keys seen before (who holds each), so a request costs a dict lookup, not a query.
+
+    An entry is trusted for ``KEY_CACHE_SECONDS``, then looked up again: a key revoked through
+    another server of a PostgreSQL warehouse stops working here within that time (this server's
+    own revocations drop the cache at once).
+    """
 
     def __init__(self, project: Project, *, control_token: str | None = None) -> None:
         self._project = project
         self._lock = threading.Lock()
         self._control = keys.hash_key(control_token) if control_token else None
-        self._callers: dict[str, keys.Caller] = self._kept()
+        self._callers: dict[str, tuple[keys.Caller, float]] = self._kept()
 
-    def _kept(self) -> dict[str, keys.Caller]:
+    def _kept(self) -> dict[str, tuple[keys.Caller, float]]:
         if self._control is None:
             return {}
-        return {self._control: keys.Caller(key_id=keys.CONTROL_KEY_ID, role="admin")}
+        return {self._control: (keys.Caller(key_id=keys.CONTROL_KEY_ID, role="admin"), math.inf)}
 
     def caller(self, key: str) -> keys.Caller:
         """Return who holds ``key``; raise Unauthorized if unknown or revoked."""
         digest = keys.hash_key(key)
-        caller = self._callers.get(digest)
-        if caller is None:
-            caller = keys.lookup_key(self._project, key)
-            with self._lock:
-                self._callers[digest] = caller
+        cached = self._callers.get(digest)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < KEY_CACHE_SECONDS:
+            return cached[0]
+        caller = keys.lookup_key(self._project, key)
+        with self._lock:
+            if digest != self._control:
+                self._callers[digest] = (caller, now)
         return caller
 
     def role(self, key: str) -> Role:
