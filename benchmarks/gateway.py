@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import tempfile
@@ -262,14 +263,14 @@ def wait_logged(server: Server, expected: int, timeout: float = 60.0) -> tuple[i
     return server.count(), time.monotonic() - started
 
 
-def run(root: Path, sizes: Sizes) -> dict[str, Any]:
+def run(root: Path, sizes: Sizes, warehouse: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
     stub = ctx.Process(target=stub_upstream, args=(ready,), daemon=True)
     stub.start()
     try:
         port = ready.get(timeout=60)
-        key = init_project(root)
+        key = init_project(root, warehouse)
         os.environ |= {
             "POSTTRAIN_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{port}/v1",
             "POSTTRAIN_GATEWAY_UPSTREAM_MODELS": MODEL,
@@ -390,6 +391,10 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds", type=float, help="stop a throughput run early past this (default 40 s; quick 8 s)"
     )
+    parser.add_argument(
+        "--postgres", action="store_true",
+        help="the warehouse on a throwaway PostgreSQL server on loopback (initdb + pg_ctl), not the DuckDB file",
+    )  # fmt: skip
     args = parser.parse_args()
     sizes = Sizes(
         latency=args.latency or (300 if args.quick else 3_000),
@@ -417,8 +422,14 @@ def main() -> int:
             ),
         ],
     )
-    with tempfile.TemporaryDirectory(prefix="posttrain-bench-") as tmp:
-        res = run(Path(tmp) / "gateway", sizes)
+    with tempfile.TemporaryDirectory(prefix="posttrain-bench-") as tmp, contextlib.ExitStack() as stack:
+        warehouse = None
+        if args.postgres:
+            from posttrain.warehouse.pg_local import LocalPostgres
+
+            warehouse = stack.enter_context(LocalPostgres()).database("bench_gateway")
+        print(f"  warehouse: {'PostgreSQL (loopback)' if warehouse else 'DuckDB (the project file)'}\n")
+        res = run(Path(tmp) / "gateway", sizes, warehouse)
     print_table(_figures(res, sizes))
     for note in _checks(res, sizes):
         print(f"  {note}")

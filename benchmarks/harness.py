@@ -96,15 +96,24 @@ def print_table(figures: list[Figure]) -> None:
     print()
 
 
-def init_project(root: Path) -> str:
-    """Create a project with ``posttrain init DIR --json``; return its admin key."""
+def init_project(root: Path, warehouse: str | None = None) -> str:
+    """Create a project with ``posttrain init DIR --json`` (``--warehouse URL`` if given); return its admin key
+    (None when it joined a PostgreSQL warehouse that already had one)."""
     out = subprocess.run(
-        [sys.executable, "-m", "posttrain", "init", str(root), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "posttrain",
+            "init",
+            str(root),
+            "--json",
+            *(["--warehouse", warehouse] if warehouse else []),
+        ],
         check=True,
         capture_output=True,
         text=True,
     )
-    return str(json.loads(out.stdout)["admin_key"])
+    return json.loads(out.stdout)["admin_key"]  # type: ignore[no-any-return]
 
 
 @dataclass

@@ -7,7 +7,10 @@
 (b) events/s through the SDK (``Client.log_interaction`` N times, then ``flush()``) and the
     latency of one ``log_interaction`` call;
 (c) the limit: the same rows inserted straight into a fresh warehouse by DuckDB (Arrow batches
-    of 500, each committed), plus what each step of the server's path costs in-process.
+    of 500, each committed), plus what each step of the server's path costs in-process;
+(d) the run of (a) on a PostgreSQL warehouse (a throwaway server on loopback, Debian's initdb and
+    pg_ctl): one ``posttrain serve``, then two sharing the database, the client processes spread
+    over them.
 
 It reports figures beside their baseline and target; it never fails on a missed target.
 """
@@ -15,6 +18,7 @@ It reports figures beside their baseline and target; it never fails on a missed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import queue
 import tempfile
@@ -106,28 +110,34 @@ def http_client_process(worker: int, url: str, key: str, batches: int, threads: 
     out.put({**tally, "t0": t0, "t1": t1, "cpu": time.process_time() - cpu0})
 
 
-def bench_http(root: Path, sizes: Sizes) -> dict[str, Any]:
-    """(a) Start a server, post every batch from the client processes, return the figures."""
-    key = init_project(root)
+def bench_http(root: Path, sizes: Sizes, *, warehouse: str | None = None, servers: int = 1) -> dict[str, Any]:
+    """(a) Start ``servers`` servers (on ``warehouse``: a PostgreSQL URL, else the project's DuckDB),
+    post every batch from the client processes (spread over the servers), return the figures."""
+    key = init_project(root / "s0", warehouse)
+    for n in range(1, servers):
+        init_project(root / f"s{n}", warehouse)  # another machine joining the same warehouse
     ctx = mp.get_context("spawn")
     per_worker = split(sizes.batches, sizes.processes)
-    with Server(root, key) as server:
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(Server(root / f"s{n}", key)) for n in range(servers)]
+        server = running[0]
         warmup = orjson.dumps({"interactions": Workload(seed=7).interactions(0, BATCH)})
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         httpx.post(f"{server.url}/api/capture/interactions", content=warmup, headers=headers, timeout=60)
         barrier, out = ctx.Barrier(sizes.processes + 1), ctx.Queue()
         procs = [
             ctx.Process(
-                target=http_client_process, args=(w, server.url, key, per_worker[w], sizes.threads, barrier, out)
+                target=http_client_process,
+                args=(w, running[w % servers].url, key, per_worker[w], sizes.threads, barrier, out),
             )
             for w in range(sizes.processes)
         ]
         for p in procs:
             p.start()
         barrier.wait()
-        server_cpu0 = server.cpu_seconds()
+        server_cpu0 = sum(s.cpu_seconds() for s in running)
         reports = [out.get() for _ in procs]
-        server_cpu = server.cpu_seconds() - server_cpu0
+        server_cpu = sum(s.cpu_seconds() for s in running) - server_cpu0
         for p in procs:
             p.join()
         stored = server.count() - BATCH
@@ -339,6 +349,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, help="HTTP batches of 500 in all (default 200; quick 20)")
     parser.add_argument("--threads", type=int, default=2, help="threads per client process (default 2)")
     parser.add_argument("--sdk-events", type=int, help="events logged through the SDK (default 50,000; quick 5,000)")
+    parser.add_argument("--no-postgres", action="store_true", help="skip (d), the PostgreSQL warehouse runs")
     args = parser.parse_args()
     sizes = Sizes(
         batches=args.batches or (20 if args.quick else 200),
@@ -361,9 +372,46 @@ def main() -> None:
         http = bench_http(Path(tmp) / "http", sizes)
         sdk = bench_sdk(Path(tmp) / "sdk", sizes.sdk_events)
         db = bench_duckdb(Path(tmp) / "duckdb", sizes)
-    print_table(_figures(http, sdk, db, sizes))
-    for note in _checks(http, sdk, db, sizes):
+        pg = {} if args.no_postgres else bench_postgres(Path(tmp) / "pg", sizes)
+    print_table(_figures(http, sdk, db, sizes) + _pg_figures(pg, http, sizes))
+    for note in _checks(http, sdk, db, sizes) + _pg_checks(pg, sizes):
         print(f"  {note}")
+
+
+def bench_postgres(root: Path, sizes: Sizes) -> dict[str, dict[str, Any]]:
+    """(d) The HTTP run of (a) against a PostgreSQL warehouse: one server, then two sharing it."""
+    from posttrain.warehouse.pg_local import LocalPostgres
+
+    out = {}
+    with LocalPostgres() as pg:
+        for servers in (1, 2):
+            url = pg.database(f"bench_{servers}")
+            out[f"{servers}"] = bench_http(root / f"n{servers}", sizes, warehouse=url, servers=servers)
+    return out
+
+
+def _pg_figures(pg: dict[str, dict[str, Any]], duck: dict[str, Any], sizes: Sizes) -> list[Figure]:
+    if not pg:
+        return []
+    baseline = f"{duck['rate']:,.0f} ev/s (DuckDB, 1 server)"
+    figures = []
+    for servers, run in pg.items():
+        label = f"(d) PostgreSQL, {servers} server{'s' if servers != '1' else ''}, HTTP acked"
+        figures += [
+            Figure(label, run["rate"], "ev/s", baseline),
+            Figure(f"(d) PostgreSQL, {servers} server(s): request p50 (500 events)", run["p50_ms"], "ms"),
+            Figure(f"(d) PostgreSQL, {servers} server(s): servers' CPU while loaded", run["server_cores"], "cores"),
+        ]
+    return figures
+
+
+def _pg_checks(pg: dict[str, dict[str, Any]], sizes: Sizes) -> list[str]:
+    sent = sizes.batches * BATCH
+    return [
+        f"(d) PostgreSQL, {servers} server(s): {run['acked']:,}/{sent:,} acked, {run['stored']:,} stored, "
+        f"{run['errors']} errors, {run['seconds']:.2f} s"
+        for servers, run in pg.items()
+    ]
 
 
 if __name__ == "__main__":

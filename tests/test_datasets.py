@@ -17,6 +17,8 @@ from posttrain.cli import app
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 Q1 = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
 Q2 = [{"role": "user", "content": "Capital of France?"}]
 

@@ -17,6 +17,8 @@ from posttrain.models.tiny import init_tiny
 from posttrain.project import Project
 from posttrain.records import DatasetVersion, ModelRecord
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 # cohort a: answers 2, 4, 6, 7 (3 even); cohort b: 1, 3, 8, 9 (1 even); "add" rows are 0..3, "mul" 4..7
 ROWS = [
     ("add 1 and 1", "2", "a"),

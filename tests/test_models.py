@@ -23,6 +23,8 @@ from posttrain.project import Project
 from posttrain.records import DatasetVersion
 from posttrain.warehouse import queries
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "add 12 34?\n\tHi, World! é"}]
 
 
@@ -213,6 +215,7 @@ def test_generate_bad_input_names_the_fix(
         generate(project, **{**args, **options})  # type: ignore[arg-type]
 
 
+@pytest.mark.warehouses("duckdb")  # the one-writer lock is DuckDB's
 def test_generate_while_the_warehouse_is_held_is_one_line_busy(project: Project, tmp_path: Path) -> None:
     project.close()
     hold = (

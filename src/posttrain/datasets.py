@@ -52,6 +52,7 @@ from posttrain.versions import read_path as read_path
 from posttrain.versions import read_rows as read_rows
 from posttrain.versions import resolve as resolve
 from posttrain.versions import write_version as write_version
+from posttrain.warehouse import analytics
 from posttrain.where import check_where as check_where
 from posttrain.where import check_where_binds as check_where_binds
 
@@ -487,17 +488,16 @@ def _drop_seen(project: Project, table: pa.Table, refs: list[str]) -> tuple[pa.T
     """Drop rows whose prompt appears exactly in any of the training versions ``refs``."""
     # read through Arrow, not DuckDB's read_parquet: the server runs DuckDB without file access
     seen = pa.concat_tables([pq.read_table(read_path(project, ref), columns=["prompt"]) for ref in refs])
-    cur = project.cursor()
-    cur.register("_candidate_rows", table.append_column("_row", pa.array(range(table.num_rows), pa.int64())))
-    cur.register("_seen_prompts", seen)
+    cur = duckdb.connect()  # private: the two tables are Arrow, nothing of the warehouse is read
     try:
+        cur.register("_candidate_rows", table.append_column("_row", pa.array(range(table.num_rows), pa.int64())))
+        cur.register("_seen_prompts", seen)
         kept = cur.sql(
             "SELECT * EXCLUDE (_row) FROM _candidate_rows WHERE md5(to_json(prompt)::VARCHAR) NOT IN "
             "(SELECT md5(to_json(prompt)::VARCHAR) FROM _seen_prompts) ORDER BY _row"
         ).to_arrow_table()
     finally:
-        cur.unregister("_candidate_rows")
-        cur.unregister("_seen_prompts")
+        cur.close()
     return kept, table.num_rows - kept.num_rows
 
 
@@ -507,9 +507,9 @@ def query(project: Project, kind: DatasetKind, config: BuildConfig) -> pa.Table:
         raise InvalidInput(f"unknown dataset kind {kind!r}; choose sft, preference, prompts or eval", field="kind")
     params = _Sql()
     sql = _BUILDERS[kind](config, params)
-    cur = project.cursor()
-    check_where_binds(cur, config.where)
-    return _conversations(cur.sql(sql, params=params.params).to_arrow_table())
+    with analytics.duckdb_over(project, sql) as cur:  # PostgreSQL: the tables it reads, copied out to DuckDB
+        check_where_binds(cur, config.where)
+        return _conversations(cur.sql(sql, params=params.params).to_arrow_table())
 
 
 def _conversations(table: pa.Table) -> pa.Table:

@@ -14,6 +14,8 @@ from posttrain.curation.frame import Verdict
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 LONG_EVAL = (
     "A train leaves the station at nine in the morning travelling at sixty miles per hour and a second train "
     "leaves the same station an hour later at eighty miles per hour; when does the second train catch up?"

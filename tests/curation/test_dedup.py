@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from curation.helpers import build_sft, make_frame, store_accepted
 from posttrain.curation import dedup
 from posttrain.curation.config import DedupStage
 from posttrain.curation.frame import Verdict
 from posttrain.project import Project
+
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 ANSWER = (
     "Open Settings, choose Security, then Reset password. A link arrives by email within five minutes; "

@@ -17,6 +17,8 @@ from posttrain.cli import app
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def test_build_records_each_stage_in_the_manifest_and_details(project: Project) -> None:
     store_accepted(project, ROWS)

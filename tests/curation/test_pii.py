@@ -13,6 +13,8 @@ from posttrain.project import Project
 
 from .helpers import build_sft, store_accepted
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 REGEX_KINDS = [k for k in KINDS if k not in ("person", "address")]
 
 

@@ -14,6 +14,8 @@ from posttrain.curation.config import QualityStage
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 LONG_OK = (
     "Photosynthesis is the process by which green plants use sunlight to turn water and carbon dioxide into "
     "sugar and oxygen. It happens mostly in the leaves, inside the chloroplasts, where chlorophyll absorbs light."

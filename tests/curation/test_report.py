@@ -6,10 +6,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from curation.helpers import build_sft, store_accepted
 from posttrain.curation import report
 from posttrain.project import Project
+
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 SCRIPT = "<script>alert(1)</script>"
 ROWS = [(f"Question {i} about topic {i % 4}: how do I do thing {i}?", f"Do it like this, step {i}.") for i in range(16)]

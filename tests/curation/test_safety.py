@@ -15,6 +15,8 @@ from posttrain.curation.config import SafetyStage
 from posttrain.errors import InvalidInput
 from posttrain.project import Project, open_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 HARMS = ["a pipe bomb", "a nerve agent", "methamphetamine", "a ghost gun", "ransomware", "a poison for a neighbour"]
 STEPS = ["mix the powder with", "heat the mixture until", "pack the casing with", "add the acid to"]
 TOPICS = ["bread", "a birthday card", "a bird feeder", "tomato soup", "a paper plane", "a garden bed"]

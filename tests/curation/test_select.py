@@ -15,6 +15,8 @@ from posttrain.curation import select
 from posttrain.curation.config import SelectStage
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 # five tight groups of near-identical prompts (eight each), far apart from one another
 TOPICS = [
     "How do I reset my password on the billing portal",

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from posttrain.project import Project
 from posttrain.records import DatasetKind
+from posttrain.warehouse import analytics
 
 NO_VALUE = "(none)"
 _WORD = re.compile(r"[A-Za-z]+")
@@ -176,10 +177,7 @@ def _warehouse_meta(project: Project, ids: np.ndarray) -> dict[str, tuple[str | 
     known = [i for i in ids if isinstance(i, str)]
     if not known:
         return {}
-    cur = project.cursor()
-    cur.register("_curation_ids", pa.table({"id": pa.array(sorted(set(known)), pa.string())}))
-    try:
-        rows = cur.sql("""
+    sql = """
             WITH q AS (
                 SELECT f.interaction_id AS id,
                        avg(CASE WHEN f.kind = 'thumb' THEN (f.score > 0)::DOUBLE
@@ -188,7 +186,11 @@ def _warehouse_meta(project: Project, ids: np.ndarray) -> dict[str, tuple[str | 
                 WHERE f.kind IN ('thumb', 'rating') GROUP BY f.interaction_id
             )
             SELECT i.id, i.cohort, i.metadata ->> '$.family' AS family, q.quality
-            FROM interactions i SEMI JOIN _curation_ids USING (id) LEFT JOIN q USING (id)""").fetchall()
-    finally:
-        cur.unregister("_curation_ids")
+            FROM interactions i SEMI JOIN _curation_ids USING (id) LEFT JOIN q USING (id)"""
+    with analytics.duckdb_over(project, sql) as cur:  # PostgreSQL: the tables it reads, copied out
+        cur.register("_curation_ids", pa.table({"id": pa.array(sorted(set(known)), pa.string())}))
+        try:
+            rows = cur.sql(sql).fetchall()
+        finally:
+            cur.unregister("_curation_ids")
     return {r[0]: (r[1], r[2], r[3]) for r in rows}

@@ -38,6 +38,7 @@ from posttrain.curation.frame import Frame, Verdict
 from posttrain.errors import DependencyMissing, InvalidInput, NotFound
 from posttrain.names import check_name
 from posttrain.project import Project
+from posttrain.warehouse import analytics
 from posttrain.warehouse.rows import fetch_all
 from posttrain.where import check_where, check_where_binds
 
@@ -110,9 +111,8 @@ def labelled_examples(project: Project, where: str | None = None) -> tuple[list[
             where = check_where(where)  # one condition, no ';', comments or parameters
         except ValueError as exc:
             raise InvalidInput(str(exc), field="where") from None
-        check_where_binds(project.cursor(), where)
     condition = f"AND ({where})" if where else ""
-    rows = fetch_all(project.cursor(), f"""
+    sql = f"""
         WITH unsafe AS (
             SELECT interaction_id AS id FROM feedback WHERE kind = 'flag'
             UNION SELECT interaction_id FROM labels
@@ -127,7 +127,10 @@ def labelled_examples(project: Project, where: str | None = None) -> tuple[list[
         SELECT i.id, i.messages, i.response, i.metadata, (i.id IN (SELECT id FROM unsafe)) AS unsafe
         FROM interactions i
         WHERE (i.id IN (SELECT id FROM unsafe) OR i.id IN (SELECT id FROM safe)) {condition}
-        ORDER BY i.id""", json=("messages", "metadata"))  # fmt: skip
+        ORDER BY i.id"""  # fmt: skip
+    with analytics.duckdb_over(project, sql) as cur:  # PostgreSQL: the tables it reads, copied out
+        check_where_binds(cur, where)
+        rows = fetch_all(cur, sql, json=("messages", "metadata"))
     texts = [_prompt_text(r["messages"]) + "\n" + _answer_text(r) for r in rows]
     return texts, np.array([bool(r["unsafe"]) for r in rows], dtype=np.int8)
 

@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -48,6 +49,7 @@ from posttrain.curation.config import SelectStage
 from posttrain.curation.embed import embed, normalise
 from posttrain.curation.frame import Frame, Verdict, message_text
 from posttrain.errors import DependencyMissing
+from posttrain.warehouse import analytics
 
 PIECE_LIMIT = 500_000  # n * k above which a stratum's k-center runs per cluster (see the module docstring)
 MAX_SPLIT_DEPTH = 4
@@ -431,10 +433,7 @@ def hardest_order(failures: np.ndarray, judged: np.ndarray) -> np.ndarray:
 def failure_counts(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     """Return, per row, the failed and the judged interactions in the warehouse with the same user messages."""
     table = pa.table({"row": pa.array(np.arange(len(frame)), pa.int64()), "user_text": _user_texts(frame)})
-    cur = frame.project.cursor()
-    cur.register("_select_prompts", table)
-    try:
-        rows = cur.sql(f"""
+    sql = f"""
             WITH outcome AS (
                 SELECT interaction_id,
                        bool_or(kind = 'thumb' AND score < 0 OR kind = 'rating' AND score <= 2 OR kind = 'flag')
@@ -452,9 +451,13 @@ def failure_counts(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
                 FROM seen WHERE user_text IN (SELECT user_text FROM _select_prompts) GROUP BY user_text
             )
             SELECT p.row, coalesce(s.failures, 0), coalesce(s.judged, 0)
-            FROM _select_prompts p LEFT JOIN stats s USING (user_text) ORDER BY p.row""").fetchall()
-    finally:
-        cur.unregister("_select_prompts")
+            FROM _select_prompts p LEFT JOIN stats s USING (user_text) ORDER BY p.row"""
+    with analytics.duckdb_over(frame.project, sql) as cur:  # PostgreSQL: the tables it reads, copied out
+        cur.register("_select_prompts", table)
+        try:
+            rows = cur.sql(sql).fetchall()
+        finally:
+            cur.unregister("_select_prompts")
     failures = np.array([r[1] for r in rows], dtype=np.int64)
     judged = np.array([r[2] for r in rows], dtype=np.int64)
     return failures, judged
@@ -472,12 +475,12 @@ def _user_texts(frame: Frame) -> pa.Array:
     column = frame.table.column("prompt") if "prompt" in frame.table.column_names else None
     if column is None or not pa.types.is_list(column.type):
         return message_text(pa.array([str(p) for p in frame.prompt], pa.string()))
-    cur = frame.project.cursor()
-    cur.register("_select_messages", pa.table({"prompt": column}))
+    cur = duckdb.connect()  # private: nothing of the warehouse is read
     try:
+        cur.register("_select_messages", pa.table({"prompt": column}))
         texts = cur.sql(
             f"SELECT {_USER_TEXT.format(messages='to_json(prompt)')} AS t FROM _select_messages"
         ).to_arrow_table()
     finally:
-        cur.unregister("_select_messages")
+        cur.close()
     return texts.column("t").combine_chunks()

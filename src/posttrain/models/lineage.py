@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
@@ -113,23 +114,37 @@ def dataset_sources(project: Project, ref: str, *, sample: int = 5) -> DatasetSo
     return out
 
 
-_LABELS = """
-WITH f AS (
-    SELECT f.author[7:] AS queue, f.id, CAST(f.metadata->'$.labels' AS VARCHAR[]) AS labels
-    FROM feedback f WHERE list_contains($ids, f.id) AND f.author LIKE 'queue:%'
-)
-SELECT f.queue, count(DISTINCT f.id) AS feedback, count(l.id) AS labels, list(DISTINCT l.annotator ORDER BY l.annotator)
-FROM f LEFT JOIN (SELECT f.id AS fid, u.label_id FROM f, unnest(f.labels) u(label_id)) x ON x.fid = f.id
-LEFT JOIN labels l ON l.id = x.label_id
-GROUP BY f.queue ORDER BY f.queue"""
-
-
 def label_sources(project: Project, feedback_ids: list[str]) -> list[LabelSources]:
-    """Return, per annotation queue, the consensus feedback among ``feedback_ids`` and the labels behind it."""
+    """Return, per annotation queue, the consensus feedback among ``feedback_ids`` and the labels behind it.
+
+    Two indexed reads (the consensus feedback, then its labels) in SQL either warehouse runs; the
+    grouping is done here.
+    """
     if not feedback_ids:
         return []
-    rows = project.cursor().execute(_LABELS, {"ids": feedback_ids}).fetchall()
-    return [LabelSources(queue=q, feedback=f, labels=n, annotators=[a for a in who if a]) for q, f, n, who in rows]
+    cur = project.cursor()
+    consensus = cur.execute(
+        "SELECT id, author, metadata FROM feedback WHERE list_contains(?, id) AND author LIKE 'queue:%'",
+        [feedback_ids],
+    ).fetchall()
+    behind = {fid: [str(x) for x in (orjson.loads(meta or "{}").get("labels") or [])] for fid, _, meta in consensus}
+    wanted = sorted({label for labels in behind.values() for label in labels})
+    annotator = dict(
+        cur.execute("SELECT id, annotator FROM labels WHERE list_contains(?, id)", [wanted]).fetchall()
+        if wanted
+        else []
+    )
+    queues: dict[str, tuple[set[str], int, set[str]]] = {}
+    for fid, author, _ in consensus:
+        ids, count, who = queues.setdefault(author.removeprefix("queue:"), (set(), 0, set()))
+        ids.add(fid)
+        found = [label for label in behind[fid] if label in annotator]
+        who |= {annotator[label] for label in found if annotator[label]}
+        queues[author.removeprefix("queue:")] = (ids, count + len(found), who)
+    return [
+        LabelSources(queue=q, feedback=len(ids), labels=n, annotators=sorted(who))
+        for q, (ids, n, who) in sorted(queues.items())
+    ]
 
 
 def _step(project: Project, model: ModelRecord, sample: int, via: Via) -> ModelLineage:

@@ -82,7 +82,8 @@ class SqlRunner:
         if self._project.is_postgres:
             from posttrain.warehouse.pg_reader import ReaderCursor
 
-            cur = ReaderCursor(self._project, timeout_seconds=limit + 1)  # PostgreSQL's own wall, past ours
+            url = self._project.settings.warehouse.url
+            cur = ReaderCursor(url, self._project.cursor(), timeout_seconds=limit + 1)  # its own wall, past ours
         with self._lock:
             self._running.add(cur)
         work = partial(sandbox.run_read_only, cur, sql, admin=role == "admin", max_rows=self._settings.max_rows)

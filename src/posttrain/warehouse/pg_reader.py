@@ -30,7 +30,7 @@ from posttrain.errors import Conflict, InvalidInput
 if TYPE_CHECKING:
     import psycopg
 
-    from posttrain.project import Project
+    from posttrain.warehouse.pg_cursor import PgCursor
 
 SECRET_TABLES = ("api_keys",)
 _JSON_OIDS = {114, 3802}  # json, jsonb
@@ -79,8 +79,9 @@ def grant_readers(con: psycopg.Connection) -> bool:
 class ReaderCursor:
     """One user query on a PostgreSQL warehouse, as its reader role; ``interrupt()`` cancels it."""
 
-    def __init__(self, project: Project, *, timeout_seconds: float) -> None:
-        self._project = project
+    def __init__(self, url: str, owner: PgCursor, *, timeout_seconds: float) -> None:
+        self._url = url
+        self._owner = owner  # the warehouse owner's cursor: it reads the reader's password
         self._timeout_ms = max(int(timeout_seconds * 1000), 1)
         self._con: psycopg.Connection | None = None
         self.interrupted = False
@@ -91,9 +92,8 @@ class ReaderCursor:
 
         from posttrain.warehouse import pg_cursor
 
-        url = self._project.settings.warehouse.postgres
-        assert url is not None
-        with self._project.cursor().borrow() as owner:  # type: ignore[attr-defined]
+        url = self._url
+        with self._owner.borrow() as owner:
             database = owner.execute("SELECT current_database()").fetchone()[0]
             role = role_names(database)[admin]
             found = owner.execute("SELECT password FROM posttrain_private.readers WHERE role = %s", [role]).fetchone()
