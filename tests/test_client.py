@@ -27,6 +27,8 @@ from posttrain.errors import Forbidden, InvalidInput, Overloaded, Unauthorized, 
 from posttrain.ids import new_id
 from posttrain.project import init_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
 Event = dict[str, Any]
 Answer = tuple[int, dict[str, str], dict[str, Any]]

@@ -29,6 +29,8 @@ from posttrain.models.registry import get_model, register_model
 from posttrain.names import check_name
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _product_logs(
     project: Project, seed: int, n: int = 160, cohorts: Sequence[str] = ("minor", *["adult"] * 4)

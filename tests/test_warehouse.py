@@ -10,6 +10,8 @@ from posttrain.project import Project
 from posttrain.warehouse import applied_migrations, migrate, sandbox
 from posttrain.warehouse.schema import migration_files
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 ALL = [number for number, _, _ in migration_files()]
 
 TABLES = {
@@ -31,7 +33,7 @@ TABLES = {
 
 
 def test_migrations_create_every_table(project: Project) -> None:
-    names = {r[0] for r in project.cursor().execute("SHOW TABLES").fetchall()}
+    names = {r[0] for r in project.cursor().execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert names >= TABLES
     assert applied_migrations(project.cursor()) == ALL
     assert ALL[:3] == [1, 2, 3]
@@ -47,6 +49,7 @@ def test_migrate_on_a_blank_database_applies_all() -> None:
     assert migrate(con) == []
 
 
+@pytest.mark.warehouses("duckdb")  # DuckDB's own sandbox; PostgreSQL's: server/test_sql_sandbox.py
 @pytest.mark.parametrize(
     "sql", ["SELECT count(*) FROM interactions", "SHOW TABLES", "DESCRIBE feedback", "EXPLAIN SELECT 1"]
 )
@@ -54,6 +57,7 @@ def test_run_sql_allows_reads(project: Project, sql: str) -> None:
     assert sandbox.run_read_only(project.cursor(), sql).columns
 
 
+@pytest.mark.warehouses("duckdb")  # DuckDB's own sandbox; PostgreSQL's: server/test_sql_sandbox.py
 @pytest.mark.parametrize(
     "sql",
     [
@@ -74,6 +78,7 @@ def test_run_sql_refuses_writes(project: Project, sql: str) -> None:
     assert info.value.field == "sql"
 
 
+@pytest.mark.warehouses("duckdb")  # DuckDB's own sandbox; PostgreSQL's: server/test_sql_sandbox.py
 def test_run_sql_reports_bad_sql_as_invalid_input(project: Project) -> None:
     with pytest.raises(InvalidInput, match="SQL"):
         sandbox.run_read_only(project.cursor(), "SELEC nothing")

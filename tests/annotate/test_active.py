@@ -16,6 +16,8 @@ from posttrain.errors import InvalidInput
 from posttrain.project import Project, open_project
 from posttrain.warehouse.rows import fetch_all
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 JUDGES = {
     "good": {"kind": "verifier", "verifier": "exact_match"},
     "noisy": {"kind": "verifier", "verifier": "contains"},

@@ -20,6 +20,8 @@ from posttrain.annotate.agreement import (
 )
 from posttrain.errors import InvalidInput
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 NAN = math.nan
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability": 4 coders x 12 units, nominal alpha 0.743
 PAPER = [

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from posttrain.annotate.consensus import dawid_skene, majority
+
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 
 def test_majority_picks_the_most_common_value() -> None:

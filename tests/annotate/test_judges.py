@@ -19,6 +19,8 @@ from posttrain.errors import InvalidInput
 from posttrain.project import Project, open_project
 from posttrain.warehouse.rows import fetch_all
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def accept_judges(**extra: Any) -> dict[str, Any]:
     """Judges of an accept queue: exact_match against metadata.answer, and a coin-flip-like bad judge."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from posttrain.annotate.agreement import calibration
 from posttrain.annotate.plots import reliability_svg
+
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 
 def test_reliability_svg_embeds_the_title_and_counts() -> None:

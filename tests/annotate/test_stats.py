@@ -18,6 +18,8 @@ from posttrain.errors import InvalidInput, NotFound
 from posttrain.ids import new_id
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 Answer = Callable[[Assignment], dict[str, Any] | None]
 
 

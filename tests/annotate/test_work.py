@@ -13,7 +13,10 @@ from posttrain import annotate
 from posttrain.capture import capture
 from posttrain.errors import Conflict, InvalidInput, NotFound
 from posttrain.project import Project
+from posttrain.warehouse import analytics
 from posttrain.warehouse.rows import fetch_all
+
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
 
 
 def _interactions(project: Project, n: int, *, prompt: str | None = None, cohort: str = "adult") -> list[str]:
@@ -265,15 +268,12 @@ def test_dataset_builders_use_the_consensus(project: Project) -> None:
     assert len(rows) == 3 and {r["completion"][0]["content"] for r in rows} == {"a better answer"}
     sources = pq.read_table(version.source_ids["file"]).to_pylist()
     feedback_ids = {s["id"] for s in sources if s["kind"] == "feedback"}
-    labels = (
-        project.cursor()
-        .execute(  # lineage: dataset -> feedback -> labels -> annotator
-            "SELECT DISTINCT l.annotator FROM feedback f, unnest(CAST(f.metadata->'$.labels' AS VARCHAR[])) u(x) "
-            "JOIN labels l ON l.id = u.x WHERE list_contains(?, f.id)",
-            [sorted(feedback_ids)],
-        )
-        .fetchall()
+    sql = (  # lineage: dataset -> feedback -> labels -> annotator (DuckDB SQL: on PostgreSQL, over a copy)
+        "SELECT DISTINCT l.annotator FROM feedback f, unnest(CAST(f.metadata->'$.labels' AS VARCHAR[])) u(x) "
+        "JOIN labels l ON l.id = u.x WHERE list_contains(?, f.id)"
     )
+    with analytics.duckdb_over(project, sql) as cur:
+        labels = cur.execute(sql, [sorted(feedback_ids)]).fetchall()
     assert len(feedback_ids) == 3 and labels == [("ann-1",)]
 
 

@@ -20,6 +20,8 @@ from posttrain.capture import capture
 from posttrain.cli import app
 from posttrain.project import init_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _seed(root: Path, n: int = 3) -> list[str]:
     proj = init_project(root)

@@ -22,6 +22,8 @@ from posttrain.models.registry import register_model
 from posttrain.models.tiny import init_tiny
 from posttrain.project import init_project, open_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def speaks(completion: str, answer: str | None, **row: object) -> float:
     """1 when the model says anything at all."""

@@ -19,6 +19,8 @@ from posttrain import capture, keys
 from posttrain.models.tiny import init_tiny
 from posttrain.project import init_project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 pytestmark = pytest.mark.slow  # trains a tiny model through the server
 
 

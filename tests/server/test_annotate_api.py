@@ -18,6 +18,8 @@ from posttrain.capture import capture
 from posttrain.clock import utc_now
 from posttrain.project import Project
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 API = "/api/annotate"
 
 

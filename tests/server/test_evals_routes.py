@@ -16,6 +16,8 @@ from posttrain.models.tiny import init_tiny
 from posttrain.project import Project
 from posttrain.server import create_app
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 SUITE = {"dataset": "ev", "max_new_tokens": 4}
 
 

@@ -10,6 +10,8 @@ import pytest
 from posttrain.errors import Conflict
 from posttrain.server.job_runner import JobRunner, OnJob
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _work(job_id: str, release: threading.Event) -> object:
     def work(on_job: OnJob) -> None:

@@ -14,6 +14,8 @@ from posttrain.models.registry import register_model
 from posttrain.project import Project
 from posttrain.server import create_app
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 @pytest.fixture
 def seeded(project: Project) -> Project:

@@ -208,7 +208,7 @@ def _insert(
             INSERT INTO annotation_items (id, queue_id, interaction_id, second_interaction_id, origin, priority,
                                           reason, cohort, gold, status, created_at)
             SELECT n.id, n.queue_id, n.interaction_id, n.second_interaction_id, n.origin, n.priority, n.reason,
-                   i.cohort, n.gold, 'open', n.created_at
+                   i.cohort, n.gold::JSON, 'open', n.created_at
             FROM _new_items n JOIN interactions i ON i.id = n.interaction_id""")
     finally:
         cur.unregister("_new_items")

@@ -8,23 +8,28 @@ connection pool. What sqlglot does not map by itself is added here, in the tree:
   output follows the tree, which puts a CTE's or a ``LIMIT``'s placeholders elsewhere), and a value
   the translation repeats stays one value;
 - ``arg_max(x, k)`` becomes ``(array_agg(x ORDER BY k DESC NULLS LAST))[1]`` (PostgreSQL has no
-  arg_max), keeping a ``FILTER`` on the aggregate;
+  arg_max), keeping a ``FILTER`` on the aggregate; ``arg_min`` likewise, ascending;
+- ``hash(x)`` becomes ``hashtextextended(x::text, 0)`` (a 64-bit hash, as DuckDB's; the values differ);
 - ``list_contains(list, x)`` becomes ``x = ANY(list)`` (sqlglot's CASE form leaves a placeholder untyped);
 - ``GROUP BY ALL`` becomes ``GROUP BY`` the positions of the columns that aggregate nothing;
 - ``any_value`` becomes ``min`` (PostgreSQL 15 has no any_value);
-- a ``%`` in a literal is doubled, as psycopg's placeholders need.
+- every other ``%`` (in a literal, or the modulo operator) is doubled, as psycopg's placeholders need.
 
 Values come back as DuckDB gives them: JSON as text, NUMERIC as float. A cursor outside a
 transaction borrows a pool connection per statement (autocommit) and reads the whole result;
-``begin()`` holds one connection until ``commit()`` or ``rollback()``.
+``begin()`` holds one connection until ``commit()`` or ``rollback()``. ``register(name, arrow)``
+makes a temp table of that name on a connection the cursor then keeps until ``unregister``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from posttrain.errors import Conflict, InvalidInput
 
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool  # noqa: F401
 
+_PERCENT = re.compile(r"%(?!\([A-Za-z0-9_]+\)s)")
 LOCK_TIMEOUT = "60s"  # a statement waiting on a row lock longer fails instead of hanging a request
 
 
@@ -39,7 +45,6 @@ LOCK_TIMEOUT = "60s"  # a statement waiting on a row lock longer fails instead o
 def translate(sql: str) -> tuple[str, int]:
     """Return ``sql`` (DuckDB's dialect) in PostgreSQL's, and how many ``?`` it had."""
     import sqlglot
-    from sqlglot import exp
     from sqlglot.tokens import TokenType
 
     numbered, count = [], 0
@@ -56,10 +61,8 @@ def translate(sql: str) -> tuple[str, int]:
         if tree is None:
             continue
         tree = tree.transform(_portable, copy=False)
-        for literal in tree.find_all(exp.Literal):
-            if literal.is_string and "%" in literal.this:
-                literal.set("this", literal.this.replace("%", "%%"))
-        out.append(tree.sql(dialect="postgres"))
+        # every % but psycopg's own placeholders is doubled: in literals, and the modulo operator
+        out.append(_PERCENT.sub("%%", tree.sql(dialect="postgres")))
     return "; ".join(out), count
 
 
@@ -67,10 +70,13 @@ def _portable(node: Any) -> Any:
     """Rewrite one node of a DuckDB tree into what PostgreSQL runs (see the module's list)."""
     from sqlglot import exp
 
-    if isinstance(node, exp.Filter) and isinstance(node.this, exp.ArgMax):
+    if isinstance(node, exp.Filter) and isinstance(node.this, (exp.ArgMax, exp.ArgMin)):
         return _arg_max(node.this, node.expression)
-    if isinstance(node, exp.ArgMax) and not isinstance(node.parent, exp.Filter):
+    if isinstance(node, (exp.ArgMax, exp.ArgMin)) and not isinstance(node.parent, exp.Filter):
         return _arg_max(node, None)
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() == "hash" and len(node.expressions) == 1:
+        text = exp.Cast(this=node.expressions[0].copy(), to=exp.DataType.build("text"))
+        return exp.Anonymous(this="hashtextextended", expressions=[text, exp.Literal.number(0)])
     if isinstance(node, exp.Group) and node.args.get("all") and isinstance(node.parent, exp.Select):
         keys = [
             exp.Literal.number(i + 1)
@@ -88,7 +94,8 @@ def _portable(node: Any) -> Any:
 def _arg_max(node: Any, where: Any) -> Any:
     from sqlglot import exp
 
-    ordered = exp.Order(expressions=[exp.Ordered(this=node.expression.copy(), desc=True, nulls_first=False)])
+    desc = isinstance(node, exp.ArgMax)
+    ordered = exp.Order(expressions=[exp.Ordered(this=node.expression.copy(), desc=desc, nulls_first=False)])
     agg: Any = exp.ArrayAgg(this=exp.Order(this=node.this.copy(), expressions=ordered.expressions))
     if where is not None:
         agg = exp.Filter(this=agg, expression=where.copy())
@@ -132,6 +139,8 @@ class PgCursor:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._held: psycopg.Connection | None = None  # the connection of an open transaction
+        self._pinned: psycopg.Connection | None = None  # kept while registered tables live on it
+        self._temps: set[str] = set()
         self._rows: list[tuple[Any, ...]] = []
         self._at = 0
         self.description: list[Any] | None = None
@@ -152,12 +161,47 @@ class PgCursor:
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> PgCursor:
         text, count = translate(sql)
         values = _params(params, count)
-        if self._held is not None:
-            self._run(self._held, text, values)
+        own = self._held or self._pinned
+        if own is not None:
+            self._run(own, text, values)
         else:
             with self._pool.pool.connection() as con:
                 self._run(con, text, values)
         return self
+
+    def register(self, name: str, table: pa.Table) -> PgCursor:
+        """Make an Arrow table readable by this cursor's statements as ``name`` (a temp table, like DuckDB's view)."""
+        if self._pinned is None:
+            self._pinned = self._held or self._pool.pool.getconn()
+        con = self._pinned
+        columns = ", ".join(f'"{f.name}" {_pg_type(f.type)}' for f in table.schema)
+        con.execute(f'DROP TABLE IF EXISTS "{name}"')
+        con.execute(f'CREATE TEMP TABLE "{name}" ({columns})')
+        names = table.schema.names
+        with con.cursor() as cur, cur.copy(f'COPY "{name}" FROM STDIN') as copy:
+            for row in table.to_pylist():
+                copy.write_row([row[n] for n in names])
+        self._temps.add(name)
+        return self
+
+    def unregister(self, name: str) -> PgCursor:
+        if name in self._temps and self._pinned is not None:
+            self._pinned.execute(f'DROP TABLE IF EXISTS "{name}"')
+            self._temps.discard(name)
+        if not self._temps:
+            self._unpin()
+        return self
+
+    def _unpin(self) -> None:
+        con, self._pinned = self._pinned, None
+        if con is not None and con is not self._held:
+            self._pool.pool.putconn(con)
+
+    def sql(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> _Relation:
+        """Run ``sql`` now; the result reads as DuckDB's relation does (to_arrow_table, to_arrow_reader, fetchall)."""
+        self.execute(sql, params)
+        names = [d.name for d in self.description or ()]
+        return _Relation(names, self.fetchall())
 
     def _run(self, con: psycopg.Connection, text: str, values: dict[str, Any] | None) -> None:
         import psycopg
@@ -202,7 +246,7 @@ class PgCursor:
     def begin(self) -> PgCursor:
         if self._held is not None:
             raise Conflict("a transaction is already open on this cursor")
-        con = self._pool.pool.getconn()
+        con = self._pinned or self._pool.pool.getconn()
         con.execute("BEGIN")
         self._held = con
         return self
@@ -222,22 +266,64 @@ class PgCursor:
         try:
             con.execute(word)
         finally:
-            self._pool.pool.putconn(con)
+            if con is not self._pinned:
+                self._pool.pool.putconn(con)
 
     def close(self) -> None:
         if self._held is not None:
             self.rollback()
+        for name in list(self._temps):
+            self.unregister(name)
+        self._unpin()
 
-    def __getattr__(self, name: str) -> Any:
-        raise InvalidInput(
-            f"{name}() reads the warehouse through DuckDB; on a PostgreSQL warehouse it runs on a DuckDB "
-            "snapshot (posttrain.warehouse.analytics), not on this cursor"
-        )
+    def __del__(self) -> None:  # a cursor dropped with a table still registered gives its connection back
+        with contextlib.suppress(Exception):
+            if self._pinned is not None and self._held is None:
+                self._pool.pool.putconn(self._pinned)
 
 
-def _params(params: Sequence[Any] | dict[str, Any] | None, count: int) -> dict[str, Any] | None:
+class _Relation:
+    """A finished result, with the reading methods of a DuckDB relation that posttrain uses."""
+
+    def __init__(self, names: list[str], rows: list[tuple[Any, ...]]) -> None:
+        self._names, self._rows = names, rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def to_arrow_table(self) -> pa.Table:
+        if not self._rows:
+            return pa.table({n: pa.array([], pa.null()) for n in self._names})
+        return pa.Table.from_pylist([dict(zip(self._names, row, strict=True)) for row in self._rows])
+
+    def to_arrow_reader(self, batch_rows: int = 100_000) -> pa.RecordBatchReader:
+        table = self.to_arrow_table()
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=batch_rows))
+
+
+def _pg_type(kind: pa.DataType) -> str:
+    """Return the PostgreSQL column type an Arrow type is stored as in a registered table."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _pg_type(kind.value_type) + "[]"
+    if pa.types.is_boolean(kind):
+        return "BOOLEAN"
+    if pa.types.is_integer(kind):
+        return "BIGINT"
+    if pa.types.is_floating(kind):
+        return "DOUBLE PRECISION"
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMP"
+    if pa.types.is_date(kind):
+        return "DATE"
+    return "TEXT"  # strings, JSON text, nulls
+
+
+def _params(params: Sequence[Any] | dict[str, Any] | None, count: int) -> dict[str, Any]:
     if params is None or (not params and count == 0):
-        return None if count == 0 else {}
+        return {}  # never None: psycopg then reads the doubled % of the translation as one
     if isinstance(params, dict):
         return dict(params)
     if len(params) != count:

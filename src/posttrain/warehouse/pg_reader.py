@@ -126,7 +126,7 @@ class ReaderCursor:
                 cur.execute("BEGIN TRANSACTION READ ONLY")
                 cur.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
                 try:
-                    cur.execute(text.replace("%%", "%"), prepare=False)  # no parameters: psycopg sends it as is
+                    cur.execute(text, {}, prepare=False)  # no values; {} so psycopg reads %% as %
                     rows = cur.fetchmany(max_rows + 1)
                 except psycopg.errors.QueryCanceled:
                     import duckdb
