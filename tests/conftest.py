@@ -170,13 +170,23 @@ def flywheel(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path
 
 
 @pytest.fixture
-def console(flywheel: Path, tmp_path: Path) -> Iterator[Any]:
-    """A copy of the flywheel project, the real app over it, and sign-in per role (``ui.helpers.Console``)."""
+def console(flywheel: Path, tmp_path: Path, warehouse: str) -> Iterator[Any]:
+    """A copy of the flywheel project, the real app over it, and sign-in per role (``ui.helpers.Console``).
+
+    On a PostgreSQL ``warehouse`` the copy's tables are moved there by ``posttrain warehouse copy``.
+    """
     from ui.helpers import Console
 
     root = tmp_path / "proj"
     shutil.copytree(flywheel, root)
     role_keys = json.loads((flywheel.parent / "keys.json").read_text())
+    if warehouse != "duckdb":
+        from posttrain.warehouse.copy import copy_to_postgres
+
+        with open_project(root) as source:
+            copy_to_postgres(source, warehouse)
+        with (root / "posttrain.toml").open("a") as toml:
+            toml.write(f'\n[warehouse]\nurl = "{warehouse}"\n')
     project = open_project(root)
     app = create_app(project)
     clients: list[TestClient] = []

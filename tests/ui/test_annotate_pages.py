@@ -15,6 +15,8 @@ from posttrain.capture import capture
 from posttrain.project import Project
 from posttrain.server import create_app
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 FRAGMENT = {"X-Fragment": "1"}
 
 

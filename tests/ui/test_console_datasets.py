@@ -16,6 +16,8 @@ from posttrain import versions
 from posttrain.records import DatasetVersion
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 # three near-copies of one answer (an edit apart) and five distinct rows: dedup at 0.7 removes two
 PLANTED = NEAR_DUPLICATES
 MORE = [("Name a prime number above ten.", "Eleven."), ("Spell 'cat' backwards.", "tac"), ("What is 7 times 6?", "42")]

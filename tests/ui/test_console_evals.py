@@ -12,6 +12,8 @@ from posttrain import evals
 from posttrain.evals import SuiteConfig
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 RUN_IDS = re.compile(r'<tr data-run="([^"]+)">\s*<td rowspan')
 ITEM = re.compile(
     r'<tr class="item-diff differ"><td class="num">(\d+)</td>.*?<pre class="block answer-a">(.*?)</pre></td>'

@@ -12,6 +12,8 @@ from posttrain import routing
 from posttrain.server.ui.formats import num, pct
 from ui.helpers import CSRF, Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 EXPERIMENT = "t-t1-ab-adult"  # promoted by the loop's first turn, with users in both arms
 
 

@@ -14,6 +14,8 @@ from posttrain import annotate
 from posttrain.capture import capture
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 IDS = re.compile(r'<a href="/ui/interactions/([^"]+)">')
 HAS = "EXISTS (SELECT 1 FROM feedback f WHERE f.interaction_id = i.id"
 NEXT = re.compile(r'<a class="button" href="([^"]+)" rel="next">')

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from posttrain import jobs
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 JOB_IDS = re.compile(r'<tr data-job="([^"]+)">')
 NEXT = re.compile(r'<a class="button" href="([^"]+)" rel="next">')
 FRAGMENT = {"X-Fragment": "1"}

@@ -13,6 +13,8 @@ from posttrain.experiments.store import list_experiments
 from posttrain.models.registry import get_model, list_models
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 
 def _text(page: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page))).strip()

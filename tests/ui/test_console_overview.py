@@ -12,6 +12,8 @@ from posttrain import jobs, loop, routing
 from posttrain.clock import utc_now
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 TILE = re.compile(r'<div class="label">([^<]+)</div><div class="value">([^<]+)</div>')
 CHART = re.compile(r'<img class="chart" alt="([^"]*)" src="data:image/svg\+xml;base64,([^"]+)">')
 

@@ -11,6 +11,8 @@ from markupsafe import escape
 from posttrain.warehouse.queries import get_interaction
 from ui.helpers import Console
 
+pytestmark = pytest.mark.warehouses("duckdb", "postgresql")
+
 ANSWER = re.compile(r'<section class="card" data-side="([ab])" data-interaction="([^"]+)">')
 
 

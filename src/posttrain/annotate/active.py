@@ -49,6 +49,7 @@ from posttrain.annotate.resolve import write_consensus
 from posttrain.annotate.tasks import vote
 from posttrain.errors import InvalidInput
 from posttrain.project import Project
+from posttrain.warehouse import analytics
 from posttrain.warehouse.rows import fetch_all
 
 MAX_BUDGET = 100_000
@@ -143,7 +144,8 @@ def _candidates(
     if since:
         params["since"] = since
     try:
-        return fetch_all(project.cursor(), sql, params)
+        with analytics.duckdb_over(project, sql) as cur:  # PostgreSQL: a DuckDB copy; a user's condition runs there
+            return fetch_all(cur, sql, params)
     except Exception as exc:  # a condition DuckDB refuses: a 400 naming it
         raise InvalidInput(f"where: {str(exc).splitlines()[0][:300]}", field="where") from None
 

@@ -24,6 +24,7 @@ from posttrain.clock import utc_now
 from posttrain.errors import InvalidInput, NotFound
 from posttrain.ids import new_id
 from posttrain.project import Project
+from posttrain.warehouse import analytics
 
 MAX_FILL = 100_000
 
@@ -43,7 +44,8 @@ def _where_ids(project: Project, where: str, limit: int, pairwise: bool) -> list
 
 def _run(project: Project, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     try:
-        return project.cursor().execute(sql, params).fetchall()
+        with analytics.duckdb_over(project, sql) as cur:  # PostgreSQL: a DuckDB copy; a user's condition runs there
+            return cur.execute(sql, params).fetchall()
     except Exception as exc:  # a user's condition that DuckDB refuses: say so, as a 400
         raise InvalidInput(f"where: {str(exc).splitlines()[0][:300]}", field="where") from None
 
@@ -75,11 +77,7 @@ def _dataset_ids(project: Project, ref: str, limit: int, pairwise: bool) -> list
     ids = list(dict.fromkeys(ids))
     if not pairwise:
         return [(i, None) for i in ids[:limit]]
-    project.cursor().register("_fill_ids", pa.table({"id": ids}))
-    try:
-        return _pairs(project, "SELECT id FROM _fill_ids", [], limit)
-    finally:
-        project.cursor().unregister("_fill_ids")
+    return _pairs(project, "SELECT unnest(?)", [ids], limit)
 
 
 def _known(project: Project, queue: Queue, candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -27,7 +27,7 @@ from posttrain.errors import InvalidInput
 from posttrain.models.registry import list_models
 from posttrain.project import Project
 from posttrain.records import DatasetVersion, FeedbackKind, ModelRecord
-from posttrain.warehouse import sandbox
+from posttrain.warehouse import analytics, sandbox
 from posttrain.where import check_where
 
 FEEDBACK_KINDS: tuple[str, ...] = (*get_args(FeedbackKind), "any")
@@ -43,8 +43,9 @@ _LAST_USER = (
 _PROMPT = (
     f"coalesce(json_extract_string({_LAST_USER}, '$.content[0].text'), json_extract_string({_LAST_USER}, '$.content'))"
 )
-# What ``q`` searches: every message's content, and the response.
+# What ``q`` searches: every message's content, and the response (on PostgreSQL: the messages' JSON text).
 _TEXT = "lower(array_to_string(json_extract_string(i.messages, '$[*].content'), chr(10)))"
+_TEXT_PG = "lower(CAST(i.messages AS VARCHAR))"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Page:
     next_key: tuple[datetime, str] | None
 
 
-def _conditions(filters: Filters) -> tuple[list[str], list[Any]]:
+def _conditions(filters: Filters, *, postgres: bool = False) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     for clause, value in [
@@ -108,7 +109,8 @@ def _conditions(filters: Filters) -> tuple[list[str], list[Any]]:
         where.append("EXISTS (SELECT 1 FROM feedback f WHERE f.interaction_id = i.id AND f.kind = ?)")
         params.append(filters.feedback)
     if filters.q:
-        where.append(f"(contains({_TEXT}, ?) OR contains(lower(coalesce(i.response, '')), ?))")
+        text = _TEXT_PG if postgres else _TEXT
+        where.append(f"(contains({text}, ?) OR contains(lower(coalesce(i.response, '')), ?))")
         params += [filters.q.lower()] * 2
     return where, params
 
@@ -133,7 +135,7 @@ def search(project: Project, filters: Filters, *, after: tuple[datetime, str] | 
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit: between 1 and {MAX_LIMIT}", field="limit")
     condition = checked_where(filters.where)
-    where, params = _conditions(filters)
+    where, params = _conditions(filters, postgres=project.is_postgres)
     if condition is not None:
         where.append(f"({condition})")
     if after is not None:  # the first half lets the scan skip row groups by their time range
@@ -144,10 +146,13 @@ def search(project: Project, filters: Filters, *, after: tuple[datetime, str] | 
         f'ORDER BY i."timestamp" DESC, i.id DESC LIMIT ?'
     )
     cur = project.cursor()
-    run = _run if condition is None else _run_where
-    keys = run(cur, keys_sql, [*params, limit + 1])
+    if condition is None:
+        keys = _run(cur, keys_sql, [*params, limit + 1])
+    else:  # an admin's SQL: on PostgreSQL it runs on a DuckDB copy, behind DuckDB's walls, never as the owner
+        with analytics.duckdb_over(project, keys_sql) as snapshot:
+            keys = _run_where(snapshot, keys_sql, [*params, limit + 1])
     shown = keys[:limit]
-    rows = _rows(cur, shown)
+    rows = _rows_pg(cur, shown) if project.is_postgres else _rows(cur, shown)
     counts = feedback_counts(cur, [r.id for r in rows])
     for row in rows:
         row.feedback = counts.get(row.id, {})
@@ -172,6 +177,40 @@ def _rows(cur: duckdb.DuckDBPyConnection, keys: list[tuple[Any, ...]]) -> list[R
             prompt=r[7] or "", response=r[8] or "")
         for r in (found[i] for i in ids if i in found)
     ]  # fmt: skip
+
+
+def _rows_pg(cur: Any, keys: list[tuple[Any, ...]]) -> list[Row]:
+    """:func:`_rows` on PostgreSQL: the messages are read whole and the prompt taken out here."""
+    if not keys:
+        return []
+    ids = [k[0] for k in keys]
+    sql = (
+        f'SELECT i.id, i."timestamp", i.cohort, i.model, i.user_id, i.experiment, i.variant, i.messages, '
+        f"left(i.response, {CLIP}) FROM interactions i WHERE list_contains(?, i.id)"
+    )
+    found = {r[0]: r for r in cur.execute(sql, [ids]).fetchall()}
+    return [
+        Row(id=r[0], timestamp=r[1], cohort=r[2], model=r[3], user_id=r[4], experiment=r[5], variant=r[6],
+            prompt=_prompt_of(r[7])[:CLIP], response=r[8] or "")
+        for r in (found[i] for i in ids if i in found)
+    ]  # fmt: skip
+
+
+def _prompt_of(messages: Any) -> str:
+    """Return the last user message's text (else the last message's): its content, or its first part's text."""
+    try:
+        listed = orjson.loads(messages) if isinstance(messages, str) else messages
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(listed, list) or not listed:
+        return ""
+    users = [m for m in listed if isinstance(m, dict) and m.get("role") == "user"]
+    last = users[-1] if users else listed[-1]
+    content = last.get("content") if isinstance(last, dict) else None
+    if isinstance(content, list):
+        first = content[0] if content else None
+        return str(first.get("text") or "") if isinstance(first, dict) else ""
+    return "" if content is None else str(content)
 
 
 def _run(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:

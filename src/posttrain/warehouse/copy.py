@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from posttrain.errors import Conflict, JobFailed
-from posttrain.warehouse import postgres
+from posttrain.warehouse import pg_cursor, postgres
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,6 +51,7 @@ def copy_to_postgres(project: Project, url: str, *, progress: CopyProgress | Non
         with target.transaction():
             for table in tables:
                 _copy_table(source, target, table, progress)
+        pg_cursor.configure(target)  # JSON back as text, as DuckDB gives it (a JSON string stays quoted)
         results = [_check(source, target, table) for table in tables]
     bad = [r.table for r in results if not (r.matches and r.rows == r.copied)]
     if bad:

@@ -11,6 +11,7 @@ connection pool. What sqlglot does not map by itself is added here, in the tree:
   arg_max), keeping a ``FILTER`` on the aggregate; ``arg_min`` likewise, ascending;
 - ``hash(x)`` becomes ``hashtextextended(x::text, 0)`` (a 64-bit hash, as DuckDB's; the values differ);
 - ``list_contains(list, x)`` becomes ``x = ANY(list)`` (sqlglot's CASE form leaves a placeholder untyped);
+- ``contains(text, part)`` becomes ``strpos(text, part) > 0``;
 - ``GROUP BY ALL`` becomes ``GROUP BY`` the positions of the columns that aggregate nothing;
 - ``any_value`` becomes ``min`` (PostgreSQL 15 has no any_value);
 - every other ``%`` (in a literal, or the modulo operator) is doubled, as psycopg's placeholders need.
@@ -84,6 +85,9 @@ def _portable(node: Any) -> Any:
             if not column.find(exp.AggFunc)
         ]
         return exp.Group(expressions=keys)
+    if isinstance(node, exp.Contains):  # contains(text, part): strpos, which PostgreSQL has
+        position = exp.Anonymous(this="strpos", expressions=[node.this.copy(), node.expression.copy()])
+        return exp.GT(this=position, expression=exp.Literal.number(0))
     if isinstance(node, exp.ArrayContains):  # x = ANY(list): NULL when either is NULL, as WHERE wants
         return exp.EQ(this=node.expression.copy(), expression=exp.Any(this=exp.Paren(this=node.this.copy())))
     if isinstance(node, exp.AnyValue):
