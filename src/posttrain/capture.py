@@ -587,7 +587,7 @@ def _import_to_postgres(
 
     reader = cur.sql(f"SELECT * EXCLUDE (_valid) FROM _import s WHERE _valid {once}").to_arrow_reader(20_000)
     created, done = 0, 0
-    columns = {kind: SCHEMAS[kind].names}
+    columns: dict[str, list[str]] = {kind: SCHEMAS[kind].names}
     with project.cursor().borrow() as con:  # type: ignore[attr-defined]
         for batch in reader:
             rows = batch.to_pylist()

@@ -124,7 +124,7 @@ class Project:
                 with postgres.connect(url) as con:  # Unavailable, one line, when nobody answers
                     postgres.migrate(con)  # once, under an advisory lock, however many servers start
                 pool = pg_cursor.Pool(url)
-                fail_stale_jobs(pool.cursor())  # by host and heartbeat: another host's jobs are left alone
+                fail_stale_jobs(pool.cursor())  # type: ignore[arg-type]  # by host and heartbeat: another host's jobs are left alone
                 self._pg = pool
             return self._pg
 

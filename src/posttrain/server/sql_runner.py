@@ -83,7 +83,7 @@ class SqlRunner:
             from posttrain.warehouse.pg_reader import ReaderCursor
 
             url = self._project.settings.warehouse.url
-            cur = ReaderCursor(url, self._project.cursor(), timeout_seconds=limit + 1)  # its own wall, past ours
+            cur = ReaderCursor(url, self._project.cursor(), timeout_seconds=limit + 1)  # type: ignore[arg-type]  # its own wall, past ours
         with self._lock:
             self._running.add(cur)
         work = partial(sandbox.run_read_only, cur, sql, admin=role == "admin", max_rows=self._settings.max_rows)

@@ -94,7 +94,7 @@ class ReaderCursor:
 
         url = self._url
         with self._owner.borrow() as owner:
-            database = owner.execute("SELECT current_database()").fetchone()[0]
+            database = owner.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
             role = role_names(database)[admin]
             found = owner.execute("SELECT password FROM posttrain_private.readers WHERE role = %s", [role]).fetchone()
         if found is None:
