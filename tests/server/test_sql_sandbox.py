@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,9 +104,9 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("attacker_out")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
-    proj = init_project(tmp_path_factory.mktemp("sandbox") / "proj")
+def _serve(root: Path, url: str | None = None) -> tuple[LiveServer, dict[str, str]]:
+    """Serve a project (its warehouse at ``url``, else DuckDB) with a key per role and seeded rows."""
+    proj = init_project(root, warehouse_url=url)
     role_keys = {role: keys.create_key(proj, role).key for role in ROLES}
     proj.close()
     live = LiveServer(root=proj.root, admin_key=role_keys["admin"]).start()
@@ -114,12 +116,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
         assert http.post("/api/capture/interactions", json={"interactions": events}).status_code == 200
         thumbs = [{"id": f"f{n}", "interaction_id": f"i{n}", "kind": "thumb", "value": "up"} for n in range(5)]
         assert http.post("/api/capture/feedback", json={"feedback": thumbs}).status_code == 200
+    return live, role_keys
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    live, role_keys = _serve(tmp_path_factory.mktemp("sandbox") / "proj")
     yield live, role_keys
     live.stop()
 
 
-def _tables(http: httpx.Client) -> dict[str, Any]:
-    names = _sql(http, "SELECT table_name FROM duckdb_tables() ORDER BY table_name")
+def _tables(
+    http: httpx.Client, listing: str = "SELECT table_name FROM duckdb_tables() ORDER BY table_name"
+) -> dict[str, Any]:
+    names = _sql(http, listing)
     return {
         name: _sql(http, f"SELECT count(*), md5(string_agg(t::VARCHAR, '|' ORDER BY t::VARCHAR)) FROM {name} t")[0]
         for (name,) in names
@@ -253,25 +263,13 @@ PG_SECRETS = [
 
 @pytest.fixture(scope="module")
 def served_pg(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[tuple[LiveServer, dict[str, str]]]:
-    url = pg_server.database("sandbox")
-    proj = init_project(tmp_path_factory.mktemp("sandbox_pg") / "proj", warehouse_url=url)
-    role_keys = {role: keys.create_key(proj, role).key for role in ROLES}
-    proj.close()
-    live = LiveServer(root=proj.root, admin_key=role_keys["admin"]).start()
-    with live.http() as http:
-        asked = [{"role": "user", "content": "q"}]
-        events = [{"id": f"i{n}", "messages": asked, "response": "a"} for n in range(5)]
-        assert http.post("/api/capture/interactions", json={"interactions": events}).status_code == 200
+    live, role_keys = _serve(tmp_path_factory.mktemp("sandbox_pg") / "proj", pg_server.database("sandbox"))
     yield live, role_keys
     live.stop()
 
 
 def _pg_tables(http: httpx.Client) -> dict[str, Any]:
-    names = _sql(http, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
-    return {
-        name: _sql(http, f"SELECT count(*), md5(string_agg(t::VARCHAR, '|' ORDER BY t::VARCHAR)) FROM {name} t")[0]
-        for (name,) in names
-    }
+    return _tables(http, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
 
 
 def test_attack_suite_changes_nothing_on_postgresql(served_pg: tuple[LiveServer, dict[str, str]], out: Path) -> None:
@@ -300,11 +298,28 @@ def test_reads_work_on_postgresql(served_pg: tuple[LiveServer, dict[str, str]]) 
     server, role_keys = served_pg
     with server.http(role_keys["viewer"]) as http:
         body = http.post(
-            "/api/sql", json={"sql": "SELECT count(*) AS n, any_value(id) IS NOT NULL AS some FROM interactions"}
+            "/api/sql", json={"sql": "SELECT count(*) AS n, any_value(id) IS NOT NULL AS found FROM interactions"}
         ).json()
         assert body["rows"] == [[5, True]], body
-        blocked = http.post("/api/sql", json={"sql": "SELECT pg_sleep(5)"})
-    assert blocked.status_code == 200  # reads may be slow; sql.timeout_seconds bounds them (tested on DuckDB)
+
+
+def test_postgresql_stops_a_query_past_its_time_and_on_interrupt(tmp_path: Path, pg_url: str) -> None:
+    import duckdb
+
+    from posttrain.warehouse.pg_reader import ReaderCursor
+
+    proj = init_project(tmp_path / "p", warehouse_url=pg_url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(duckdb.InterruptException):  # PostgreSQL's statement_timeout, its own wall
+            ReaderCursor(pg_url, proj.cursor(), timeout_seconds=0.5).run("SELECT pg_sleep(5)", admin=False, max_rows=1)
+        reader = ReaderCursor(pg_url, proj.cursor(), timeout_seconds=30)
+        threading.Timer(0.5, reader.interrupt).start()  # what the server does past sql.timeout_seconds
+        with pytest.raises(duckdb.InterruptException):
+            reader.run("SELECT pg_sleep(5)", admin=False, max_rows=1)
+        assert time.monotonic() - started < 4
+    finally:
+        proj.close()
 
 
 def test_local_cli_sql_on_postgresql(tmp_path: Path, pg_url: str) -> None:

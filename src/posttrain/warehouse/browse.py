@@ -152,7 +152,7 @@ def search(project: Project, filters: Filters, *, after: tuple[datetime, str] | 
         with analytics.duckdb_over(project, keys_sql) as snapshot:
             keys = _run_where(snapshot, keys_sql, [*params, limit + 1])
     shown = keys[:limit]
-    rows = _rows_pg(cur, shown) if project.is_postgres else _rows(cur, shown)
+    rows = _rows(cur, shown, postgres=project.is_postgres)
     counts = feedback_counts(cur, [r.id for r in rows])
     for row in rows:
         row.feedback = counts.get(row.id, {})
@@ -160,38 +160,26 @@ def search(project: Project, filters: Filters, *, after: tuple[datetime, str] | 
     return Page(rows=rows, next_key=(last[1], last[0]) if last else None)
 
 
-def _rows(cur: duckdb.DuckDBPyConnection, keys: list[tuple[Any, ...]]) -> list[Row]:
-    """Return the list rows of ``keys`` (id, timestamp), in their order: only these rows' text is read and clipped."""
+def _rows(cur: Any, keys: list[tuple[Any, ...]], *, postgres: bool = False) -> list[Row]:
+    """Return the list rows of ``keys`` (id, timestamp), in their order: only these rows' text is read and clipped.
+
+    On PostgreSQL the messages are read whole and the prompt taken out here (DuckDB's JSON path
+    wildcards and negative list indexes do not translate).
+    """
     if not keys:
         return []
     ids = [k[0] for k in keys]
+    times = [k[1] for k in keys]
+    prompt = "i.messages" if postgres else f"left({_PROMPT}, {CLIP})"
     sql = (
         f'SELECT i.id, i."timestamp", i.cohort, i.model, i.user_id, i.experiment, i.variant, '
-        f"left({_PROMPT}, {CLIP}) AS prompt, left(i.response, {CLIP}) AS response FROM interactions i "
-        f'WHERE i."timestamp" BETWEEN ? AND ? AND i.id IN ({", ".join("?" for _ in ids)})'
+        f"{prompt} AS prompt, left(i.response, {CLIP}) AS response FROM interactions i "
+        f'WHERE i."timestamp" BETWEEN ? AND ? AND list_contains(?, i.id)'
     )
-    times = [k[1] for k in keys]
-    found = {r[0]: r for r in cur.execute(sql, [min(times), max(times), *ids]).fetchall()}
+    found = {r[0]: r for r in cur.execute(sql, [min(times), max(times), ids]).fetchall()}
     return [
         Row(id=r[0], timestamp=r[1], cohort=r[2], model=r[3], user_id=r[4], experiment=r[5], variant=r[6],
-            prompt=r[7] or "", response=r[8] or "")
-        for r in (found[i] for i in ids if i in found)
-    ]  # fmt: skip
-
-
-def _rows_pg(cur: Any, keys: list[tuple[Any, ...]]) -> list[Row]:
-    """:func:`_rows` on PostgreSQL: the messages are read whole and the prompt taken out here."""
-    if not keys:
-        return []
-    ids = [k[0] for k in keys]
-    sql = (
-        f'SELECT i.id, i."timestamp", i.cohort, i.model, i.user_id, i.experiment, i.variant, i.messages, '
-        f"left(i.response, {CLIP}) FROM interactions i WHERE list_contains(?, i.id)"
-    )
-    found = {r[0]: r for r in cur.execute(sql, [ids]).fetchall()}
-    return [
-        Row(id=r[0], timestamp=r[1], cohort=r[2], model=r[3], user_id=r[4], experiment=r[5], variant=r[6],
-            prompt=_prompt_of(r[7])[:CLIP], response=r[8] or "")
+            prompt=(_prompt_of(r[7])[:CLIP] if postgres else r[7]) or "", response=r[8] or "")
         for r in (found[i] for i in ids if i in found)
     ]  # fmt: skip
 
