@@ -71,8 +71,8 @@ def sql(
     elif proj.is_postgres:
         from posttrain.warehouse.pg_reader import ReaderCursor
 
-        limit = proj.settings.sql.admin_timeout_seconds
-        reader = ReaderCursor(proj.settings.warehouse.url, proj.cursor(), timeout_seconds=limit)  # type: ignore[arg-type]
+        seconds = proj.settings.sql.admin_timeout_seconds
+        reader = ReaderCursor(proj.settings.warehouse.url, proj.cursor(), timeout_seconds=seconds)  # type: ignore[arg-type]
         try:
             result = sandbox.run_read_only(reader, query, admin=True, max_rows=max_rows)
         finally:

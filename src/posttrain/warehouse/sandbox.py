@@ -118,9 +118,7 @@ def check_tables(cur: duckdb.DuckDBPyConnection, select: str, *, admin: bool) ->
             raise _refuse(f"table {_table_name(node)} holds secrets; only an admin key may read it")
 
 
-def run_read_only(
-    cur: duckdb.DuckDBPyConnection, sql: str, *, admin: bool = False, max_rows: int = 10_000
-) -> SqlResult:
+def run_read_only(cur: Any, sql: str, *, admin: bool = False, max_rows: int = 10_000) -> SqlResult:
     """Run one checked statement in a read-only transaction that is always rolled back.
 
     ``cur`` is a DuckDB cursor, or a PostgreSQL warehouse's ``pg_reader.ReaderCursor``.
