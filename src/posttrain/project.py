@@ -43,6 +43,51 @@ max_event_bytes = 262144
 """
 
 
+class WarehouseLock:
+    """A lock held by one thread of every process sharing the warehouse.
+
+    A thread lock serialises this process; on a PostgreSQL warehouse a session-level advisory lock
+    (``pg_advisory_lock``, on a pool connection held for the block) serialises the other servers too.
+    """
+
+    BASE = 0x706F_7374_0000  # "post" and the lock's number: apart from the migrations' lock
+
+    def __init__(self, project: Project, number: int) -> None:
+        self._project = project
+        self._key = self.BASE + number
+        self._local = threading.Lock()
+        self._held: Any = None
+
+    def __enter__(self) -> WarehouseLock:
+        self._local.acquire()
+        try:
+            if self._project.is_postgres:
+                pool = self._project._postgres().pool
+                con = pool.getconn()
+                try:
+                    con.execute("SELECT pg_advisory_lock(%s)", [self._key])
+                except BaseException:
+                    pool.putconn(con)
+                    raise
+                self._held = (pool, con)
+        except BaseException:
+            self._local.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        held, self._held = self._held, None
+        try:
+            if held is not None:
+                pool, con = held
+                try:
+                    con.execute("SELECT pg_advisory_unlock(%s)", [self._key])
+                finally:
+                    pool.putconn(con)  # a connection that failed is discarded by the pool
+        finally:
+            self._local.release()
+
+
 class Project:
     """One posttrain project and its warehouse connection (opened on first use)."""
 
@@ -53,9 +98,9 @@ class Project:
         self._pg: Any = None  # the PostgreSQL warehouse's pool (warehouse.url = postgresql://…)
         self._lock = threading.Lock()
         # serialises annotation leases: two annotators pulling at once never get the same item
-        self.lease_lock = threading.Lock()
+        self.lease_lock = WarehouseLock(self, 1)
         # serialises dataset versions: two builds of one name never take the same version number
-        self.version_lock = threading.Lock()
+        self.version_lock = WarehouseLock(self, 2)
 
     @property
     def warehouse_path(self) -> Path:
