@@ -3,6 +3,7 @@ the same migrations as DuckDB's, and ``posttrain warehouse copy --to`` checked r
 
 from __future__ import annotations
 
+import decimal
 import subprocess
 import sys
 import threading
@@ -267,3 +268,40 @@ def test_two_writers_sending_the_same_ids_at_once_store_each_once(project: Proje
     assert len(created) == 450 and set(created.values()) == {1}
     with postgres.connect(pg_url) as con:
         assert con.execute("SELECT count(*), count(DISTINCT id) FROM interactions").fetchone() == (450, 450)
+
+
+# --- the DuckDB dialect our queries are written in gives the same answers on PostgreSQL ----------
+
+_X = "WITH x(unit, t, v) AS (VALUES ('a', 1.0, 2.0), ('a', 3.0, NULL), ('b', 2.0, 5.0), ('b', 4.0, 1.0))\n"
+SAME_ANSWERS = [
+    "SELECT unit, sum(v), count(*), any_value(t - t) FROM x WHERE t > 1.5 GROUP BY ALL ORDER BY unit",
+    "SELECT any_value(t * 0), count(*) FROM x GROUP BY ALL",  # only aggregates: one group (any_value: a constant)
+    "SELECT unit, arg_max(v, t), arg_min(v, t) FILTER (WHERE v IS NOT NULL) FROM x GROUP BY ALL ORDER BY 1",
+    "SELECT unit FROM x WHERE contains(unit, 'b') AND list_contains(['b', 'c'], unit) ORDER BY t",
+    "SELECT unit, count(*) FILTER (WHERE t % 2 = 1) FROM x GROUP BY ALL ORDER BY unit",
+]
+
+
+@pytest.mark.warehouses("postgresql")
+@pytest.mark.parametrize("sql", SAME_ANSWERS)
+def test_a_query_in_duckdbs_dialect_answers_the_same_on_postgresql(project: Project, sql: str) -> None:
+    import duckdb
+
+    assert project.is_postgres
+    expected = duckdb.connect().execute(_X + sql).fetchall()
+    got = project.cursor().execute(_X + sql).fetchall()
+
+    def same(rows: list[Any]) -> list[tuple[Any, ...]]:  # DuckDB's 1.0 is a DECIMAL, ours a double
+        return [tuple(float(v) if isinstance(v, decimal.Decimal) else v for v in row) for row in rows]
+
+    assert same(got) == same(expected)
+
+
+def test_what_postgresql_cannot_say_is_refused_not_quietly_changed() -> None:
+    import sqlglot.errors
+
+    from posttrain.warehouse.pg_cursor import translate
+
+    with pytest.raises(sqlglot.errors.UnsupportedError, match="IGNORE NULLS"):
+        translate("SELECT last_value(v IGNORE NULLS) OVER (ORDER BY t) FROM x")
+    assert translate("SELECT any_value(v) FROM x")[0] == "SELECT MIN(v) FROM x"  # DuckDB's skips NULLs too
