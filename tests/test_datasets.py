@@ -605,6 +605,20 @@ def test_build_with_empty_content_parts_counts_no_characters(project: Project, k
     assert version.row_count >= 1 and version.stats["mean_prompt_chars"] == 0.0
 
 
+@pytest.mark.parametrize("kind", ["sft", "prompts", "eval"])
+def test_build_with_a_key_null_in_every_message(project: Project, kind: str) -> None:
+    """A key only ever null (here content, beside a name) once gave Arrow a null-typed field that its
+    own cast broke on: a 500 from the API fuzzer. It is typed as text, and the build writes."""
+    asked = [{"role": "user"}, {"role": "user", "content": None, "name": ""}]
+    capture(project, "interactions", [{"id": "a", "messages": asked, "response": "x"}])
+    capture(project, "feedback", [{"id": "f", "interaction_id": "a", "kind": "thumb", "value": "up"}])
+    config = datasets.BuildConfig(fraction=0.999999) if kind == "eval" else None
+    version = datasets.build(project, kind, f"nulls-{kind}", config)  # type: ignore[arg-type]
+    (row,) = rows(version)
+    assert [m["role"] for m in row["prompt"]] == ["user", "user"] and row["prompt"][1]["name"] == ""
+    assert {m["content"] for m in row["prompt"]} == {None}
+
+
 def test_write_version_takes_over_a_folder_left_by_a_failed_write_and_numbers_concurrent_writes_apart(
     project: Project,
 ) -> None:

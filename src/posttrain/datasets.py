@@ -536,6 +536,8 @@ def _conversations(table: pa.Table) -> pa.Table:
                 row[index] = _no_empty_objects(message)
         try:
             array = pa.array(rows[n]) if any(rows[n]) else pa.array(rows[n], type=_TEXT_MESSAGES)
+            if (typed := _no_null_type(array.type)) != array.type:
+                array = pa.array(rows[n], type=typed)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InvalidInput(f"{n}: the recorded messages do not share one shape ({exc}); narrow the "
                                "filters to interactions whose messages agree", field="filters") from None  # fmt: skip
@@ -602,6 +604,18 @@ def _no_empty_objects(value: Any) -> Any:
     if isinstance(value, list):
         return [item for item in (_no_empty_objects(v) for v in value) if item != {}]
     return value
+
+
+def _no_null_type(type_: pa.DataType) -> pa.DataType:
+    """Return ``type_`` with every field that only ever held null typed as a string: a field of Arrow's
+    null type (``"content": null`` in every message) breaks Arrow's own casts of the column later."""
+    if pa.types.is_null(type_):
+        return pa.string()
+    if pa.types.is_list(type_):
+        return pa.list_(type_.value_field.with_type(_no_null_type(type_.value_type)))
+    if pa.types.is_struct(type_):
+        return pa.struct([field.with_type(_no_null_type(field.type)) for field in type_])
+    return type_
 
 
 def _normalise(message: dict[str, Any], *, parts: bool) -> None:
