@@ -243,6 +243,7 @@ def test_cli_create_start_status_promote(tmp_path: Path) -> None:
     result = runner.invoke(app, ["experiments", "status", "exp", *p])
     assert result.exit_code == 0, result.output
     assert "0.6333" in result.output and "sample ratio: ok" in result.output
+    assert "users" in result.output
     page = proj.root / "artifacts" / "experiments" / "exp" / "status.html"
     assert "<svg" in page.read_text()
     result = runner.invoke(app, ["experiments", "status", "exp", "--json", *p])

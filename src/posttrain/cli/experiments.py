@@ -106,7 +106,7 @@ def status(name: NameArg, project: ProjectOption = None, json: JsonOption = Fals
         render.as_json(analysis)
         return
     rows = [_row(analysis, r) for r in analysis.variants + analysis.cohorts]
-    columns = ["variant", "cohort", "n", analysis.metric, "95% CI", "effect", "p", "P(win)", "always-valid p"]
+    columns = ["variant", "cohort", "users", analysis.metric, "95% CI", "effect", "p", "P(win)", "always-valid p"]
     render.table(columns, rows, title=f"{name}: {analysis.metric} ({analysis.direction} is better)")
     if analysis.srm is not None:
         flag = "MISMATCH" if analysis.srm.mismatch else "ok"
@@ -182,7 +182,7 @@ def _row(analysis: lib.Analysis, row: lib.VariantStats) -> list[object]:
     return [
         row.variant,
         row.cohort or "(all)",
-        row.interactions,
+        row.users,  # the unit randomised, which the statistics are over (interactions: in --json)
         "" if s.mean is None else f"{s.mean:.4g}",
         ci,
         "" if test is None else f"{test.effect:+.4g}",
