@@ -50,6 +50,7 @@ from posttrain.annotate import judges  # noqa: E402
 from posttrain.annotate.agreement import krippendorff_alpha  # noqa: E402
 from posttrain.annotate.resolve import write_consensus  # noqa: E402
 from posttrain.datasets import BuildConfig, build  # noqa: E402
+from posttrain.errors import InvalidInput  # noqa: E402
 from posttrain.models.registry import register_model  # noqa: E402
 from posttrain.project import CONFIG_FILE, Project, init_project, open_project  # noqa: E402
 from posttrain.sim.annotators import make_annotators, run_annotators  # noqa: E402
@@ -200,11 +201,14 @@ def run_one(start: Path, work: Path, strategy: str, share: float, seed: int, siz
         result["items"] = result["labels"] // OVERLAP
         result.setdefault("trusted", trusted)
         result["consensus_accuracy"] = consensus_accuracy(project)
-        dataset = build(project, "sft", "annotated", BuildConfig(source=["annotator", "judge"], cohort=["adult"]))
-        result["sft_rows"] = dataset.row_count
-        if dataset.row_count == 0:
-            result["success"] = None
+        try:
+            dataset = build(project, "sft", "annotated", BuildConfig(source=["annotator", "judge"], cohort=["adult"]))
+        except InvalidInput:
+            # no accepted adult answer: at the smallest budget the judge is often not yet trusted and
+            # the few human-labelled items may all be rejected; an outcome, reported as no gain measured
+            result.update(sft_rows=0, success=None)
             return result
+        result["sft_rows"] = dataset.row_count
         record = train_sft(project, SFTConfig(model="base", dataset="annotated", output="tuned", seed=seed,
                                               save_steps=10_000, **size.sft))  # fmt: skip
         score = sim.evaluate_model(record.path, prompts=size.eval_prompts, samples=size.eval_samples, seed=12345,
@@ -282,8 +286,8 @@ def summarise_runs(results: list[dict[str, Any]], base_success: float, budget: i
              "|---|---|---|---|"]  # fmt: skip
     medians: dict[tuple[str, float], float] = {}
     for strategy, share in RUNS:
-        mine = [r for r in results if r["strategy"] == strategy and r["share"] == share and r["success"] is not None]
-        gains = [r["success"] - base_success for r in mine]
+        mine = [r for r in results if r["strategy"] == strategy and r["share"] == share]
+        gains = [r["success"] - base_success for r in mine if r["success"] is not None]  # none: no rows to train on
         labels = round(budget * share)
         if gains:
             medians[(strategy, share)] = statistics.median(gains)

@@ -28,7 +28,10 @@ def test_annotation_benchmark_fast_prints_the_table(tmp_path: Path) -> None:
     assert "active selection" in table and "Krippendorff's alpha" in table and "calibration error" in table
     data = json.loads(saved.read_text())
     runs = data["results"]
-    assert len(runs) == 6 and all(r["sft_rows"] > 0 and r["success"] is not None for r in runs)
+    assert len(runs) == 6 and all((r["sft_rows"] > 0) == (r["success"] is not None) for r in runs)
+    # the smallest active budget may leave no accepted answer (6 calibration items: the judge is often
+    # not trusted yet, and the 12 human items can all be rejected): reported as no gain; the rest train
+    assert all(r["sft_rows"] > 0 for r in runs if (r["strategy"], r["share"]) != ("active", 0.3))
     labelled = [r for r in runs if r["strategy"] != "judge alone"]
     assert all(r["labels"] == 3 * r["items"] > 0 for r in labelled)
     assert table.splitlines()[0] in done.stdout
