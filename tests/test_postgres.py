@@ -279,6 +279,10 @@ SAME_ANSWERS = [
     "SELECT unit, arg_max(v, t), arg_min(v, t) FILTER (WHERE v IS NOT NULL) FROM x GROUP BY ALL ORDER BY 1",
     "SELECT unit FROM x WHERE contains(unit, 'b') AND list_contains(['b', 'c'], unit) ORDER BY t",
     "SELECT unit, count(*) FILTER (WHERE t % 2 = 1) FROM x GROUP BY ALL ORDER BY unit",
+    # any_value of any type (min has no boolean), skipping NULLs, under a FILTER, and in a window
+    "SELECT unit, any_value(unit = 'a'), any_value(v) FILTER (WHERE t < 2), any_value(NULL::DOUBLE) FROM x "
+    "GROUP BY ALL ORDER BY unit",
+    "SELECT unit, t, any_value(unit || '!') OVER (PARTITION BY unit) FROM x ORDER BY t",
 ]
 
 
@@ -304,4 +308,5 @@ def test_what_postgresql_cannot_say_is_refused_not_quietly_changed() -> None:
 
     with pytest.raises(sqlglot.errors.UnsupportedError, match="IGNORE NULLS"):
         translate("SELECT last_value(v IGNORE NULLS) OVER (ORDER BY t) FROM x")
-    assert translate("SELECT any_value(v) FROM x")[0] == "SELECT MIN(v) FROM x"  # DuckDB's skips NULLs too
+    # DuckDB's any_value skips NULLs too
+    assert translate("SELECT any_value(v) FROM x")[0] == "SELECT (ARRAY_AGG(v) FILTER(WHERE NOT v IS NULL))[1] FROM x"

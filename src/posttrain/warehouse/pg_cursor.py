@@ -13,7 +13,8 @@ connection pool. What sqlglot does not map by itself is added here, in the tree:
 - ``list_contains(list, x)`` becomes ``x = ANY(list)`` (sqlglot's CASE form leaves a placeholder untyped);
 - ``contains(text, part)`` becomes ``strpos(text, part) > 0``;
 - ``GROUP BY ALL`` becomes ``GROUP BY`` the positions of the columns that aggregate nothing;
-- ``any_value`` becomes ``min`` (PostgreSQL 15 has no any_value);
+- ``any_value(x)`` becomes ``(array_agg(x) FILTER (WHERE x IS NOT NULL))[1]`` (PostgreSQL 15 has no
+  any_value; min would refuse booleans and json), ``min`` inside a window;
 - every other ``%`` (in a literal, or the modulo operator) is doubled, as psycopg's placeholders need.
 
 Values come back as DuckDB gives them: JSON as text, NUMERIC as float. A cursor outside a
@@ -93,11 +94,41 @@ def _portable(node: Any) -> Any:
         return exp.GT(this=position, expression=exp.Literal.number(0))
     if isinstance(node, exp.ArrayContains):  # x = ANY(list): NULL when either is NULL, as WHERE wants
         return exp.EQ(this=node.expression.copy(), expression=exp.Any(this=exp.Paren(this=node.this.copy())))
-    if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.AnyValue):  # DuckDB's any_value skips NULLs
-        return exp.Min(this=node.this.this)
-    if isinstance(node, exp.AnyValue):
-        return exp.Min(this=node.this)
+    # any_value: DuckDB's skips NULLs, said or not (sqlglot wraps it in IgnoreNulls, even twice)
+    if isinstance(node, exp.Filter) and (inner := _any_value_in(node.this)) is not None:
+        return _any_value(inner, node.expression, window=isinstance(node.parent, exp.Window))
+    if (inner := _any_value_in(node)) is not None and not isinstance(node.parent, exp.Filter | exp.IgnoreNulls):
+        return _any_value(inner, None, window=isinstance(node.parent, exp.Window))
     return node
+
+
+def _any_value_in(node: Any) -> Any:
+    """Return the any_value call ``node`` is (under any IgnoreNulls), else None."""
+    from sqlglot import exp
+
+    while isinstance(node, exp.IgnoreNulls):
+        node = node.this
+    return node if isinstance(node, exp.AnyValue) else None
+
+
+def _any_value(node: Any, where: Any, *, window: bool) -> Any:
+    """any_value(x) [FILTER (WHERE c)]: the first non-NULL x of the group, of any type (min has no boolean).
+
+    In a window (``… OVER``) the aggregate cannot be subscripted: min there, which has no boolean or json.
+    """
+    from sqlglot import exp
+
+    value = node.this
+    while isinstance(value, exp.IgnoreNulls):  # any_value(x IGNORE NULLS)
+        value = value.this
+    if window:
+        agg: Any = exp.Min(this=value.copy())
+        return agg if where is None else exp.Filter(this=agg, expression=where.copy())
+    known: Any = exp.Not(this=exp.Is(this=value.copy(), expression=exp.Null()))
+    if where is not None:
+        known = exp.and_(where.this.copy() if isinstance(where, exp.Where) else where.copy(), known)
+    agg = exp.Filter(this=exp.ArrayAgg(this=value.copy()), expression=exp.Where(this=known))
+    return exp.Bracket(this=exp.Paren(this=agg), expressions=[exp.Literal.number(1)], offset=1)
 
 
 def _arg_max(node: Any, where: Any) -> Any:
