@@ -95,20 +95,36 @@ def _portable(node: Any) -> Any:
     if isinstance(node, exp.ArrayContains):  # x = ANY(list): NULL when either is NULL, as WHERE wants
         return exp.EQ(this=node.expression.copy(), expression=exp.Any(this=exp.Paren(this=node.this.copy())))
     # any_value: DuckDB's skips NULLs, said or not (sqlglot wraps it in IgnoreNulls, even twice)
-    if isinstance(node, exp.Filter) and (inner := _any_value_in(node.this)) is not None:
-        return _any_value(inner, node.expression, window=isinstance(node.parent, exp.Window))
-    if (inner := _any_value_in(node)) is not None and not isinstance(node.parent, exp.Filter | exp.IgnoreNulls):
-        return _any_value(inner, None, window=isinstance(node.parent, exp.Window))
+    if isinstance(node, exp.Filter) and isinstance(_bare(node.this), exp.AnyValue):
+        return _any_value(_bare(node.this), node.expression, window=isinstance(node.parent, exp.Window))
+    if isinstance(_bare(node), exp.AnyValue) and not isinstance(node.parent, exp.Filter | exp.IgnoreNulls):
+        return _any_value(_bare(node), None, window=isinstance(node.parent, exp.Window))
     return node
 
 
-def _any_value_in(node: Any) -> Any:
-    """Return the any_value call ``node`` is (under any IgnoreNulls), else None."""
+def _bare(node: Any) -> Any:
+    """Return ``node`` without the IgnoreNulls around it."""
     from sqlglot import exp
 
     while isinstance(node, exp.IgnoreNulls):
         node = node.this
-    return node if isinstance(node, exp.AnyValue) else None
+    return node
+
+
+def _first(agg: Any, known: Any, where: Any) -> Any:
+    """Return ``(agg FILTER (WHERE [where AND] known))[1]``: ``where`` is the FILTER the call had."""
+    from sqlglot import exp
+
+    if where is not None:
+        known = exp.and_(where.this.copy() if isinstance(where, exp.Where) else where.copy(), known)
+    filtered = exp.Filter(this=agg, expression=exp.Where(this=known))
+    return exp.Bracket(this=exp.Paren(this=filtered), expressions=[exp.Literal.number(1)], offset=1)
+
+
+def _not_null(node: Any) -> Any:
+    from sqlglot import exp
+
+    return exp.Not(this=exp.Is(this=node.copy(), expression=exp.Null()))
 
 
 def _any_value(node: Any, where: Any, *, window: bool) -> Any:
@@ -118,17 +134,11 @@ def _any_value(node: Any, where: Any, *, window: bool) -> Any:
     """
     from sqlglot import exp
 
-    value = node.this
-    while isinstance(value, exp.IgnoreNulls):  # any_value(x IGNORE NULLS)
-        value = value.this
+    value = _bare(node.this)  # any_value(x IGNORE NULLS)
     if window:
-        agg: Any = exp.Min(this=value.copy())
+        agg = exp.Min(this=value.copy())
         return agg if where is None else exp.Filter(this=agg, expression=where.copy())
-    known: Any = exp.Not(this=exp.Is(this=value.copy(), expression=exp.Null()))
-    if where is not None:
-        known = exp.and_(where.this.copy() if isinstance(where, exp.Where) else where.copy(), known)
-    agg = exp.Filter(this=exp.ArrayAgg(this=value.copy()), expression=exp.Where(this=known))
-    return exp.Bracket(this=exp.Paren(this=agg), expressions=[exp.Literal.number(1)], offset=1)
+    return _first(exp.ArrayAgg(this=value.copy()), _not_null(value), where)
 
 
 def _arg_max(node: Any, where: Any) -> Any:
@@ -136,14 +146,9 @@ def _arg_max(node: Any, where: Any) -> Any:
 
     desc = isinstance(node, exp.ArgMax)
     ordered = exp.Order(expressions=[exp.Ordered(this=node.expression.copy(), desc=desc, nulls_first=False)])
-    agg: Any = exp.ArrayAgg(this=exp.Order(this=node.this.copy(), expressions=ordered.expressions))
+    agg = exp.ArrayAgg(this=exp.Order(this=node.this.copy(), expressions=ordered.expressions))
     # DuckDB's arg_max skips the rows whose value or key is NULL (arg_max_null would not)
-    known = exp.and_(exp.Not(this=exp.Is(this=node.this.copy(), expression=exp.Null())),
-                     exp.Not(this=exp.Is(this=node.expression.copy(), expression=exp.Null())))  # fmt: skip
-    if where is not None:  # the FILTER (WHERE …) the call had
-        known = exp.and_(where.this.copy() if isinstance(where, exp.Where) else where.copy(), known)
-    agg = exp.Filter(this=agg, expression=exp.Where(this=known))
-    return exp.Bracket(this=exp.Paren(this=agg), expressions=[exp.Literal.number(1)], offset=1)
+    return _first(agg, exp.and_(_not_null(node.this), _not_null(node.expression)), where)
 
 
 class Pool:
