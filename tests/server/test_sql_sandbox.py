@@ -301,6 +301,10 @@ def test_reads_work_on_postgresql(served_pg: tuple[LiveServer, dict[str, str]]) 
             "/api/sql", json={"sql": "SELECT count(*) AS n, any_value(id) IS NOT NULL AS found FROM interactions"}
         ).json()
         assert body["rows"] == [[5, True]], body
+        # what PostgreSQL cannot say is refused with a 400 naming the field, never run changed
+        refused = http.post("/api/sql", json={"sql": "SELECT last_value(id IGNORE NULLS) OVER () FROM interactions"})
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "sql", refused.text
+        assert "IGNORE NULLS" in refused.json()["error"]["message"]
 
 
 def test_postgresql_stops_a_query_past_its_time_and_on_interrupt(tmp_path: Path, pg_url: str) -> None:
