@@ -367,6 +367,32 @@ def test_check_guardrails_rolls_back_only_on_a_proven_breach(project: Project, t
     assert ex.check_guardrails(project, "exp") is None  # no longer running
 
 
+def test_servers_checking_guardrails_at_once_roll_back_and_record_once(project: Project, tmp_path: Path) -> None:
+    """Every server runs the periodic check; a breach is acted on once (PostgreSQL: two projects, as two servers)."""
+    import threading
+
+    from posttrain.project import open_project
+
+    _register(project, tmp_path, "base", "cand")
+    _running(project, metric="mean_rating", guardrails=[ex.Guardrail(metric="thumbs_up_rate", margin=0.02)])
+    _traffic(project, "control", up=200, down=200)
+    _traffic(project, "new", up=40, down=360)
+    other = open_project(project.root) if project.is_postgres else project
+    made: list[Any] = []
+    threads = [threading.Thread(target=lambda p=p: made.extend(ex.check_running(p))) for p in (project, other)]  # type: ignore[misc]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if other is not project:
+            other.close()
+    assert [d.action for d in made] == ["rollback"]
+    stored = ex.get_experiment(project, "exp")
+    assert stored.state == "rolled_back" and len(stored.analyses) == 1
+
+
 def _variants(n: int) -> list[dict[str, Any]]:
     return [{"name": f"v{i}", "model": "m", "share": 1 / n} for i in range(n)]
 

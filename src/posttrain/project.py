@@ -101,6 +101,8 @@ class Project:
         self.lease_lock = WarehouseLock(self, 1)
         # serialises dataset versions: two builds of one name never take the same version number
         self.version_lock = WarehouseLock(self, 2)
+        # serialises automatic experiment decisions: every server checks guardrails, one acts at a time
+        self.decision_lock = WarehouseLock(self, 3)
 
     @property
     def warehouse_path(self) -> Path:

@@ -220,21 +220,24 @@ def check_guardrails(project: Project, name: str) -> Decision | None:
 
     Safe to call as often as one likes: a breach needs the always-valid test (Holm-corrected over
     treatments, cohorts and guardrails) to show a loss beyond the margin, nothing is done while the
-    split of users fails the SRM check, and nothing is stored unless it acts.
+    split of users fails the SRM check, and nothing is stored unless it acts. Every server runs the
+    check; the project's decision lock lets one at a time read and act, so a breach is rolled back
+    and recorded once (the next sees the experiment no longer running).
     """
-    experiment = get_experiment(project, name)
-    if experiment.state != "running" or not experiment.config.guardrails:
-        return None
-    analysis = analyse(project, name, keep=False)
-    if _srm_block(analysis):
-        return None  # a mismatched split proves nothing; ``decide`` says so
-    breaches = _breaches(analysis, experiment.config)
-    if not breaches:
-        return None
-    decision = Decision(action="rollback", variant=None, reasons=[f"automatic: {m}" for m in breaches], at=utc_now(),
-                        analysis=analysis)  # fmt: skip
-    _update(project, experiment, analyses=[*experiment.analyses, analysis])
-    return _rollback(project, get_experiment(project, name), decision).decision
+    with project.decision_lock:
+        experiment = get_experiment(project, name)
+        if experiment.state != "running" or not experiment.config.guardrails:
+            return None
+        analysis = analyse(project, name, keep=False)
+        if _srm_block(analysis):
+            return None  # a mismatched split proves nothing; ``decide`` says so
+        breaches = _breaches(analysis, experiment.config)
+        if not breaches:
+            return None
+        decision = Decision(action="rollback", variant=None, reasons=[f"automatic: {m}" for m in breaches],
+                            at=utc_now(), analysis=analysis)  # fmt: skip
+        _update(project, experiment, analyses=[*experiment.analyses, analysis])
+        return _rollback(project, get_experiment(project, name), decision).decision
 
 
 def check_running(project: Project) -> list[Decision]:
